@@ -1,0 +1,197 @@
+/* moe.h — the public API of libmoe.
+ *
+ * libmoe loads a Hugging Face model directory (dense Mistral or a
+ * Mixture-of-Experts family) and runs it on the CPU. Everything here is
+ * opaque handles, status codes and plain option structs:
+ *
+ *   moe_model    config + weights (memory-mapped), shared read-only by sequences
+ *   moe_seq      one conversation: KV cache, position, last logits
+ *   moe_sampler  sampling options + random state
+ *
+ * Conventions (as SQLite's):
+ * - Every function that can fail returns moe_status; on failure a one-line
+ *   message naming the file / tensor / option at fault is readable with
+ *   moe_errmsg() on the same thread until that thread's next libmoe call fails.
+ * - Every *_new / *_load has a *_free; *_free(NULL) does nothing.
+ * - Options are plain structs filled by *_defaults(), so fields can be added.
+ * - Nothing in the library exits or aborts on bad input.
+ * - A moe_model may be shared by many sequences on many threads; a moe_seq or
+ *   moe_sampler is used by one thread at a time.
+ */
+#ifndef MOE_H
+#define MOE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MOE_VERSION "0.1.0"
+
+typedef enum moe_status {
+    MOE_OK = 0,
+    MOE_EIO = 1,          /* a file could not be opened, read or mapped */
+    MOE_EFORMAT = 2,      /* a file is malformed (bad JSON, bad header, wrong shape) */
+    MOE_EUNSUPPORTED = 3, /* well-formed, but a family/setting moe does not run */
+    MOE_ENOMEM = 4,       /* an allocation failed */
+    MOE_EINVAL = 5,       /* a bad argument from the caller */
+    MOE_ERANGE = 6,       /* a token id or position out of range (e.g. context full) */
+} moe_status;
+
+/* The calling thread's last error message; never NULL ("" when none). */
+const char *moe_errmsg(void);
+/* A short constant name for a status ("MOE_EFORMAT"). */
+const char *moe_status_name(moe_status st);
+
+/* ---------------------------------------------------------------- model -- */
+
+typedef struct moe_model moe_model;
+
+typedef struct moe_load_params {
+    int n_threads; /* worker threads for the kernels; <= 0: all online cores */
+} moe_load_params;
+
+void moe_load_params_defaults(moe_load_params *p);
+
+/* Loads the model in directory `dir` (config.json + model.safetensors or the
+ * shards listed in model.safetensors.index.json). Weights are memory-mapped,
+ * not copied. On success *out owns the model (free with moe_model_free);
+ * on failure *out is NULL and nothing is left open. `p` may be NULL. */
+moe_status moe_model_load(const char *dir, const moe_load_params *p, moe_model **out);
+void moe_model_free(moe_model *m);
+
+/* What a model is, as read from its config.json. All fields are plain values;
+ * the struct lives as long as the model. */
+typedef struct moe_config {
+    const char *model_type;   /* "mistral", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe" */
+    const char *dtype;        /* storage dtype of most weights: "float32", "bfloat16", ... */
+    int vocab_size;
+    int hidden_size;
+    int n_layers;
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;
+    int intermediate_size;    /* dense MLP width */
+    int n_experts;            /* 0 for dense models */
+    int n_experts_per_tok;
+    int moe_intermediate_size;
+    int shared_expert_intermediate_size; /* 0 when there is none */
+    int n_moe_layers;         /* layers whose FFN is a MoE block */
+    int sliding_window;       /* 0 = none */
+    int max_position_embeddings;
+    float rope_theta;
+    float rms_norm_eps;
+    int tie_word_embeddings;
+    int bos_token_id;         /* -1 when unknown */
+    int n_eos;                /* number of entries in eos_token_ids */
+    int eos_token_ids[8];
+    int64_t n_params;         /* all parameters */
+    int64_t n_params_active;  /* parameters touched per token (top-k experts only) */
+    int64_t weight_bytes;     /* bytes of all weight tensors as stored */
+    int64_t weight_bytes_active; /* bytes of weights read per decoded token */
+} moe_config;
+
+const moe_config *moe_model_config(const moe_model *m);
+/* Bytes of KV cache one sequence of context `n_ctx` needs (float32 K and V). */
+int64_t moe_model_kv_bytes(const moe_model *m, int n_ctx);
+/* Number of worker threads the model's kernels use. */
+int moe_model_threads(const moe_model *m);
+
+/* ------------------------------------------------------------- sequence -- */
+
+typedef struct moe_seq moe_seq;
+
+typedef struct moe_seq_params {
+    int n_ctx;    /* maximum tokens in the sequence; <= 0: the model's
+                     max_position_embeddings, capped at 4096 */
+    int n_batch;  /* prompt tokens processed per forward pass; <= 0: 256 */
+} moe_seq_params;
+
+void moe_seq_params_defaults(moe_seq_params *p);
+
+/* A new empty sequence on model `m` (which must outlive it). The KV cache is
+ * allocated here, once: for a sliding-window model it holds at most
+ * window + n_batch positions per layer whatever n_ctx is. */
+moe_status moe_seq_new(moe_model *m, const moe_seq_params *p, moe_seq **out);
+void moe_seq_free(moe_seq *s);
+
+/* Appends `n` tokens to the sequence, running them through the model in
+ * batches of n_batch. If `logits` is not NULL it receives float32 logits:
+ * with all != 0 every appended position, [n x vocab] row-major; else only the
+ * last position, [vocab]. The last position's logits are also kept in the
+ * sequence for moe_generate_next. On failure the sequence is left at the
+ * position it had before the call. */
+moe_status moe_seq_eval(moe_seq *s, const int32_t *tokens, size_t n, float *logits, int all);
+
+/* Number of tokens in the sequence so far. */
+int64_t moe_seq_pos(const moe_seq *s);
+/* Forgets everything: position 0, empty cache. */
+void moe_seq_reset(moe_seq *s);
+
+/* -------------------------------------------------------------- sampler -- */
+
+typedef struct moe_sampler moe_sampler;
+
+typedef struct moe_sampler_params {
+    float temperature;    /* 0: greedy (argmax); default 0.8 */
+    int top_k;            /* 0: off; default 40 */
+    float top_p;          /* 1: off; default 0.95 */
+    float min_p;          /* 0: off; default 0.05 */
+    float repeat_penalty;   /* 1: off; applied to tokens seen in the last repeat_last_n */
+    int repeat_last_n;      /* default 64; -1: the whole history */
+    uint64_t seed;        /* same seed, same choices */
+} moe_sampler_params;
+
+void moe_sampler_params_defaults(moe_sampler_params *p);
+moe_status moe_sampler_new(const moe_sampler_params *p, moe_sampler **out);
+void moe_sampler_free(moe_sampler *s);
+
+/* Picks a token from `logits` [vocab] (which the call may modify) given the
+ * tokens so far `history` [n_history] (for the repetition penalty; may be NULL
+ * when n_history is 0). Order as Hugging Face applies it: repetition penalty,
+ * temperature, top-k, top-p, min-p; then a draw from the sampler's RNG. */
+int32_t moe_sampler_sample(moe_sampler *s, float *logits, int vocab,
+                           const int32_t *history, size_t n_history);
+
+/* ----------------------------------------------------------- generation -- */
+
+/* The generation iterator: samples the next token from the sequence's last
+ * logits, appends it to the sequence (running the model on it lazily, at the
+ * next call) and returns it in *token. Call moe_seq_eval with the prompt
+ * first. Returns MOE_ERANGE when the context is full. Stop conditions (EOS,
+ * a token budget) are the caller's. */
+moe_status moe_generate_next(moe_seq *s, moe_sampler *smp, int32_t *token);
+
+/* Timing of the work a sequence did so far (seconds, tokens). */
+typedef struct moe_seq_stats {
+    double prompt_seconds;  int64_t prompt_tokens;  /* tokens given to moe_seq_eval */
+    double decode_seconds;  int64_t decode_tokens;  /* tokens moe_generate_next fed back */
+} moe_seq_stats;
+void moe_seq_get_stats(const moe_seq *s, moe_seq_stats *out);
+
+/* ---------------------------------------------------------- synthetic -- */
+
+typedef struct moe_synth_params {
+    const char *like;   /* "mistral-7b", "mixtral-8x7b", "qwen3-30b-a3b", ... (moe_synth_shapes) */
+    int n_layers;       /* 0: as the real model */
+    const char *dtype;  /* "bf16" (default), "f16" or "f32" */
+    uint64_t seed;
+    /* called as bytes are written; may be NULL */
+    void (*progress)(void *ctx, uint64_t done, uint64_t total);
+    void *progress_ctx;
+} moe_synth_params;
+
+void moe_synth_params_defaults(moe_synth_params *p);
+/* The names `like` accepts, NULL-terminated. */
+const char *const *moe_synth_shapes(void);
+/* Writes config.json and model.safetensors of a model with `like`'s shapes
+ * and random weights (hub layout, experts one by one) into out_dir, which is
+ * created if missing. For benchmarks: the weights mean nothing. */
+moe_status moe_synth(const moe_synth_params *p, const char *out_dir);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,189 @@
+/* backend_cpu.c — the CPU backend: a thread pool and the kernel table of the
+ * best instruction set this CPU has, behind the operations of backend.h. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../base/err.h"
+#include "../../base/half.h"
+#include "../../base/pool.h"
+#include "kernels.h"
+
+struct backend {
+    pool *pool;
+    const cpu_kernels *k;
+};
+
+const char *wfmt_name(wfmt f) {
+    static const char *names[WF_COUNT] = {"F32", "F16", "BF16"};
+    return (unsigned)f < WF_COUNT ? names[f] : "?";
+}
+
+size_t wfmt_size(wfmt f) { return f == WF_F32 ? 4 : 2; }
+
+const cpu_kernels *cpu_kernels_pick(const char *name) {
+    int want_auto = !name || !*name || strcmp(name, "auto") == 0;
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    int has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512vl");
+    int has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    int has512 = 0, has2 = 0;
+#endif
+    if (want_auto) {
+        if (has512 && cpu_kernels_avx512()) return cpu_kernels_avx512();
+        if (has2 && cpu_kernels_avx2()) return cpu_kernels_avx2();
+        return cpu_kernels_scalar();
+    }
+    if (strcmp(name, "scalar") == 0) return cpu_kernels_scalar();
+    if (strcmp(name, "avx2") == 0) return has2 ? cpu_kernels_avx2() : NULL;
+    if (strcmp(name, "avx512") == 0) return has512 ? cpu_kernels_avx512() : NULL;
+    return NULL;
+}
+
+moe_status backend_new(int n_threads, const char *isa, backend **out) {
+    *out = NULL;
+    if (!isa || !*isa) isa = getenv("MOE_ISA");
+    const cpu_kernels *k = cpu_kernels_pick(isa);
+    if (!k) return moe_err(MOE_EUNSUPPORTED, "instruction set \"%s\" is unknown or not supported by this CPU", isa);
+    backend *be = calloc(1, sizeof *be);
+    if (!be) return moe_err(MOE_ENOMEM, "out of memory");
+    be->k = k;
+    be->pool = pool_new(n_threads);
+    if (!be->pool) {
+        free(be);
+        return moe_err(MOE_ENOMEM, "cannot start worker threads");
+    }
+    *out = be;
+    return MOE_OK;
+}
+
+void backend_free(backend *be) {
+    if (!be) return;
+    pool_free(be->pool);
+    free(be);
+}
+
+int backend_threads(const backend *be) { return pool_threads(be->pool); }
+const char *backend_isa(const backend *be) { return be->k->name; }
+
+/* ------------------------------------------------------------- matmul -- */
+
+typedef struct mm_job {
+    const cpu_kernels *k;
+    const wtensor *w;
+    const float *x;
+    float *y;
+    int64_t n, row_chunk, tok_chunk, n_tok_chunks;
+} mm_job;
+
+static void mm_item(void *ctx, int64_t i, int tid) {
+    (void)tid;
+    const mm_job *j = ctx;
+    int64_t rc = i / j->n_tok_chunks, tc = i % j->n_tok_chunks;
+    int64_t r0 = rc * j->row_chunk, r1 = r0 + j->row_chunk < j->w->rows ? r0 + j->row_chunk : j->w->rows;
+    int64_t t0 = tc * j->tok_chunk, nt = j->n - t0 < j->tok_chunk ? j->n - t0 : j->tok_chunk;
+    j->k->matmul[j->w->fmt](j->w, r0, r1, j->x + t0 * j->w->cols, j->w->cols, nt, j->y + t0 * j->w->rows, j->w->rows);
+}
+
+void be_matmul(backend *be, const wtensor *w, const float *x, int64_t n, const float *bias, float *y) {
+    int nth = pool_threads(be->pool);
+    /* Enough items for the pool to balance, each a multiple of the 4-row tile. */
+    int64_t chunk = (w->rows + nth * 8 - 1) / (nth * 8);
+    chunk = chunk < 16 ? 16 : (chunk + 3) / 4 * 4;
+    mm_job j = {be->k, w, x, y, n, chunk, 32, 0};
+    j.n_tok_chunks = (n + j.tok_chunk - 1) / j.tok_chunk;
+    int64_t n_row_chunks = (w->rows + chunk - 1) / chunk;
+    pool_run(be->pool, mm_item, &j, n_row_chunks * j.n_tok_chunks);
+    if (bias)
+        for (int64_t t = 0; t < n; t++)
+            for (int64_t r = 0; r < w->rows; r++) y[t * w->rows + r] += bias[r];
+}
+
+void be_get_row(const wtensor *w, int64_t r, float *out) {
+    const unsigned char *row = (const unsigned char *)w->data + (size_t)r * w->row_bytes;
+    for (int64_t k = 0; k < w->cols; k++) {
+        uint16_t h;
+        switch (w->fmt) {
+        case WF_F32: memcpy(&out[k], row + 4 * k, 4); break;
+        case WF_F16: memcpy(&h, row + 2 * k, 2); out[k] = f16_to_f32(h); break;
+        case WF_BF16: memcpy(&h, row + 2 * k, 2); out[k] = bf16_to_f32(h); break;
+        default: out[k] = 0;
+        }
+    }
+}
+
+/* ------------------------------------------------------- elementwise -- */
+
+void be_rmsnorm(backend *be, const float *x, const float *weight, int64_t n, int64_t d, float eps, float *out) {
+    (void)be;
+    for (int64_t t = 0; t < n; t++) {
+        const float *xr = x + t * d;
+        float *o = out + t * d;
+        double ss = 0;
+        for (int64_t i = 0; i < d; i++) ss += (double)xr[i] * xr[i];
+        float inv = 1.0f / sqrtf((float)(ss / (double)d) + eps);
+        for (int64_t i = 0; i < d; i++) o[i] = weight[i] * (xr[i] * inv);
+    }
+}
+
+void be_rope(backend *be, float *x, int64_t n, int n_heads, int hd, const int64_t *pos, const float *inv_freq) {
+    (void)be;
+    int half = hd / 2;
+    for (int64_t t = 0; t < n; t++) {
+        for (int i = 0; i < half; i++) {
+            float ang = (float)pos[t] * inv_freq[i];
+            float c = cosf(ang), s = sinf(ang);
+            for (int h = 0; h < n_heads; h++) {
+                float *v = x + (t * n_heads + h) * hd;
+                float a = v[i], b = v[i + half];
+                v[i] = a * c - b * s;
+                v[i + half] = b * c + a * s;
+            }
+        }
+    }
+}
+
+void be_swiglu(float *a, const float *b, int64_t n) {
+    for (int64_t i = 0; i < n; i++) a[i] = a[i] / (1.0f + expf(-a[i])) * b[i];
+}
+
+/* ---------------------------------------------------------- attention -- */
+
+typedef struct att_job {
+    const cpu_kernels *k;
+    const float *q, *kc, *vc;
+    float *scratch, *out;
+    int64_t pos0, cap;
+    int n_heads, n_kv, hd, window;
+    float scale;
+} att_job;
+
+static void att_item(void *ctx, int64_t i, int tid) {
+    const att_job *j = ctx;
+    int64_t t = i / j->n_heads;
+    int h = (int)(i % j->n_heads), kvh = h / (j->n_heads / j->n_kv);
+    int64_t p = j->pos0 + t, lo = 0;
+    if (j->window > 0 && p - j->window + 1 > 0) lo = p - j->window + 1;
+    const float *q = j->q + (t * j->n_heads + h) * j->hd;
+    float *s = j->scratch + (size_t)tid * j->cap, *o = j->out + (t * j->n_heads + h) * j->hd;
+    int64_t kvw = (int64_t)j->n_kv * j->hd;
+    float mx = -INFINITY;
+    for (int64_t p2 = lo; p2 <= p; p2++) {
+        float sc = j->k->dot(q, j->kc + (p2 % j->cap) * kvw + kvh * j->hd, j->hd) * j->scale;
+        s[p2 - lo] = sc;
+        if (sc > mx) mx = sc;
+    }
+    float sum = 0;
+    for (int64_t p2 = lo; p2 <= p; p2++) sum += (s[p2 - lo] = expf(s[p2 - lo] - mx));
+    memset(o, 0, sizeof(float) * (size_t)j->hd);
+    float inv = 1.0f / sum;
+    for (int64_t p2 = lo; p2 <= p; p2++) j->k->axpy(o, s[p2 - lo] * inv, j->vc + (p2 % j->cap) * kvw + kvh * j->hd, j->hd);
+}
+
+void be_attention(backend *be, const float *q, int64_t n, int64_t pos0, const float *k, const float *v, int64_t cap,
+                  int n_heads, int n_kv, int hd, int window, float scale, float *scratch, float *out) {
+    att_job j = {be->k, q, k, v, scratch, out, pos0, cap, n_heads, n_kv, hd, window, scale};
+    pool_run(be->pool, att_item, &j, n * n_heads);
+}

@@ -1,0 +1,30 @@
+/* kernels.h — per-ISA CPU kernels, one table per instruction set, indexed
+ * by weight format. The scalar table is the reference; the AVX2 and AVX-512
+ * tables are tested against it (tests/test_kernels.c). */
+#ifndef MOE_CPU_KERNELS_H
+#define MOE_CPU_KERNELS_H
+
+#include "../backend.h"
+
+/* y[t*ldy + r] = sum_k W[r][k] * x[t*ldx + k] for r in [r0, r1), t in [0, n). */
+typedef void (*mm_fn)(const wtensor *w, int64_t r0, int64_t r1, const float *x, int64_t ldx, int64_t n, float *y,
+                      int64_t ldy);
+/* sum_k a[k]*b[k], a and b float32 [n] (attention scores and sums). */
+typedef float (*dot_fn)(const float *a, const float *b, int64_t n);
+/* y[k] += s * x[k] for k < n */
+typedef void (*axpy_fn)(float *y, float s, const float *x, int64_t n);
+
+typedef struct cpu_kernels {
+    const char *name;
+    mm_fn matmul[WF_COUNT];
+    dot_fn dot;
+    axpy_fn axpy;
+} cpu_kernels;
+
+const cpu_kernels *cpu_kernels_scalar(void);
+const cpu_kernels *cpu_kernels_avx2(void);   /* NULL when not compiled in */
+const cpu_kernels *cpu_kernels_avx512(void); /* NULL when not compiled in */
+/* By name ("scalar", "avx2", "avx512", "auto"); NULL when unknown or the CPU lacks it. */
+const cpu_kernels *cpu_kernels_pick(const char *name);
+
+#endif

@@ -1,0 +1,36 @@
+/* cli.h — shared pieces of the moe subcommands: option parsing helpers and
+ * model opening. Each subcommand lives in its own cmd_*.c and includes only
+ * moe.h and this header. */
+#ifndef MOE_CLI_H
+#define MOE_CLI_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "moe.h"
+
+#define MOE_DEFAULT_MODEL "models/tiny-mixtral"
+
+int cmd_logits(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+int cmd_synth(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+
+/* Prints "moe: <msg>" to stderr and returns 1 (the exit status). */
+int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The same with the library's last error message. */
+int cli_fail_status(moe_status st);
+
+/* Parses "1,2,3" into a malloc'd array; 0 on success. */
+int cli_parse_tokens(const char *s, int32_t **out, size_t *n);
+/* Strict number parsing: whole string, in range; 0 on success. */
+int cli_int(const char *opt, const char *s, long long lo, long long hi, long long *out);
+int cli_float(const char *opt, const char *s, double lo, double hi, double *out);
+/* Returns argv[++*i] or NULL (after reporting) when the option has no value. */
+const char *cli_value(int argc, char **argv, int *i);
+
+/* Loads a model with n_threads (0 = all cores), reporting errors. */
+int cli_load(const char *dir, int n_threads, moe_model **out);
+
+#endif

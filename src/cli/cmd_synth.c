@@ -1,0 +1,49 @@
+/* cmd_synth.c — moe synth: write a random model of a real model's shapes. */
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+
+static void help(FILE *f) {
+    fprintf(f, "usage: moe synth --like NAME [--layers N] [--dtype bf16|f16|f32] [--seed S] -o DIR\n"
+               "  --like NAME   one of:");
+    for (const char *const *s = moe_synth_shapes(); *s; s++) fprintf(f, " %s", *s);
+    fprintf(f, "\n  --layers N    fewer layers than the real model (default: all)\n"
+               "  --dtype T     weight dtype (default bf16)\n"
+               "  -o DIR        output directory (created)\n");
+}
+
+static void progress(void *ctx, uint64_t done, uint64_t total) {
+    time_t *last = ctx, now = time(NULL);
+    if (done != total && now == *last) return;
+    *last = now;
+    fprintf(stderr, "\rwriting: %5.1f%% of %.2f GB", total ? 100.0 * (double)done / (double)total : 100.0, (double)total / 1e9);
+    if (done == total) fputc('\n', stderr);
+}
+
+int cmd_synth(int argc, char **argv) {
+    moe_synth_params p;
+    moe_synth_params_defaults(&p);
+    const char *out = NULL, *v;
+    long long ll;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { help(stdout); return 0; }
+        else if (!(v = cli_value(argc, argv, &i))) return 1;
+        else if (!strcmp(a, "--like")) p.like = v;
+        else if (!strcmp(a, "--dtype")) p.dtype = v;
+        else if (!strcmp(a, "-o")) out = v;
+        else if (!strcmp(a, "--layers")) { if (cli_int(a, v, 1, 4096, &ll)) return 1; p.n_layers = (int)ll; }
+        else if (!strcmp(a, "--seed")) { if (cli_int(a, v, 0, INT64_MAX, &ll)) return 1; p.seed = (uint64_t)ll; }
+        else { help(stderr); return cli_fail("synth: unknown option %s", a); }
+    }
+    if (!p.like || !out) { help(stderr); return cli_fail("synth: --like and -o are required"); }
+    time_t last = 0;
+    p.progress = progress;
+    p.progress_ctx = &last;
+    moe_status st = moe_synth(&p, out);
+    if (st) return cli_fail_status(st);
+    fprintf(stderr, "wrote %s\n", out);
+    return 0;
+}

@@ -1,0 +1,44 @@
+/* main.c — the moe command: dispatches to one subcommand per file. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *what;
+} k_cmds[] = {
+    {"generate", cmd_generate, "generate tokens from a prompt"},
+    {"logits", cmd_logits, "write raw float32 logits for a token sequence"},
+    {"info", cmd_info, "describe a model: family, shapes, parameters, memory"},
+    {"bench", cmd_bench, "measure prompt and generation speed"},
+    {"synth", cmd_synth, "write a random model of a real model's shapes"},
+};
+
+static void usage(FILE *f) {
+    fprintf(f, "moe %s — run Mistral-family and Mixture-of-Experts models on your own machine\n\n"
+               "usage: moe COMMAND [options]   (moe COMMAND --help for its options)\n\ncommands:\n",
+            MOE_VERSION);
+    for (size_t i = 0; i < sizeof k_cmds / sizeof *k_cmds; i++) fprintf(f, "  %-10s %s\n", k_cmds[i].name, k_cmds[i].what);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 1;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("moe %s\n", MOE_VERSION);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof k_cmds / sizeof *k_cmds; i++)
+        if (!strcmp(argv[1], k_cmds[i].name)) return k_cmds[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "moe: unknown command \"%s\"\n\n", argv[1]);
+    usage(stderr);
+    return 1;
+}

@@ -1,0 +1,194 @@
+/* seq.c — sequences: allocation of caches and buffers, moe_seq_eval which
+ * feeds tokens through the forward pass in batches, and the generation
+ * iterator. */
+#include "seq.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../base/err.h"
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void moe_seq_params_defaults(moe_seq_params *p) {
+    memset(p, 0, sizeof *p);
+}
+
+/* Slots layer l's cache needs: under a sliding window, the window plus one
+ * batch (a batch's first query still sees window-1 older keys). */
+static int64_t layer_cap(const moe_model *m, int l, int n_ctx, int n_batch) {
+    int w = m->cfg.layer_window[l];
+    int64_t cap = n_ctx;
+    if (w > 0 && (int64_t)w + n_batch - 1 < cap) cap = (int64_t)w + n_batch - 1;
+    return cap;
+}
+
+static void resolve(const moe_model *m, const moe_seq_params *p, int *n_ctx, int *n_batch) {
+    *n_ctx = p && p->n_ctx > 0 ? p->n_ctx : m->cfg.pub.max_position_embeddings;
+    if ((!p || p->n_ctx <= 0) && *n_ctx > 4096) *n_ctx = 4096;
+    *n_batch = p && p->n_batch > 0 ? p->n_batch : 256;
+    if (*n_batch > *n_ctx) *n_batch = *n_ctx;
+}
+
+int64_t moe_model_kv_bytes(const moe_model *m, int n_ctx) {
+    moe_seq_params p;
+    moe_seq_params_defaults(&p);
+    p.n_ctx = n_ctx;
+    int nc, nb;
+    resolve(m, &p, &nc, &nb);
+    int64_t total = 0, kvd = (int64_t)m->cfg.pub.n_kv_heads * m->cfg.pub.head_dim;
+    for (int l = 0; l < m->cfg.pub.n_layers; l++) total += 2 * layer_cap(m, l, nc, nb) * kvd * (int64_t)sizeof(float);
+    return total;
+}
+
+#define ALLOC(ptr, count)                                       \
+    do {                                                        \
+        size_t cnt_ = (size_t)(count);                          \
+        (ptr) = calloc(cnt_ ? cnt_ : 1, sizeof *(ptr));         \
+        if (!(ptr)) goto oom;                                   \
+    } while (0)
+
+moe_status moe_seq_new(moe_model *m, const moe_seq_params *p, moe_seq **out) {
+    *out = NULL;
+    if (!m) return moe_err(MOE_EINVAL, "moe_seq_new: no model");
+    const moe_config *c = &m->cfg.pub;
+    moe_seq *s = calloc(1, sizeof *s);
+    if (!s) return moe_err(MOE_ENOMEM, "out of memory");
+    s->m = m;
+    resolve(m, p, &s->n_ctx, &s->n_batch);
+    int64_t nb = s->n_batch, H = c->hidden_size, qd = (int64_t)c->n_heads * c->head_dim,
+            kvd = (int64_t)c->n_kv_heads * c->head_dim;
+    int64_t inter = c->intermediate_size;
+    if (c->moe_intermediate_size > inter) inter = c->moe_intermediate_size;
+    if (c->shared_expert_intermediate_size > inter) inter = c->shared_expert_intermediate_size;
+    int64_t maxcap = 1;
+    ALLOC(s->cache, c->n_layers);
+    for (int l = 0; l < c->n_layers; l++) {
+        layer_cache *lc = &s->cache[l];
+        lc->cap = layer_cap(m, l, s->n_ctx, s->n_batch);
+        if (lc->cap > maxcap) maxcap = lc->cap;
+        ALLOC(lc->k, lc->cap * kvd);
+        ALLOC(lc->v, lc->cap * kvd);
+    }
+    ALLOC(s->history, s->n_ctx);
+    ALLOC(s->x, nb * H);
+    ALLOC(s->h, nb * H);
+    ALLOC(s->q, nb * qd);
+    ALLOC(s->att, nb * qd);
+    ALLOC(s->k, nb * kvd);
+    ALLOC(s->v, nb * kvd);
+    ALLOC(s->ga, nb * inter);
+    ALLOC(s->gb, nb * inter);
+    ALLOC(s->positions, nb);
+    ALLOC(s->logits, c->vocab_size);
+    ALLOC(s->att_scratch, (int64_t)backend_threads(m->be) * maxcap);
+    if (c->n_experts > 0) {
+        ALLOC(s->moe_acc, nb * H);
+        ALLOC(s->xe, nb * H);
+        ALLOC(s->ye, nb * H);
+        ALLOC(s->router, nb * c->n_experts);
+        ALLOC(s->sel, nb * c->n_experts_per_tok);
+        ALLOC(s->selw, nb * c->n_experts_per_tok);
+        ALLOC(s->etok, nb);
+        ALLOC(s->ew, nb);
+    }
+    *out = s;
+    return MOE_OK;
+oom:
+    moe_seq_free(s);
+    return moe_err(MOE_ENOMEM, "out of memory allocating a sequence of %d tokens", s ? s->n_ctx : 0);
+}
+
+void moe_seq_free(moe_seq *s) {
+    if (!s) return;
+    if (s->cache)
+        for (int l = 0; l < s->m->cfg.pub.n_layers; l++) {
+            free(s->cache[l].k);
+            free(s->cache[l].v);
+        }
+    free(s->cache);
+    void *bufs[] = {s->history, s->x, s->h, s->q, s->att, s->k, s->v, s->ga, s->gb, s->moe_acc, s->xe, s->ye,
+                    s->router, s->sel, s->selw, s->etok, s->ew, s->att_scratch, s->positions, s->logits};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
+    free(s);
+}
+
+int64_t moe_seq_pos(const moe_seq *s) { return s->pos + (s->has_pending ? 1 : 0); }
+
+void moe_seq_reset(moe_seq *s) {
+    s->pos = 0;
+    s->has_logits = 0;
+    s->has_pending = 0;
+}
+
+static moe_status eval(moe_seq *s, const int32_t *tokens, size_t n, float *logits, int all, int decode) {
+    const moe_config *c = &s->m->cfg.pub;
+    if ((int64_t)n > s->n_ctx - s->pos)
+        return moe_err(MOE_ERANGE, "context full: %lld + %zu tokens > n_ctx %d", (long long)s->pos, n, s->n_ctx);
+    for (size_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
+            return moe_err(MOE_ERANGE, "token id %d at index %zu is outside the vocabulary [0, %d)", tokens[i], i,
+                           c->vocab_size);
+    double t0 = now_s();
+    int64_t start = s->pos;
+    for (size_t off = 0; off < n; off += (size_t)s->n_batch) {
+        size_t nb = n - off < (size_t)s->n_batch ? n - off : (size_t)s->n_batch;
+        int last = off + nb == n;
+        float *lg = all && logits ? logits + off * (size_t)c->vocab_size : last ? s->logits : NULL;
+        moe_status st = model_forward(s, tokens + off, (int64_t)nb, lg, all && logits);
+        if (st) {
+            s->pos = start; /* the cache beyond start is garbage now, but unreferenced */
+            s->has_logits = 0;
+            return st;
+        }
+    }
+    memcpy(s->history + start, tokens, n * sizeof *tokens);
+    if (all && logits) memcpy(s->logits, logits + (n - 1) * (size_t)c->vocab_size, sizeof(float) * (size_t)c->vocab_size);
+    else if (logits) memcpy(logits, s->logits, sizeof(float) * (size_t)c->vocab_size);
+    s->has_logits = 1;
+    double dt = now_s() - t0;
+    if (!decode) {
+        s->stats.prompt_seconds += dt;
+        s->stats.prompt_tokens += (int64_t)n;
+    } else {
+        s->stats.decode_seconds += dt;
+        s->stats.decode_tokens += 1;
+    }
+    return MOE_OK;
+}
+
+moe_status moe_seq_eval(moe_seq *s, const int32_t *tokens, size_t n, float *logits, int all) {
+    if (!s || (!tokens && n)) return moe_err(MOE_EINVAL, "moe_seq_eval: NULL argument");
+    if (s->has_pending) {
+        int32_t p = s->pending;
+        s->has_pending = 0;
+        moe_status st = eval(s, &p, 1, NULL, 0, 1);
+        if (st) {
+            s->has_pending = 1;
+            return st;
+        }
+    }
+    if (n == 0) return MOE_OK;
+    return eval(s, tokens, n, logits, all, 0);
+}
+
+moe_status moe_generate_next(moe_seq *s, moe_sampler *smp, int32_t *token) {
+    if (!s || !smp || !token) return moe_err(MOE_EINVAL, "moe_generate_next: NULL argument");
+    moe_status st = moe_seq_eval(s, NULL, 0, NULL, 0); /* runs the pending token, if any */
+    if (st) return st;
+    if (!s->has_logits) return moe_err(MOE_EINVAL, "moe_generate_next: evaluate a prompt first");
+    if (s->pos >= s->n_ctx) return moe_err(MOE_ERANGE, "context full (%d tokens)", s->n_ctx);
+    int32_t t = moe_sampler_sample(smp, s->logits, s->m->cfg.pub.vocab_size, s->history, (size_t)s->pos);
+    s->pending = t;
+    s->has_pending = 1;
+    s->has_logits = 0;
+    *token = t;
+    return MOE_OK;
+}
+
+void moe_seq_get_stats(const moe_seq *s, moe_seq_stats *out) { *out = s->stats; }

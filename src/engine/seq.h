@@ -1,0 +1,41 @@
+/* seq.h — a sequence: one conversation's caches, position and working
+ * buffers. Everything the forward pass writes lives here (the model is
+ * read-only), allocated once in moe_seq_new. */
+#ifndef MOE_ENGINE_SEQ_H
+#define MOE_ENGINE_SEQ_H
+
+#include "../model/model.h"
+
+typedef struct layer_cache {
+    int64_t cap;  /* slots; position p lives in slot p % cap */
+    float *k, *v; /* [cap x n_kv*hd] */
+} layer_cache;
+
+struct moe_seq {
+    moe_model *m;
+    int n_ctx, n_batch;
+    int64_t pos;              /* tokens in the caches */
+    layer_cache *cache;       /* [n_layers] */
+    int32_t *history;         /* [n_ctx] tokens so far */
+
+    /* working buffers, [n_batch x width] */
+    float *x, *h;             /* [nb x H] residual stream, normed input */
+    float *q, *att;           /* [nb x n_heads*hd] */
+    float *k, *v;             /* [nb x n_kv*hd] */
+    float *ga, *gb;           /* [nb x max intermediate] gate / up */
+    float *moe_acc, *xe, *ye; /* [nb x H] expert sum, gathered inputs, expert outputs */
+    float *router;            /* [nb x E] router logits -> probabilities */
+    int *sel;                 /* [nb x top_k] chosen experts */
+    float *selw;              /* [nb x top_k] their weights */
+    int *etok;                /* [nb] tokens routed to the current expert */
+    float *ew;                /* [nb] and their weights */
+    float *att_scratch;       /* [threads x max cap] */
+    int64_t *positions;       /* [nb] */
+    float *logits;            /* [V] the last position's logits */
+    int has_logits;
+    int32_t pending;          /* sampled but not yet run through the model */
+    int has_pending;
+    moe_seq_stats stats;
+};
+
+#endif

@@ -1,0 +1,52 @@
+/* config.h — config.json -> the architecture description the forward pass
+ * reads. A model family is one entry of a table (config.c) plus the switches
+ * below; there is no per-family forward pass.
+ */
+#ifndef MOE_MODEL_CONFIG_H
+#define MOE_MODEL_CONFIG_H
+
+#include "moe.h"
+
+typedef enum qk_norm_kind {
+    QK_NORM_NONE,
+    QK_NORM_HEAD, /* RMSNorm over each head's head_dim (Qwen3) */
+    QK_NORM_FULL, /* RMSNorm over the whole q / k projection (OLMoE) */
+} qk_norm_kind;
+
+/* What distinguishes one family from another. */
+typedef struct family {
+    const char *model_type;
+    int qkv_bias;            /* default for q/k/v projection bias */
+    int o_bias_follows_qkv;  /* attention_bias adds bias to o_proj as well */
+    qk_norm_kind qk_norm;
+    int is_moe;
+    int always_renorm;       /* top-k weights always renormalised (Mixtral) */
+    int shared_expert;       /* shared expert with a sigmoid gate (Qwen2-MoE) */
+    float default_eps;
+    const char *moe_block;   /* "block_sparse_moe" or "mlp" in hub tensor names */
+    const char *expert_names[3]; /* gate, up, down tensor names within one expert */
+} family;
+
+typedef struct model_config {
+    moe_config pub;          /* what moe_model_config() shows */
+    const family *fam;
+    int qkv_bias, o_bias;
+    int norm_topk_prob;
+    float clip_qkv;          /* 0: no clipping */
+    unsigned char *layer_moe;  /* [n_layers] 1 when the layer's FFN is a MoE block */
+    int *layer_window;         /* [n_layers] sliding window of the layer, 0 for full attention */
+    char model_type[32];
+    char dtype[16];
+} model_config;
+
+/* The family of a model_type, NULL when unknown. */
+const family *family_find(const char *model_type);
+
+/* Parses `json` (the text of `path`, named in messages) into c. On failure c
+ * holds nothing to free. */
+moe_status config_parse(model_config *c, const char *json, const char *path);
+void config_free(model_config *c);
+/* Reads generation_config.json's eos_token_id(s), if the file exists. */
+moe_status config_read_generation(model_config *c, const char *path);
+
+#endif

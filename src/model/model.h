@@ -1,0 +1,57 @@
+/* model.h — the loaded model: its configuration, its weights as views into
+ * the mapped safetensors files, and the backend that runs it. Shared
+ * read-only by every sequence; forward passes on one model are serialised by
+ * `lock` because the backend's worker pool runs one job at a time. */
+#ifndef MOE_MODEL_MODEL_H
+#define MOE_MODEL_MODEL_H
+
+#include <pthread.h>
+
+#include "../backend/backend.h"
+#include "../format/safetensors.h"
+#include "config.h"
+
+typedef struct expert {
+    wtensor gate, up; /* [I x H] */
+    wtensor down;     /* [H x I] */
+} expert;
+
+typedef struct layer {
+    float *attn_norm, *ffn_norm;   /* [H] */
+    wtensor wq;                    /* [n_heads*hd x H] */
+    wtensor wk, wv;                /* [n_kv*hd x H] */
+    wtensor wo;                    /* [H x n_heads*hd] */
+    float *bq, *bk, *bv, *bo;      /* biases or NULL */
+    float *q_norm, *k_norm;        /* [hd] (per head) or [n_heads*hd] / [n_kv*hd] (full), or NULL */
+    int window;                    /* sliding window, 0 = full attention */
+    int is_moe;
+    expert mlp;                    /* dense FFN when !is_moe: [intermediate x H] */
+    wtensor router;                /* [E x H] */
+    expert *experts;               /* [E] */
+    expert shared;                 /* shared expert (rows = shared_expert_intermediate_size) */
+    wtensor shared_gate;           /* [1 x H] */
+} layer;
+
+struct moe_model {
+    model_config cfg;
+    st_file **shards;              /* [n_shards] */
+    int n_shards;
+    wtensor embed;                 /* [V x H] */
+    wtensor lm_head;               /* [V x H] (the embedding when tied) */
+    float *final_norm;             /* [H] */
+    layer *layers;                 /* [n_layers] */
+    float *inv_freq;               /* [hd/2] RoPE frequencies */
+    void **owned;                  /* float32 copies of small vectors, freed with the model */
+    int n_owned, cap_owned;
+    backend *be;
+    pthread_mutex_t lock;
+    char dir[4096];
+};
+
+/* The forward pass: runs tokens[n] at positions pos0.. through the model,
+ * reading and extending the caches of `s`. logits: [n x V] when all, else
+ * [V] of the last token; NULL to skip the head. Defined in forward.c. */
+struct moe_seq;
+moe_status model_forward(struct moe_seq *s, const int32_t *tokens, int64_t n, float *logits, int all);
+
+#endif
