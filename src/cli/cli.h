@@ -30,6 +30,13 @@ int cli_float(const char *opt, const char *s, double lo, double hi, double *out)
 /* Returns argv[++*i] or NULL (after reporting) when the option has no value. */
 const char *cli_value(int argc, char **argv, int *i);
 
+/* Inside an option loop over argv with index i: v = the option's value, or
+ * return 1 when it has none. */
+#define CLI_VALUE()                                        \
+    do {                                                   \
+        if (!(v = cli_value(argc, argv, &i))) return 1;    \
+    } while (0)
+
 /* Loads a model with n_threads (0 = all cores), reporting errors. */
 int cli_load(const char *dir, int n_threads, moe_model **out);
 

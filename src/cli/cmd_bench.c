@@ -35,13 +35,12 @@ int cmd_bench(int argc, char **argv) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { help(stdout); return 0; }
         else if (!strcmp(a, "--json")) json = 1;
-        else if (!(v = cli_value(argc, argv, &i))) return 1;
-        else if (!strcmp(a, "-m") || !strcmp(a, "--model")) dir = v;
-        else if (!strcmp(a, "-p")) { if (cli_int(a, v, 1, 1 << 20, &np)) return 1; }
-        else if (!strcmp(a, "-n")) { if (cli_int(a, v, 1, 1 << 20, &ng)) return 1; }
-        else if (!strcmp(a, "-r")) { if (cli_int(a, v, 1, 1000, &reps)) return 1; }
-        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { if (cli_int(a, v, 0, 4096, &threads)) return 1; }
-        else { help(stderr); return cli_fail("bench: unknown option %s", a); }
+        else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { CLI_VALUE(); dir = v; }
+        else if (!strcmp(a, "-p")) { CLI_VALUE(); if (cli_int(a, v, 1, 1 << 20, &np)) return 1; }
+        else if (!strcmp(a, "-n")) { CLI_VALUE(); if (cli_int(a, v, 1, 1 << 20, &ng)) return 1; }
+        else if (!strcmp(a, "-r")) { CLI_VALUE(); if (cli_int(a, v, 1, 1000, &reps)) return 1; }
+        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { CLI_VALUE(); if (cli_int(a, v, 0, 4096, &threads)) return 1; }
+        else return cli_fail("bench: unknown option %s (moe bench --help lists them)", a);
     }
     moe_model *m;
     if (cli_load(dir, (int)threads, &m)) return 1;

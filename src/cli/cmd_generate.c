@@ -48,23 +48,22 @@ int cmd_generate(int argc, char **argv) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { help(stdout); return 0; }
         else if (!strcmp(a, "--ignore-eos")) ignore_eos = 1;
-        else if (!(v = cli_value(argc, argv, &i))) return 1;
-        else if (!strcmp(a, "-m") || !strcmp(a, "--model")) dir = v;
-        else if (!strcmp(a, "--tokens")) toks = v;
-        else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) prompt = v;
-        else if (!strcmp(a, "-n")) { if (cli_int(a, v, 0, 1 << 30, &n_gen)) return 1; }
-        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { if (cli_int(a, v, 0, 4096, &threads)) return 1; }
-        else if (!strcmp(a, "--ctx")) { if (cli_int(a, v, 1, 1 << 30, &ctx)) return 1; }
-        else if (!strcmp(a, "--temp")) { if (cli_float(a, v, 0, 100, &d)) return 1; sp.temperature = (float)d; }
-        else if (!strcmp(a, "--top-k")) { if (cli_int(a, v, 0, 1 << 30, &ll)) return 1; sp.top_k = (int)ll; }
-        else if (!strcmp(a, "--top-p")) { if (cli_float(a, v, 1e-6, 1, &d)) return 1; sp.top_p = (float)d; }
-        else if (!strcmp(a, "--min-p")) { if (cli_float(a, v, 0, 1, &d)) return 1; sp.min_p = (float)d; }
-        else if (!strcmp(a, "--repeat-penalty")) { if (cli_float(a, v, 1e-3, 100, &d)) return 1; sp.repeat_penalty = (float)d; }
-        else if (!strcmp(a, "--seed")) { if (cli_int(a, v, 0, INT64_MAX, &ll)) return 1; sp.seed = (uint64_t)ll; }
-        else { help(stderr); return cli_fail("generate: unknown option %s", a); }
+        else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { CLI_VALUE(); dir = v; }
+        else if (!strcmp(a, "--tokens")) { CLI_VALUE(); toks = v; }
+        else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) { CLI_VALUE(); prompt = v; }
+        else if (!strcmp(a, "-n")) { CLI_VALUE(); if (cli_int(a, v, 0, 1 << 30, &n_gen)) return 1; }
+        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { CLI_VALUE(); if (cli_int(a, v, 0, 4096, &threads)) return 1; }
+        else if (!strcmp(a, "--ctx")) { CLI_VALUE(); if (cli_int(a, v, 1, 1 << 30, &ctx)) return 1; }
+        else if (!strcmp(a, "--temp")) { CLI_VALUE(); if (cli_float(a, v, 0, 100, &d)) return 1; sp.temperature = (float)d; }
+        else if (!strcmp(a, "--top-k")) { CLI_VALUE(); if (cli_int(a, v, 0, 1 << 30, &ll)) return 1; sp.top_k = (int)ll; }
+        else if (!strcmp(a, "--top-p")) { CLI_VALUE(); if (cli_float(a, v, 1e-6, 1, &d)) return 1; sp.top_p = (float)d; }
+        else if (!strcmp(a, "--min-p")) { CLI_VALUE(); if (cli_float(a, v, 0, 1, &d)) return 1; sp.min_p = (float)d; }
+        else if (!strcmp(a, "--repeat-penalty")) { CLI_VALUE(); if (cli_float(a, v, 1e-3, 100, &d)) return 1; sp.repeat_penalty = (float)d; }
+        else if (!strcmp(a, "--seed")) { CLI_VALUE(); if (cli_int(a, v, 0, INT64_MAX, &ll)) return 1; sp.seed = (uint64_t)ll; }
+        else return cli_fail("generate: unknown option %s (moe generate --help lists them)", a);
     }
     if (prompt) return cli_fail("generate: -p needs the tokenizer, which this build does not have yet; use --tokens");
-    if (!toks) { help(stderr); return cli_fail("generate: give a prompt with --tokens"); }
+    if (!toks) return cli_fail("generate: give a prompt with --tokens (see moe generate --help)");
     int32_t *tokens;
     size_t n;
     if (cli_parse_tokens(toks, &tokens, &n)) return 1;

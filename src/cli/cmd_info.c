@@ -18,16 +18,22 @@ static void human(char *buf, size_t cap, double bytes) {
     snprintf(buf, cap, "%.2f %s", bytes, u[i]);
 }
 
+static void count(char *buf, size_t cap, double n) {
+    const char *u[] = {"", " K", " M", " B", " T"};
+    int i = 0;
+    while (n >= 1000 && i < 4) { n /= 1000; i++; }
+    snprintf(buf, cap, i ? "%.2f%s" : "%.0f%s", n, u[i]);
+}
+
 int cmd_info(int argc, char **argv) {
     const char *dir = MOE_DEFAULT_MODEL, *v;
     long long ctx = 4096;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { help(stdout); return 0; }
-        else if (!(v = cli_value(argc, argv, &i))) return 1;
-        else if (!strcmp(a, "-m") || !strcmp(a, "--model")) dir = v;
-        else if (!strcmp(a, "--ctx")) { if (cli_int(a, v, 1, 1 << 30, &ctx)) return 1; }
-        else { help(stderr); return cli_fail("info: unknown option %s", a); }
+        else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { CLI_VALUE(); dir = v; }
+        else if (!strcmp(a, "--ctx")) { CLI_VALUE(); if (cli_int(a, v, 1, 1 << 30, &ctx)) return 1; }
+        else return cli_fail("info: unknown option %s (moe info --help lists them)", a);
     }
     moe_model *m;
     if (cli_load(dir, 1, &m)) return 1;
@@ -52,8 +58,10 @@ int cmd_info(int argc, char **argv) {
                c->shared_expert_intermediate_size ? ", with a shared expert" : "");
     if (c->shared_expert_intermediate_size) printf("shared:       width %d\n", c->shared_expert_intermediate_size);
     printf("vocab:        %d%s\n", c->vocab_size, c->tie_word_embeddings ? " (tied embeddings)" : "");
-    printf("parameters:   %.3f B total, %.3f B active per token\n", (double)c->n_params / 1e9,
-           (double)c->n_params_active / 1e9);
+    char pt[32], pa[32];
+    count(pt, sizeof pt, (double)c->n_params);
+    count(pa, sizeof pa, (double)c->n_params_active);
+    printf("parameters:   %s total, %s active per token\n", pt, pa);
     printf("weights:      %s on disk (mapped, not copied); %s read per generated token\n", w, wa);
     printf("kv cache:     %s at context %lld (float32)\n", kv, ctx);
     char tot[32];

@@ -29,9 +29,9 @@ int cmd_logits(int argc, char **argv) {
         else if (!strcmp(a, "--tokens")) { if (!(v = cli_value(argc, argv, &i))) return 1; toks = v; }
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
             if (!(v = cli_value(argc, argv, &i)) || cli_int(a, v, 0, 4096, &threads)) return 1;
-        } else { help(stderr); return cli_fail("logits: unknown option %s", a); }
+        } else return cli_fail("logits: unknown option %s (moe logits --help lists them)", a);
     }
-    if (!toks) { help(stderr); return cli_fail("logits: --tokens is required"); }
+    if (!toks) return cli_fail("logits: --tokens is required (see moe logits --help)");
     int32_t *tokens;
     size_t n;
     if (cli_parse_tokens(toks, &tokens, &n)) return 1;

@@ -30,15 +30,14 @@ int cmd_synth(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { help(stdout); return 0; }
-        else if (!(v = cli_value(argc, argv, &i))) return 1;
-        else if (!strcmp(a, "--like")) p.like = v;
-        else if (!strcmp(a, "--dtype")) p.dtype = v;
-        else if (!strcmp(a, "-o")) out = v;
-        else if (!strcmp(a, "--layers")) { if (cli_int(a, v, 1, 4096, &ll)) return 1; p.n_layers = (int)ll; }
-        else if (!strcmp(a, "--seed")) { if (cli_int(a, v, 0, INT64_MAX, &ll)) return 1; p.seed = (uint64_t)ll; }
-        else { help(stderr); return cli_fail("synth: unknown option %s", a); }
+        else if (!strcmp(a, "--like")) { CLI_VALUE(); p.like = v; }
+        else if (!strcmp(a, "--dtype")) { CLI_VALUE(); p.dtype = v; }
+        else if (!strcmp(a, "-o")) { CLI_VALUE(); out = v; }
+        else if (!strcmp(a, "--layers")) { CLI_VALUE(); if (cli_int(a, v, 1, 4096, &ll)) return 1; p.n_layers = (int)ll; }
+        else if (!strcmp(a, "--seed")) { CLI_VALUE(); if (cli_int(a, v, 0, INT64_MAX, &ll)) return 1; p.seed = (uint64_t)ll; }
+        else return cli_fail("synth: unknown option %s (moe synth --help lists them)", a);
     }
-    if (!p.like || !out) { help(stderr); return cli_fail("synth: --like and -o are required"); }
+    if (!p.like || !out) return cli_fail("synth: --like and -o are required (see moe synth --help)");
     time_t last = 0;
     p.progress = progress;
     p.progress_ctx = &last;

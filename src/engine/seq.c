@@ -182,7 +182,6 @@ moe_status moe_generate_next(moe_seq *s, moe_sampler *smp, int32_t *token) {
     moe_status st = moe_seq_eval(s, NULL, 0, NULL, 0); /* runs the pending token, if any */
     if (st) return st;
     if (!s->has_logits) return moe_err(MOE_EINVAL, "moe_generate_next: evaluate a prompt first");
-    if (s->pos >= s->n_ctx) return moe_err(MOE_ERANGE, "context full (%d tokens)", s->n_ctx);
     int32_t t = moe_sampler_sample(smp, s->logits, s->m->cfg.pub.vocab_size, s->history, (size_t)s->pos);
     s->pending = t;
     s->has_pending = 1;

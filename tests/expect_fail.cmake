@@ -1,0 +1,17 @@
+# expect_fail.cmake — runs the command after -P's arguments and prints
+# "status N: <stderr>", so a test can require both exit status 1 and the message.
+set(cmd "")
+set(i 0)
+set(started OFF)
+while(i LESS CMAKE_ARGC)
+  if(started)
+    list(APPEND cmd "${CMAKE_ARGV${i}}")
+  elseif(CMAKE_ARGV${i} MATCHES "expect_fail.cmake$")
+    set(started ON)
+  endif()
+  math(EXPR i "${i} + 1")
+endwhile()
+execute_process(COMMAND ${cmd} RESULT_VARIABLE rc ERROR_VARIABLE err OUTPUT_QUIET)
+string(STRIP "${err}" err)
+string(REGEX REPLACE "\n.*" "" first "${err}")
+message("status ${rc}: ${first}")

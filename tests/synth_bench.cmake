@@ -1,0 +1,16 @@
+# synth_bench.cmake — moe synth writes a loadable model of a real shape (one
+# layer of Qwen3-30B-A3B: 128 experts, top-8) and moe bench runs it and prints JSON.
+execute_process(COMMAND ${MOE} synth --like qwen3-30b-a3b --layers 1 -o ${OUT} RESULT_VARIABLE rc ERROR_VARIABLE err)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "synth failed: ${err}")
+endif()
+execute_process(COMMAND ${MOE} info -m ${OUT} RESULT_VARIABLE rc OUTPUT_VARIABLE info ERROR_VARIABLE err)
+if(NOT rc EQUAL 0 OR NOT info MATCHES "experts: +128, top-8, width 768")
+  message(FATAL_ERROR "info: ${info} ${err}")
+endif()
+execute_process(COMMAND ${MOE} bench -m ${OUT} -p 8 -n 4 -r 1 --json RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 0 OR NOT out MATCHES "\"gen_tps\":[0-9.]+")
+  message(FATAL_ERROR "bench: ${out} ${err}")
+endif()
+message(STATUS "${out}")
+file(REMOVE_RECURSE ${OUT})

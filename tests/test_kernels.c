@@ -1,0 +1,108 @@
+/* test_kernels.c — every SIMD kernel against the scalar reference on random
+ * shapes with ragged tails, for every weight format; the half-precision
+ * converters against the CPU's own F16C instructions over all 65536 values. */
+#include <immintrin.h>
+#include <math.h>
+#include <stdlib.h>
+
+#include "../src/backend/cpu/kernels.h"
+#include "../src/base/half.h"
+#include "test.h"
+
+static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
+static float frand(void) {
+    g_rng ^= g_rng << 13; g_rng ^= g_rng >> 7; g_rng ^= g_rng << 17;
+    return (float)(g_rng >> 40) * 0x1.0p-24f * 2.0f - 1.0f;
+}
+static int irand(int lo, int hi) { return lo + (int)((frand() * 0.5f + 0.5f) * (float)(hi - lo + 1)) % (hi - lo + 1); }
+
+static void *make_weights(wfmt f, int64_t rows, int64_t cols) {
+    size_t es = wfmt_size(f);
+    unsigned char *w = malloc((size_t)(rows * cols) * es);
+    for (int64_t i = 0; i < rows * cols; i++) {
+        float v = frand();
+        uint16_t h;
+        if (f == WF_F32) memcpy(w + 4 * i, &v, 4);
+        else { h = f == WF_BF16 ? f32_to_bf16(v) : f32_to_f16(v); memcpy(w + 2 * i, &h, 2); }
+    }
+    return w;
+}
+
+static void test_matmul(const cpu_kernels *k) {
+    const cpu_kernels *ref = cpu_kernels_scalar();
+    for (int f = 0; f < WF_COUNT; f++)
+        for (int trial = 0; trial < 60; trial++) {
+            int64_t rows = irand(1, 37), cols = irand(1, 300), n = irand(1, 9);
+            if (trial == 0) { rows = 64; cols = 256; n = 4; } /* whole tiles only */
+            void *wd = make_weights((wfmt)f, rows, cols);
+            wtensor w = {(wfmt)f, rows, cols, wd, (size_t)cols * wfmt_size((wfmt)f)};
+            float *x = malloc(sizeof(float) * (size_t)(n * cols));
+            float *y0 = calloc((size_t)(n * rows), sizeof(float)), *y1 = calloc((size_t)(n * rows), sizeof(float));
+            for (int64_t i = 0; i < n * cols; i++) x[i] = frand();
+            int64_t r0 = rows > 3 ? irand(0, 2) : 0; /* a row range that starts off the tile grid */
+            ref->matmul[f](&w, r0, rows, x, cols, n, y0, rows);
+            k->matmul[f](&w, r0, rows, x, cols, n, y1, rows);
+            double worst = 0;
+            for (int64_t i = 0; i < n * rows; i++) {
+                double e = fabs((double)y0[i] - y1[i]) / (1.0 + fabs((double)y0[i]));
+                if (e > worst) worst = e;
+            }
+            CHECK(worst < 2e-5, "%s %s rows %lld cols %lld n %lld: rel err %g", k->name, wfmt_name((wfmt)f),
+                  (long long)rows, (long long)cols, (long long)n, worst);
+            free(wd); free(x); free(y0); free(y1);
+        }
+}
+
+static void test_vec(const cpu_kernels *k) {
+    const cpu_kernels *ref = cpu_kernels_scalar();
+    for (int trial = 0; trial < 50; trial++) {
+        int n = irand(1, 200);
+        float a[200], b[200], y0[200], y1[200];
+        for (int i = 0; i < n; i++) { a[i] = frand(); b[i] = frand(); y0[i] = y1[i] = frand(); }
+        float d0 = ref->dot(a, b, n), d1 = k->dot(a, b, n);
+        CHECK(fabsf(d0 - d1) < 1e-5f * (1 + fabsf(d0)), "%s dot n=%d: %g vs %g", k->name, n, d0, d1);
+        float s = frand();
+        ref->axpy(y0, s, a, n);
+        k->axpy(y1, s, a, n);
+        for (int i = 0; i < n; i++) CHECK(fabsf(y0[i] - y1[i]) < 1e-6f, "%s axpy n=%d i=%d", k->name, n, i);
+    }
+}
+
+__attribute__((target("f16c"))) static void test_half(void) {
+    int bad = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        float a = f16_to_f32((uint16_t)h), b = _cvtsh_ss((unsigned short)h);
+        if (memcmp(&a, &b, 4) != 0 && !(isnan(a) && isnan(b))) bad++;
+    }
+    CHECK(bad == 0, "f16_to_f32 differs from F16C for %d values", bad);
+    bad = 0;
+    for (int i = 0; i < 200000; i++) {
+        g_rng = g_rng * 6364136223846793005ull + 1442695040888963407ull;
+        uint32_t u = (uint32_t)(g_rng >> 32);
+        float f;
+        memcpy(&f, &u, 4);
+        if (isnan(f)) continue;
+        uint16_t a = f32_to_f16(f), b = _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
+        if (a != b) bad++;
+    }
+    CHECK(bad == 0, "f32_to_f16 differs from F16C for %d values", bad);
+    CHECK(bf16_to_f32(0x3f80) == 1.0f, "bf16 1.0");
+    CHECK(f32_to_bf16(1.0f) == 0x3f80, "bf16 of 1.0");
+    CHECK(f32_to_bf16(1.00390625f) == 0x3f80, "bf16 ties to even (down)");
+    CHECK(f32_to_bf16(1.01171875f) == 0x3f82, "bf16 ties to even (up)");
+}
+
+int main(void) {
+    test_half();
+    const cpu_kernels *ks[] = {cpu_kernels_pick("avx2"), cpu_kernels_pick("avx512")};
+    int tested = 0;
+    for (int i = 0; i < 2; i++) {
+        if (!ks[i]) { printf("%s: not supported by this CPU, skipped\n", i ? "avx512" : "avx2"); continue; }
+        test_matmul(ks[i]);
+        test_vec(ks[i]);
+        tested++;
+    }
+    CHECK(tested > 0 || !__builtin_cpu_supports("avx2"), "no SIMD kernel was tested on a CPU with AVX2");
+    CHECK(cpu_kernels_pick("no-such-isa") == NULL, "unknown ISA names are refused");
+    TEST_DONE();
+}
