@@ -35,15 +35,21 @@ static inline __attribute__((always_inline)) float sload(wfmt f, const unsigned 
 static inline __attribute__((always_inline)) void tile(wfmt f, const int R, const int T,
                                                       const unsigned char *const *rows, const float *const *xs,
                                                       int64_t K, float *out /* [R*T] */) {
+    /* fully unrolled so the accumulators live in registers */
     V acc[4][4];
+#pragma GCC unroll 4
     for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
         for (int t = 0; t < T; t++) acc[r][t] = VZERO();
     int64_t kv = K / VL * VL;
     for (int64_t k = 0; k < kv; k += VL) {
         V xv[4];
+#pragma GCC unroll 4
         for (int t = 0; t < T; t++) xv[t] = VLOADF(xs[t] + k);
+#pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             V wv = vload(f, rows[r], k);
+#pragma GCC unroll 4
             for (int t = 0; t < T; t++) acc[r][t] = VFMA(wv, xv[t], acc[r][t]);
         }
     }

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# tools/deps.sh — installs the Debian packages moe builds and tests with,
+# if any is missing (needs root, or sudo). Safe to run again.
+set -euo pipefail
+pkgs=(build-essential cmake pkg-config libjansson-dev)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "installing: ${missing[*]}"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
