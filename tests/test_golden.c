@@ -78,6 +78,8 @@ int main(int argc, char **argv) {
         CHECK(st == MOE_OK, "load %s: %s", path, moe_errmsg());
         if (st) break;
         int V = moe_model_config(m)->vocab_size;
+        if (moe_model_config(m)->sliding_window > 0) /* the ring buffer bounds memory whatever the context */
+            CHECK(moe_model_kv_bytes(m, 1 << 20) == moe_model_kv_bytes(m, 4096), "KV cache grows with n_ctx under a window");
         CHECK(V == json_integer_value(json_object_get(g, "vocab_size")), "vocab size");
         size_t si;
         json_t *seq;
