@@ -70,6 +70,12 @@ int main(void) {
     expect("offsets not numbers", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[\"0\",4]}}", 4, MOE_EFORMAT,
            "data_offsets");
 
+    /* an empty tensor at a non-empty one's offset is fine, whatever the key order */
+    expect("empty first", "{\"z\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]},"
+           "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4, MOE_OK, "");
+    expect("empty last", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+           "\"z\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]}}", 4, MOE_OK, "");
+
     /* header length beyond the file, and a file too short for a length */
     b = image(good, 32, &len);
     st_file g = {.path = "trunc.safetensors"};

@@ -32,10 +32,13 @@ static int cmp_name(const void *a, const void *b) {
     return strcmp(((const st_tensor *)a)->name, ((const st_tensor *)b)->name);
 }
 
+/* by (begin, size): an empty tensor sorts before a non-empty one at its offset,
+ * so the overlap check does not depend on the header's key order */
 static int cmp_offset(const void *a, const void *b) {
-    uintptr_t x = (uintptr_t)(*(const st_tensor *const *)a)->data;
-    uintptr_t y = (uintptr_t)(*(const st_tensor *const *)b)->data;
-    return x < y ? -1 : x > y;
+    const st_tensor *s = *(const st_tensor *const *)a, *t = *(const st_tensor *const *)b;
+    uintptr_t x = (uintptr_t)s->data, y = (uintptr_t)t->data;
+    if (x != y) return x < y ? -1 : 1;
+    return s->nbytes < t->nbytes ? -1 : s->nbytes > t->nbytes;
 }
 
 void st_file_clear(st_file *f) {
