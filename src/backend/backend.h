@@ -37,6 +37,10 @@ const char *backend_isa(const backend *be);
 
 /* y[n x w->rows] = x[n x w->cols] . W^T (+ bias[w->rows] if not NULL). */
 void be_matmul(backend *be, const wtensor *w, const float *x, int64_t n, const float *bias, float *y);
+/* The same for nw <= 4 weights with the same input width, in one pass of the
+ * thread pool: y[i] = x . w[i]^T (+ bias[i]); bias may be NULL, or hold NULLs. */
+void be_matmul_n(backend *be, int nw, const wtensor *const *w, const float *x, int64_t n, const float *const *bias,
+                 float *const *y);
 /* Row r of W as float32 into out[w->cols] (embedding lookup). */
 void be_get_row(const wtensor *w, int64_t r, float *out);
 /* out[n x d] = x / rms(x) * weight, per row of width d (in place allowed). */

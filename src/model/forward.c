@@ -22,8 +22,7 @@
 /* out[n x rows(down)] = down( silu(gate x) * up x ) */
 static void swiglu_mlp(moe_seq *s, const expert *e, const float *x, int64_t n, float *out) {
     backend *be = s->m->be;
-    be_matmul(be, &e->gate, x, n, NULL, s->ga);
-    be_matmul(be, &e->up, x, n, NULL, s->gb);
+    be_matmul_n(be, 2, (const wtensor *[]){&e->gate, &e->up}, x, n, NULL, (float *[]){s->ga, s->gb});
     be_swiglu(s->ga, s->gb, n * e->gate.rows);
     be_matmul(be, &e->down, s->ga, n, NULL, out);
 }
@@ -106,9 +105,8 @@ static void attention_block(moe_seq *s, int l, int64_t n) {
     int64_t H = c->hidden_size, qd = (int64_t)nh * hd, kvd = (int64_t)nkv * hd;
 
     be_rmsnorm(be, s->x, L->attn_norm, n, H, c->rms_norm_eps, s->h);
-    be_matmul(be, &L->wq, s->h, n, L->bq, s->q);
-    be_matmul(be, &L->wk, s->h, n, L->bk, s->k);
-    be_matmul(be, &L->wv, s->h, n, L->bv, s->v);
+    be_matmul_n(be, 3, (const wtensor *[]){&L->wq, &L->wk, &L->wv}, s->h, n, (const float *[]){L->bq, L->bk, L->bv},
+                (float *[]){s->q, s->k, s->v});
     if (mc->fam->qk_norm == QK_NORM_FULL) {
         be_rmsnorm(be, s->q, L->q_norm, n, qd, c->rms_norm_eps, s->q);
         be_rmsnorm(be, s->k, L->k_norm, n, kvd, c->rms_norm_eps, s->k);

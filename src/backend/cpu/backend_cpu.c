@@ -70,35 +70,57 @@ const char *backend_isa(const backend *be) { return be->k->name; }
 
 /* ------------------------------------------------------------- matmul -- */
 
+/* One pool run covers up to MM_MAX weights that read the same input (q/k/v,
+ * gate/up): fewer synchronisations, and small matrices share the threads. */
+#define MM_MAX 4
+
 typedef struct mm_job {
     const cpu_kernels *k;
-    const wtensor *w;
     const float *x;
-    float *y;
-    int64_t n, row_chunk, tok_chunk, n_tok_chunks;
+    int64_t n, tok_chunk, n_tok_chunks;
+    int nw;
+    const wtensor *w[MM_MAX];
+    float *y[MM_MAX];
+    int64_t row_chunk[MM_MAX];
+    int64_t first_item[MM_MAX + 1]; /* items of weight i: [first_item[i], first_item[i+1]) */
 } mm_job;
 
-static void mm_item(void *ctx, int64_t i, int tid) {
+static void mm_item(void *ctx, int64_t item, int tid) {
     (void)tid;
     const mm_job *j = ctx;
-    int64_t rc = i / j->n_tok_chunks, tc = i % j->n_tok_chunks;
-    int64_t r0 = rc * j->row_chunk, r1 = r0 + j->row_chunk < j->w->rows ? r0 + j->row_chunk : j->w->rows;
+    int i = 0;
+    while (item >= j->first_item[i + 1]) i++;
+    const wtensor *w = j->w[i];
+    int64_t it = item - j->first_item[i];
+    int64_t rc = it / j->n_tok_chunks, tc = it % j->n_tok_chunks;
+    int64_t r0 = rc * j->row_chunk[i], r1 = r0 + j->row_chunk[i] < w->rows ? r0 + j->row_chunk[i] : w->rows;
     int64_t t0 = tc * j->tok_chunk, nt = j->n - t0 < j->tok_chunk ? j->n - t0 : j->tok_chunk;
-    j->k->matmul[j->w->fmt](j->w, r0, r1, j->x + t0 * j->w->cols, j->w->cols, nt, j->y + t0 * j->w->rows, j->w->rows);
+    j->k->matmul[w->fmt](w, r0, r1, j->x + t0 * w->cols, w->cols, nt, j->y[i] + t0 * w->rows, w->rows);
+}
+
+void be_matmul_n(backend *be, int nw, const wtensor *const *w, const float *x, int64_t n, const float *const *bias,
+                 float *const *y) {
+    int nth = pool_threads(be->pool);
+    mm_job j = {.k = be->k, .x = x, .n = n, .tok_chunk = 32, .nw = nw};
+    j.n_tok_chunks = (n + j.tok_chunk - 1) / j.tok_chunk;
+    for (int i = 0; i < nw; i++) {
+        /* enough items for the pool to balance, each a multiple of the 4-row tile */
+        int64_t chunk = (w[i]->rows + nth * 8 - 1) / (nth * 8);
+        chunk = chunk < 16 ? 16 : (chunk + 3) / 4 * 4;
+        j.w[i] = w[i];
+        j.y[i] = y[i];
+        j.row_chunk[i] = chunk;
+        j.first_item[i + 1] = j.first_item[i] + (w[i]->rows + chunk - 1) / chunk * j.n_tok_chunks;
+    }
+    pool_run(be->pool, mm_item, &j, j.first_item[nw]);
+    for (int i = 0; bias && i < nw; i++)
+        if (bias[i])
+            for (int64_t t = 0; t < n; t++)
+                for (int64_t r = 0; r < w[i]->rows; r++) y[i][t * w[i]->rows + r] += bias[i][r];
 }
 
 void be_matmul(backend *be, const wtensor *w, const float *x, int64_t n, const float *bias, float *y) {
-    int nth = pool_threads(be->pool);
-    /* Enough items for the pool to balance, each a multiple of the 4-row tile. */
-    int64_t chunk = (w->rows + nth * 8 - 1) / (nth * 8);
-    chunk = chunk < 16 ? 16 : (chunk + 3) / 4 * 4;
-    mm_job j = {be->k, w, x, y, n, chunk, 32, 0};
-    j.n_tok_chunks = (n + j.tok_chunk - 1) / j.tok_chunk;
-    int64_t n_row_chunks = (w->rows + chunk - 1) / chunk;
-    pool_run(be->pool, mm_item, &j, n_row_chunks * j.n_tok_chunks);
-    if (bias)
-        for (int64_t t = 0; t < n; t++)
-            for (int64_t r = 0; r < w->rows; r++) y[t * w->rows + r] += bias[r];
+    be_matmul_n(be, 1, &w, x, n, &bias, &y);
 }
 
 void be_get_row(const wtensor *w, int64_t r, float *out) {

@@ -14,6 +14,10 @@
 #include "../../base/half.h"
 #include "kernels.h"
 
+#ifndef DR
+#define DR 4 /* weight rows per decode tile */
+#endif
+
 static inline __attribute__((always_inline)) V vload(wfmt f, const unsigned char *row, int64_t k) {
     switch (f) {
     case WF_BF16: return VLOAD_BF16((const uint16_t *)row + k);
@@ -34,10 +38,10 @@ static inline __attribute__((always_inline)) float sload(wfmt f, const unsigned 
 
 static inline __attribute__((always_inline)) void tile(wfmt f, const int R, const int T,
                                                       const unsigned char *const *rows, const float *const *xs,
-                                                      int64_t K, float *out /* [R*T] */) {
+                                                      int64_t K, size_t pf, float *out /* [R*T] */) {
     /* fully unrolled so the accumulators live in registers */
-    V acc[4][4];
-#pragma GCC unroll 4
+    V acc[DR > 4 ? DR : 4][4];
+#pragma GCC unroll 8
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) acc[r][t] = VZERO();
@@ -46,13 +50,17 @@ static inline __attribute__((always_inline)) void tile(wfmt f, const int R, cons
         V xv[4];
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) xv[t] = VLOADF(xs[t] + k);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
+            /* decode is bandwidth-bound and the hardware prefetcher stops at 4 KiB
+             * pages: pull the next tile's rows into L2 while this one computes */
+            if (pf) __builtin_prefetch(rows[r] + pf + (size_t)k * (f == WF_F32 ? 4 : 2), 0, 2);
             V wv = vload(f, rows[r], k);
 #pragma GCC unroll 4
             for (int t = 0; t < T; t++) acc[r][t] = VFMA(wv, xv[t], acc[r][t]);
         }
     }
+#pragma GCC unroll 8
     for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) {
             float s = VREDUCE(acc[r][t]);
@@ -64,6 +72,17 @@ static inline __attribute__((always_inline)) void tile(wfmt f, const int R, cons
 static inline __attribute__((always_inline)) void mm_any(wfmt f, const wtensor *w, int64_t r0, int64_t r1,
                                                         const float *x, int64_t ldx, int64_t n, float *y, int64_t ldy) {
     const unsigned char *base = w->data;
+    if (n == 1) { /* decode: DR rows at a time, DR streams in flight per thread */
+        for (int64_t r = r0; r < r1; r += DR) {
+            const unsigned char *rows[DR];
+            int nr = r1 - r < DR ? (int)(r1 - r) : DR;
+            for (int i = 0; i < DR; i++) rows[i] = base + (size_t)(r + (i < nr ? i : nr - 1)) * w->row_bytes;
+            float out[DR];
+            tile(f, DR, 1, rows, &x, w->cols, DR * w->row_bytes, out);
+            for (int i = 0; i < nr; i++) y[r + i] = out[i];
+        }
+        return;
+    }
     for (int64_t r = r0; r < r1; r += 4) {
         const unsigned char *rows[4];
         int nr = r1 - r < 4 ? (int)(r1 - r) : 4;
@@ -73,14 +92,9 @@ static inline __attribute__((always_inline)) void mm_any(wfmt f, const wtensor *
             int nt = n - t < 4 ? (int)(n - t) : 4;
             for (int i = 0; i < 4; i++) xs[i] = x + (t + (i < nt ? i : nt - 1)) * ldx;
             float out[16];
-            if (nt == 1) {
-                tile(f, 4, 1, rows, xs, w->cols, out);
-                for (int i = 0; i < nr; i++) y[t * ldy + r + i] = out[i];
-            } else {
-                tile(f, 4, 4, rows, xs, w->cols, out);
-                for (int i = 0; i < nr; i++)
-                    for (int j = 0; j < nt; j++) y[(t + j) * ldy + r + i] = out[i * 4 + j];
-            }
+            tile(f, 4, 4, rows, xs, w->cols, 0, out);
+            for (int i = 0; i < nr; i++)
+                for (int j = 0; j < nt; j++) y[(t + j) * ldy + r + i] = out[i * 4 + j];
         }
     }
 }
