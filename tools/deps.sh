@@ -3,6 +3,8 @@
 # if any is missing (needs root, or sudo). Safe to run again.
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libjansson-dev)
+# the fuzzers (tools/test.sh, fuzz/run.sh) need clang and its sanitizer runtime
+[ "${1:-}" = --fuzz ] && pkgs+=(clang libclang-rt-14-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

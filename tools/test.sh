@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # tools/test.sh — the whole test suite: installs what the build needs, builds
-# with -Wall -Wextra -Werror, runs every test, then again with
-# AddressSanitizer + UndefinedBehaviorSanitizer.
+# with -Wall -Wextra -Werror and runs every test; fuzzes the file parsers
+# briefly (MOE_FUZZ_SECONDS, default 30; 0 skips); then builds and runs every
+# test again under AddressSanitizer + UndefinedBehaviorSanitizer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/deps.sh
@@ -11,6 +12,13 @@ echo "== release build and tests"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DCMAKE_C_FLAGS=-Werror >/dev/null
 cmake --build build -j"$jobs"
 ctest --test-dir build --output-on-failure -j"$jobs"
+
+secs=${MOE_FUZZ_SECONDS:-30}
+if [ "$secs" != 0 ]; then
+  echo "== libFuzzer on the safetensors and config parsers, ${secs}s each"
+  bash tools/deps.sh --fuzz
+  bash fuzz/run.sh "$secs"
+fi
 
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer build and tests"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DMOE_SANITIZE=ON -DCMAKE_C_FLAGS="-O1 -Werror" >/dev/null
