@@ -9,20 +9,9 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "f32file.h"
 #include "moe.h"
 #include "test.h"
-
-static float *read_f32(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    float *v = malloc((size_t)len);
-    *n = fread(v, 4, (size_t)len / 4, f);
-    fclose(f);
-    return v;
-}
 
 static int32_t *ints(json_t *a, size_t *n) {
     *n = json_array_size(a);

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 int cli_fail(const char *fmt, ...) {
     va_list ap;
@@ -95,4 +96,10 @@ int cli_load(const char *dir, int n_threads, moe_model **out) {
     lp.n_threads = n_threads;
     moe_status st = moe_model_load(dir, &lp, out);
     return st ? cli_fail_status(st) : 0;
+}
+
+double cli_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }

@@ -37,6 +37,9 @@ const char *cli_value(int argc, char **argv, int *i);
         if (!(v = cli_value(argc, argv, &i))) return 1;    \
     } while (0)
 
+/* Monotonic clock, seconds. */
+double cli_now(void);
+
 /* Loads a model with n_threads (0 = all cores), reporting errors. */
 int cli_load(const char *dir, int n_threads, moe_model **out);
 

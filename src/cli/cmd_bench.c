@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <time.h>
 
 #include "cli.h"
 
@@ -19,12 +18,6 @@ static void help(FILE *f) {
                "  -t N     threads (default: all cores)\n"
                "  --json   one JSON object on stdout\n",
             MOE_DEFAULT_MODEL);
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 int cmd_bench(int argc, char **argv) {
@@ -64,15 +57,15 @@ int cmd_bench(int argc, char **argv) {
     double best_pp = 0, best_tg = 0, best_ttft = 1e30;
     for (long long r = 0; !st && r < reps; r++) {
         moe_seq_reset(s);
-        double t0 = now_s();
+        double t0 = cli_now();
         st = moe_seq_eval(s, prompt, (size_t)np, NULL, 0);
-        double t1 = now_s();
+        double t1 = cli_now();
         int32_t tok;
         if (!st) st = moe_generate_next(s, smp, &tok);
-        double ttft = now_s() - t0;
-        double t2 = now_s();
+        double ttft = cli_now() - t0;
+        double t2 = cli_now();
         for (long long i = 1; !st && i <= ng; i++) st = moe_generate_next(s, smp, &tok); /* ng tokens run through */
-        double t3 = now_s();
+        double t3 = cli_now();
         if (st) break;
         double pp = (double)np / (t1 - t0), tg = (double)ng / (t3 - t2);
         if (pp > best_pp) best_pp = pp;

@@ -3,7 +3,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cli.h"
 
@@ -23,12 +22,6 @@ static void help(FILE *f) {
                "  --ctx N             context size (default: prompt + n)\n"
                "  -t N                threads (default: all cores)\n",
             MOE_DEFAULT_MODEL);
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 static int is_eos(const moe_config *c, int32_t t) {
@@ -78,18 +71,19 @@ int cmd_generate(int argc, char **argv) {
     qp.n_ctx = ctx ? (int)ctx : (int)(n + (size_t)n_gen);
     moe_status st = moe_seq_new(m, &qp, &s);
     if (!st) st = moe_sampler_new(&sp, &smp);
-    double t0 = now_s(), t_first = 0;
+    double t0 = cli_now(), t_first = 0;
     if (!st) st = moe_seq_eval(s, tokens, n, NULL, 0);
     int64_t produced = 0;
     for (; !st && produced < n_gen; produced++) {
         int32_t t;
         if ((st = moe_generate_next(s, smp, &t))) break;
-        if (produced == 0) t_first = now_s() - t0;
+        if (produced == 0) t_first = cli_now() - t0;
         printf(produced ? " %d" : "%d", t);
         fflush(stdout);
         if (!ignore_eos && is_eos(c, t)) { produced++; break; }
     }
     printf("\n");
+    fflush(stdout);
     if (st && st != MOE_ERANGE) { rc = cli_fail_status(st); goto done; }
     if (st == MOE_ERANGE) fprintf(stderr, "moe: stopped: %s\n", moe_errmsg());
     moe_seq_stats ss;

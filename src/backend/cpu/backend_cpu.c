@@ -5,7 +5,6 @@
 #include <string.h>
 
 #include "../../base/err.h"
-#include "../../base/half.h"
 #include "../../base/pool.h"
 #include "kernels.h"
 
@@ -125,15 +124,7 @@ void be_matmul(backend *be, const wtensor *w, const float *x, int64_t n, const f
 
 void be_get_row(const wtensor *w, int64_t r, float *out) {
     const unsigned char *row = (const unsigned char *)w->data + (size_t)r * w->row_bytes;
-    for (int64_t k = 0; k < w->cols; k++) {
-        uint16_t h;
-        switch (w->fmt) {
-        case WF_F32: memcpy(&out[k], row + 4 * k, 4); break;
-        case WF_F16: memcpy(&h, row + 2 * k, 2); out[k] = f16_to_f32(h); break;
-        case WF_BF16: memcpy(&h, row + 2 * k, 2); out[k] = bf16_to_f32(h); break;
-        default: out[k] = 0;
-        }
-    }
+    for (int64_t k = 0; k < w->cols; k++) out[k] = weight_at(w->fmt, row, k);
 }
 
 /* ------------------------------------------------------- elementwise -- */

@@ -4,7 +4,22 @@
 #ifndef MOE_CPU_KERNELS_H
 #define MOE_CPU_KERNELS_H
 
+#include <string.h>
+
+#include "../../base/half.h"
 #include "../backend.h"
+
+/* Element k of a weight row in format f, as float32: the scalar reference of
+ * every vector load (memcpy, so rows need no alignment). */
+static inline float weight_at(wfmt f, const unsigned char *row, int64_t k) {
+    uint16_t h;
+    float x;
+    switch (f) {
+    case WF_BF16: memcpy(&h, row + 2 * k, 2); return bf16_to_f32(h);
+    case WF_F16: memcpy(&h, row + 2 * k, 2); return f16_to_f32(h);
+    default: memcpy(&x, row + 4 * k, 4); return x;
+    }
+}
 
 /* y[t*ldy + r] = sum_k W[r][k] * x[t*ldx + k] for r in [r0, r1), t in [0, n). */
 typedef void (*mm_fn)(const wtensor *w, int64_t r0, int64_t r1, const float *x, int64_t ldx, int64_t n, float *y,

@@ -1,18 +1,6 @@
 /* kernels_scalar.c — the reference kernels: plain C, one float accumulator,
  * element order k = 0..cols-1. Every optimised kernel is tested against these. */
-#include <string.h>
-
-#include "../../base/half.h"
 #include "kernels.h"
-
-static float w_at(const wtensor *w, const unsigned char *row, int64_t k) {
-    switch (w->fmt) {
-    case WF_F32: { float f; memcpy(&f, row + 4 * k, 4); return f; }
-    case WF_F16: { uint16_t h; memcpy(&h, row + 2 * k, 2); return f16_to_f32(h); }
-    case WF_BF16: { uint16_t h; memcpy(&h, row + 2 * k, 2); return bf16_to_f32(h); }
-    default: return 0;
-    }
-}
 
 static void mm_scalar(const wtensor *w, int64_t r0, int64_t r1, const float *x, int64_t ldx, int64_t n, float *y,
                       int64_t ldy) {
@@ -21,7 +9,7 @@ static void mm_scalar(const wtensor *w, int64_t r0, int64_t r1, const float *x, 
         for (int64_t t = 0; t < n; t++) {
             const float *xt = x + t * ldx;
             float acc = 0;
-            for (int64_t k = 0; k < w->cols; k++) acc += w_at(w, row, k) * xt[k];
+            for (int64_t k = 0; k < w->cols; k++) acc += weight_at(w->fmt, row, k) * xt[k];
             y[t * ldy + r] = acc;
         }
     }
