@@ -2,7 +2,7 @@
 # tools/deps.sh — installs the Debian packages moe builds and tests with,
 # if any is missing (needs root, or sudo). Safe to run again.
 set -euo pipefail
-pkgs=(build-essential cmake pkg-config libjansson-dev)
+pkgs=(build-essential cmake pkg-config libjansson-dev libpcre2-dev libutf8proc-dev)
 # the fuzzers (tools/test.sh, fuzz/run.sh) need clang and its sanitizer runtime
 [ "${1:-}" = --fuzz ] && pkgs+=(clang libclang-rt-14-dev)
 missing=()
