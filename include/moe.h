@@ -171,6 +171,26 @@ typedef struct moe_seq_stats {
 } moe_seq_stats;
 void moe_seq_get_stats(const moe_seq *s, moe_seq_stats *out);
 
+/* ----------------------------------------------------------- stop text -- */
+
+/* Stop strings over streamed text: feed each decoded piece; what may still
+ * turn out to be the start of a stop string is held back until the next
+ * piece decides it, so a stop string may span tokens. Emitted text never ends
+ * inside a UTF-8 character. */
+typedef struct moe_stop moe_stop;
+
+/* stops[n]: non-empty NUL-terminated strings (copied). n may be 0. */
+moe_status moe_stop_new(const char *const *stops, size_t n, moe_stop **out);
+void moe_stop_free(moe_stop *s);
+/* Feeds text[len]; returns the text that can be shown now (*emit_len bytes,
+ * NUL-terminated, valid until the next call). *stopped becomes 1 once a stop
+ * string has appeared: the text before it is emitted, it and everything
+ * after are dropped, and later feeds emit nothing. */
+const char *moe_stop_feed(moe_stop *s, const char *text, size_t len, size_t *emit_len, int *stopped);
+/* At the end of generation: the held-back text (nothing after a stop). */
+const char *moe_stop_flush(moe_stop *s, size_t *emit_len);
+void moe_stop_reset(moe_stop *s);
+
 /* ---------------------------------------------------------- synthetic -- */
 
 typedef struct moe_synth_params {
