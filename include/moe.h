@@ -125,8 +125,16 @@ void moe_seq_free(moe_seq *s);
  * position it had before the call. */
 moe_status moe_seq_eval(moe_seq *s, const int32_t *tokens, size_t n, float *logits, int all);
 
-/* Number of tokens in the sequence so far. */
+/* Number of tokens in the sequence so far, a sampled token not yet run included. */
 int64_t moe_seq_pos(const moe_seq *s);
+/* The tokens in the sequence so far ([*n], owned by the sequence, valid until
+ * the next call on it); a sampled token not yet run is not included. */
+const int32_t *moe_seq_tokens(const moe_seq *s, size_t *n);
+/* Drops the tokens after the first `pos`, keeping the cache of those before,
+ * so a conversation can continue from a shared prefix without reprocessing
+ * it. MOE_ERANGE when a sliding window has already overwritten what the
+ * shorter sequence needs (then moe_seq_reset and evaluate again). */
+moe_status moe_seq_truncate(moe_seq *s, int64_t pos);
 /* Forgets everything: position 0, empty cache. */
 void moe_seq_reset(moe_seq *s);
 

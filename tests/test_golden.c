@@ -97,6 +97,33 @@ int main(int argc, char **argv) {
                 if (md == 0 && si == 1) printf("%s: seq %zu max |diff| %.3g\n", isas[ii], si, worst);
                 free(got);
             }
+            /* truncate back and evaluate the tail again: same logits as the reference */
+            if (ref && nref == n * (size_t)V && n > 8) {
+                moe_seq_params sp;
+                moe_seq_params_defaults(&sp);
+                sp.n_ctx = (int)n + 32;
+                sp.n_batch = 4;
+                moe_seq *s;
+                CHECK(moe_seq_new(m, &sp, &s) == MOE_OK, "seq");
+                CHECK(moe_seq_eval(s, tok, n, NULL, 0) == MOE_OK, "eval");
+                int window = moe_model_config(m)->sliding_window;
+                size_t back = window ? 3 : n / 2; /* cap = window + 3 with n_batch 4 */
+                if (window) CHECK(moe_seq_truncate(s, (int64_t)(n - back - 2)) == MOE_ERANGE, "too far back under a window");
+                CHECK(moe_seq_truncate(s, (int64_t)(n - back)) == MOE_OK, "truncate %zu back: %s", back, moe_errmsg());
+                size_t nt;
+                const int32_t *kept = moe_seq_tokens(s, &nt);
+                CHECK(nt == n - back && !memcmp(kept, tok, nt * sizeof *kept), "moe_seq_tokens after truncate");
+                float *got = malloc(back * (size_t)V * sizeof *got);
+                CHECK(moe_seq_eval(s, tok + n - back, back, got, 1) == MOE_OK, "re-eval: %s", moe_errmsg());
+                double worst = 0;
+                for (size_t i = 0; i < back * (size_t)V; i++) {
+                    double e = fabs((double)got[i] - ref[(n - back) * (size_t)V + i]);
+                    if (!(e <= worst)) worst = e;
+                }
+                CHECK(worst <= atol, "%s seq %zu: after truncating %zu back, max |diff| %.3g", isas[ii], si, back, worst);
+                free(got);
+                moe_seq_free(s);
+            }
             free(ref);
             free(tok);
         }

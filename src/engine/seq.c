@@ -120,6 +120,27 @@ void moe_seq_free(moe_seq *s) {
 
 int64_t moe_seq_pos(const moe_seq *s) { return s->pos + (s->has_pending ? 1 : 0); }
 
+const int32_t *moe_seq_tokens(const moe_seq *s, size_t *n) {
+    *n = (size_t)s->pos;
+    return s->history;
+}
+
+moe_status moe_seq_truncate(moe_seq *s, int64_t pos) {
+    if (pos < 0 || pos > s->pos) return moe_err(MOE_EINVAL, "truncate to %lld: the sequence has %lld tokens", (long long)pos, (long long)s->pos);
+    /* Under a sliding window the ring has overwritten old keys: going back is
+     * possible only while the slots of [pos - window + 1, pos) are untouched. */
+    for (int l = 0; l < s->m->cfg.pub.n_layers; l++) {
+        int w = s->m->cfg.layer_window[l];
+        if (w > 0 && s->pos - pos > s->cache[l].cap - w)
+            return moe_err(MOE_ERANGE, "cannot go back %lld tokens under a sliding window of %d (at most %lld)",
+                           (long long)(s->pos - pos), w, (long long)(s->cache[l].cap - w));
+    }
+    s->pos = pos;
+    s->has_pending = 0;
+    s->has_logits = 0;
+    return MOE_OK;
+}
+
 void moe_seq_reset(moe_seq *s) {
     s->pos = 0;
     s->has_logits = 0;
