@@ -69,6 +69,10 @@ const char *backend_isa(const backend *be) { return be->k->name; }
 
 /* ------------------------------------------------------------- matmul -- */
 
+/* Work below this many multiply-adds runs on the calling thread: handing it
+ * to the pool costs more than it saves (tiny experts, small models). */
+#define SMALL_WORK (1 << 18)
+
 /* One pool run covers up to MM_MAX weights that read the same input (q/k/v,
  * gate/up): fewer synchronisations, and small matrices share the threads. */
 #define MM_MAX 4
@@ -111,7 +115,12 @@ void be_matmul_n(backend *be, int nw, const wtensor *const *w, const float *x, i
         j.row_chunk[i] = chunk;
         j.first_item[i + 1] = j.first_item[i] + (w[i]->rows + chunk - 1) / chunk * j.n_tok_chunks;
     }
-    pool_run(be->pool, mm_item, &j, j.first_item[nw]);
+    int64_t macs = 0;
+    for (int i = 0; i < nw; i++) macs += w[i]->rows * w[i]->cols * n;
+    if (macs < SMALL_WORK) /* waking the pool costs more than it saves */
+        for (int64_t it = 0; it < j.first_item[nw]; it++) mm_item(&j, it, 0);
+    else
+        pool_run(be->pool, mm_item, &j, j.first_item[nw]);
     for (int i = 0; bias && i < nw; i++)
         if (bias[i])
             for (int64_t t = 0; t < n; t++)
@@ -198,5 +207,9 @@ static void att_item(void *ctx, int64_t i, int tid) {
 void be_attention(backend *be, const float *q, int64_t n, int64_t pos0, const float *k, const float *v, int64_t cap,
                   int n_heads, int n_kv, int hd, int window, float scale, float *scratch, float *out) {
     att_job j = {be->k, q, k, v, scratch, out, pos0, cap, n_heads, n_kv, hd, window, scale};
-    pool_run(be->pool, att_item, &j, n * n_heads);
+    int64_t span = window > 0 && window < pos0 + n ? window : pos0 + n; /* keys a query sees, at most */
+    if (n * n_heads * span * hd < SMALL_WORK)
+        for (int64_t i = 0; i < n * n_heads; i++) att_item(&j, i, 0);
+    else
+        pool_run(be->pool, att_item, &j, n * n_heads);
 }
