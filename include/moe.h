@@ -179,6 +179,47 @@ typedef struct moe_seq_stats {
 } moe_seq_stats;
 void moe_seq_get_stats(const moe_seq *s, moe_seq_stats *out);
 
+/* ------------------------------------------------------------ tokenizer -- */
+
+/* A model's tokenizer, as Hugging Face `tokenizers` runs it from
+ * tokenizer.json (+ tokenizer_config.json for BOS/EOS and the chat template).
+ * Thread-safe once loaded. */
+typedef struct moe_tokenizer moe_tokenizer;
+
+/* path: a model directory (tokenizer.json, and tokenizer_config.json if
+ * present) or a tokenizer.json file. */
+moe_status moe_tokenizer_load(const char *path, moe_tokenizer **out);
+void moe_tokenizer_free(moe_tokenizer *t);
+int moe_tokenizer_vocab_size(const moe_tokenizer *t);
+int32_t moe_tokenizer_bos(const moe_tokenizer *t); /* -1 when none */
+int32_t moe_tokenizer_eos(const moe_tokenizer *t); /* -1 when none */
+
+/* text[len] -> *ids[*n] (free with moe_free). add_special: BOS/EOS as the
+ * model's post-processor adds them (encode(add_special_tokens=True)). */
+moe_status moe_tokenize(const moe_tokenizer *t, const char *text, size_t len, int add_special, int32_t **ids, size_t *n);
+/* ids -> *text (NUL-terminated, free with moe_free); skip_special drops
+ * special tokens as decode(skip_special_tokens=True) does. */
+moe_status moe_detokenize(const moe_tokenizer *t, const int32_t *ids, size_t n, int skip_special, char **text);
+/* Frees what moe_tokenize, moe_detokenize and moe_chat_render return. */
+void moe_free(void *p);
+
+/* Streaming detokenizer: push ids one by one; each call returns the text that
+ * is now final (whole UTF-8 characters only; valid until the next call); the
+ * concatenation equals moe_detokenize of all ids. */
+typedef struct moe_detok moe_detok;
+moe_status moe_detok_new(const moe_tokenizer *t, int skip_special, moe_detok **out);
+void moe_detok_free(moe_detok *d);
+const char *moe_detok_push(moe_detok *d, int32_t id, size_t *len);
+const char *moe_detok_flush(moe_detok *d, size_t *len);
+void moe_detok_reset(moe_detok *d);
+
+/* Renders the model's chat template (tokenizer_config.json) as transformers'
+ * apply_chat_template(tokenize=False) does. messages_json: a JSON array of
+ * {"role", "content", ...}; tools_json: a JSON array or NULL. *out: free with
+ * moe_free. MOE_EUNSUPPORTED when the model has no chat template. */
+moe_status moe_chat_render(const moe_tokenizer *t, const char *messages_json, const char *tools_json,
+                           int add_generation_prompt, char **out);
+
 /* ----------------------------------------------------------- stop text -- */
 
 /* Stop strings over streamed text: feed each decoded piece; what may still

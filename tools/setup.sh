@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # tools/setup.sh — the quick start's first command: installs the Debian
-# packages moe needs, builds it into build/, and runs a Mixture-of-Experts model.
+# packages moe needs, builds it into build/, and generates text with the
+# bundled Mixture-of-Experts model (models/tiny-mixtral, the default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$(nproc)"
-model=tests/golden/mixtral-top2/model   # a tiny Mixtral (8 experts, top-2) checked against transformers
 echo
-build/moe info -m "$model"
+build/moe info
 echo
-echo "moe generate -m $model --tokens 1,5,9 -n 24 --temp 0.7 --seed 1"
-build/moe generate -m "$model" --tokens 1,5,9 -n 24 --temp 0.7 --seed 1
+echo '$ build/moe generate -p "The history of the church" -n 48 --seed 1'
+build/moe generate -p "The history of the church" -n 48 --seed 1

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 int cli_fail(const char *fmt, ...) {
     va_list ap;
@@ -102,4 +103,32 @@ double cli_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+const char *cli_default_model(void) {
+    static char path[4096];
+    if (path[0]) return path;
+    snprintf(path, sizeof path, "%s", MOE_DEFAULT_MODEL);
+    FILE *f = fopen(MOE_DEFAULT_MODEL "/config.json", "r");
+    if (f) {
+        fclose(f);
+        return path;
+    }
+    /* not run from the repository root: look beside the executable (build/moe -> models/) */
+    char exe[4000];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = 0;
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = 0;
+            char probe[4096 + 64];
+            snprintf(probe, sizeof probe, "%s/../%s/config.json", exe, MOE_DEFAULT_MODEL);
+            if ((f = fopen(probe, "r"))) {
+                fclose(f);
+                snprintf(path, sizeof path, "%s/../%s", exe, MOE_DEFAULT_MODEL);
+            }
+        }
+    }
+    return path;
 }

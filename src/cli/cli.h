@@ -16,6 +16,10 @@ int cmd_generate(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_detokenize(int argc, char **argv);
+int cmd_chat(int argc, char **argv);
+int cmd_perplexity(int argc, char **argv);
 
 /* Prints "moe: <msg>" to stderr and returns 1 (the exit status). */
 int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -36,6 +40,10 @@ const char *cli_value(int argc, char **argv, int *i);
     do {                                                   \
         if (!(v = cli_value(argc, argv, &i))) return 1;    \
     } while (0)
+
+/* models/tiny-mixtral, found from the current directory or beside the
+ * executable (build/../models); the plain relative path when neither has it. */
+const char *cli_default_model(void);
 
 /* Monotonic clock, seconds. */
 double cli_now(void);

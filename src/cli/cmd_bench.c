@@ -21,7 +21,7 @@ static void help(FILE *f) {
 }
 
 int cmd_bench(int argc, char **argv) {
-    const char *dir = MOE_DEFAULT_MODEL, *v;
+    const char *dir = cli_default_model(), *v;
     long long np = 128, ng = 32, reps = 3, threads = 0;
     int json = 0;
     for (int i = 1; i < argc; i++) {

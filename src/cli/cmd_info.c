@@ -26,7 +26,7 @@ static void count(char *buf, size_t cap, double n) {
 }
 
 int cmd_info(int argc, char **argv) {
-    const char *dir = MOE_DEFAULT_MODEL, *v;
+    const char *dir = cli_default_model(), *v;
     long long ctx = 4096;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];

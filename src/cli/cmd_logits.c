@@ -17,7 +17,7 @@ static void help(FILE *f) {
 }
 
 int cmd_logits(int argc, char **argv) {
-    const char *dir = MOE_DEFAULT_MODEL, *out = NULL, *toks = NULL, *v;
+    const char *dir = cli_default_model(), *out = NULL, *toks = NULL, *v;
     int all = 0;
     long long threads = 0;
     for (int i = 1; i < argc; i++) {

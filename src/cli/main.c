@@ -9,7 +9,11 @@ static const struct {
     int (*fn)(int, char **);
     const char *what;
 } k_cmds[] = {
-    {"generate", cmd_generate, "generate tokens from a prompt"},
+    {"generate", cmd_generate, "generate text (or token ids) from a prompt"},
+    {"chat", cmd_chat, "an interactive chat through the model's chat template"},
+    {"tokenize", cmd_tokenize, "text to token ids"},
+    {"detokenize", cmd_detokenize, "token ids to text"},
+    {"perplexity", cmd_perplexity, "how well a model predicts a text file"},
     {"logits", cmd_logits, "write raw float32 logits for a token sequence"},
     {"info", cmd_info, "describe a model: family, shapes, parameters, memory"},
     {"bench", cmd_bench, "measure prompt and generation speed"},

@@ -1,0 +1,119 @@
+/* cmd_perplexity.c — moe perplexity: how well a model predicts a text.
+ * Protocol (documented in --help, reproduced by tools/train_tiny.py's
+ * reference): the file is tokenized whole without special tokens and cut
+ * into chunks of --ctx - 1 tokens; each chunk is run with BOS in front
+ * (when the model has one) and every token of the chunk is scored given what
+ * precedes it in the chunk. perplexity = exp(mean negative log-likelihood). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+static void help(FILE *f) {
+    fprintf(f, "usage: moe perplexity [-m DIR] -f FILE [--ctx N] [-t N]\n"
+               "  -m DIR    model directory (default %s)\n"
+               "  -f FILE   text to score\n"
+               "  --ctx N   tokens per chunk including BOS (default 512)\n"
+               "  -t N      threads (default: all cores)\n"
+               "The text is tokenized without special tokens and cut into chunks of N-1 tokens;\n"
+               "each chunk gets BOS in front and all its tokens are scored.\n",
+            MOE_DEFAULT_MODEL);
+}
+
+static char *slurp(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        size_t r = fread(buf + n, 1, cap - n, f);
+        n += r;
+        if (r == 0) break;
+        if (n == cap) {
+            char *nb = realloc(buf, cap *= 2);
+            if (!nb) { free(buf); buf = NULL; }
+            else buf = nb;
+        }
+    }
+    fclose(f);
+    *len = n;
+    return buf;
+}
+
+int cmd_perplexity(int argc, char **argv) {
+    const char *dir = cli_default_model(), *file = NULL, *v;
+    long long ctx = 512, threads = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { help(stdout); return 0; }
+        else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { CLI_VALUE(); dir = v; }
+        else if (!strcmp(a, "-f")) { CLI_VALUE(); file = v; }
+        else if (!strcmp(a, "--ctx")) { CLI_VALUE(); if (cli_int(a, v, 2, 1 << 20, &ctx)) return 1; }
+        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { CLI_VALUE(); if (cli_int(a, v, 0, 4096, &threads)) return 1; }
+        else return cli_fail("perplexity: unknown option %s (moe perplexity --help lists them)", a);
+    }
+    if (!file) return cli_fail("perplexity: -f FILE is required (see moe perplexity --help)");
+    size_t len;
+    char *text = slurp(file, &len);
+    if (!text) return cli_fail("%s: cannot read", file);
+    moe_model *m = NULL;
+    moe_tokenizer *tok = NULL;
+    moe_seq *s = NULL;
+    int32_t *ids = NULL, *chunk = NULL;
+    float *logits = NULL;
+    size_t n = 0;
+    int rc = 1;
+    moe_status st = MOE_OK;
+    if (cli_load(dir, (int)threads, &m)) goto done;
+    if ((st = moe_tokenizer_load(dir, &tok)) || (st = moe_tokenize(tok, text, len, 0, &ids, &n))) goto done;
+    const moe_config *c = moe_model_config(m);
+    int V = c->vocab_size;
+    int32_t bos = moe_tokenizer_bos(tok) >= 0 ? moe_tokenizer_bos(tok) : c->bos_token_id;
+    size_t per = bos >= 0 ? (size_t)ctx - 1 : (size_t)ctx; /* scored tokens per chunk */
+    moe_seq_params qp;
+    moe_seq_params_defaults(&qp);
+    qp.n_ctx = (int)ctx;
+    chunk = malloc((size_t)ctx * sizeof *chunk);
+    logits = malloc((size_t)ctx * (size_t)V * sizeof *logits);
+    if (!chunk || !logits) { rc = cli_fail("out of memory"); goto done; }
+    if ((st = moe_seq_new(m, &qp, &s))) goto done;
+    double nll = 0, t0 = cli_now();
+    size_t scored = 0, n_chunks = 0;
+    for (size_t off = 0; off < n; off += per) {
+        size_t k = n - off < per ? n - off : per, lead = bos >= 0;
+        if (lead) chunk[0] = bos;
+        memcpy(chunk + lead, ids + off, k * sizeof *chunk);
+        moe_seq_reset(s);
+        if ((st = moe_seq_eval(s, chunk, k + lead, logits, 1))) goto done;
+        /* position p predicts chunk[p + 1]; without BOS the first token is not scored */
+        for (size_t p = 0; p + 1 < k + lead; p++) {
+            const float *l = logits + p * (size_t)V;
+            float mx = l[0];
+            for (int j = 1; j < V; j++) mx = l[j] > mx ? l[j] : mx;
+            double sum = 0;
+            for (int j = 0; j < V; j++) sum += exp((double)l[j] - mx);
+            nll += log(sum) + mx - l[chunk[p + 1]];
+            scored++;
+        }
+        n_chunks++;
+        fprintf(stderr, "\rchunk %zu of %zu, perplexity so far %.4f", n_chunks, (n + per - 1) / per,
+                scored ? exp(nll / (double)scored) : 0.0);
+    }
+    fprintf(stderr, "\n");
+    if (!scored) { rc = cli_fail("perplexity: %s has too few tokens to score", file); goto done; }
+    printf("perplexity %.4f over %zu tokens (%zu chunks of up to %lld, %.1f tok/s)\n", exp(nll / (double)scored), scored,
+           n_chunks, ctx, (double)(scored + n_chunks) / (cli_now() - t0));
+    rc = 0;
+done:
+    if (st) rc = cli_fail_status(st);
+    free(text);
+    free(chunk);
+    free(logits);
+    moe_free(ids);
+    moe_seq_free(s);
+    moe_tokenizer_free(tok);
+    moe_model_free(m);
+    return rc;
+}
