@@ -83,9 +83,14 @@ message(STATUS "perplexity ${ppl} (transformers ${ppl_ref})")
 endif()
 
 file(WRITE ${OUT}/chat_input.txt "Tell me about the history of music.\nAnd what about the church?\n")
-execute_process(COMMAND ${MOE} chat -m ${MODEL} -n 16 --temp 0 INPUT_FILE ${OUT}/chat_input.txt
+execute_process(COMMAND ${MOE} chat -m ${MODEL} -n 24 --temp 0.9 --seed 5 INPUT_FILE ${OUT}/chat_input.txt
                 OUTPUT_VARIABLE out ERROR_VARIABLE err RESULT_VARIABLE rc)
-if(NOT rc EQUAL 0 OR NOT err MATCHES "\\[[0-9]+ prompt tokens, 0 reused.*\\[[0-9]+ prompt tokens, ([1-9][0-9]*) reused")
-  message(FATAL_ERROR "chat: the second turn did not reuse the cache (rc ${rc}):\n${out}\n${err}")
+if(NOT rc EQUAL 0 OR NOT err MATCHES "\\[([0-9]+) prompt tokens, 0 reused[^;]*; ([0-9]+) answer tokens.*\\[[0-9]+ prompt tokens, ([0-9]+) reused")
+  message(FATAL_ERROR "chat failed (rc ${rc}):\n${out}\n${err}")
 endif()
-message(STATUS "chat: second turn reused ${CMAKE_MATCH_1} tokens")
+# the second turn reuses the first turn's prompt and answer (all but the last sampled token)
+math(EXPR want "${CMAKE_MATCH_1} + ${CMAKE_MATCH_2} - 1")
+if(CMAKE_MATCH_3 LESS want)
+  message(FATAL_ERROR "chat: the second turn reused ${CMAKE_MATCH_3} tokens of the cache, want at least ${want}:\n${err}")
+endif()
+message(STATUS "chat: second turn reused ${CMAKE_MATCH_3} tokens (first turn: ${CMAKE_MATCH_1} prompt + ${CMAKE_MATCH_2} answer)")

@@ -68,6 +68,11 @@ typedef struct chat {
     int32_t eos[9];
     int n_eos;
     long long max_answer;
+    /* the last turn as the model saw it: rendered prompt + answer text, and
+     * their token ids (prompt ids + the answer's own ids, EOS excluded) */
+    char *prev_text;
+    int32_t *prev_ids;
+    size_t n_prev;
 } chat;
 
 /* Brings the sequence to the rendered conversation, reusing the shared prefix. */
@@ -85,6 +90,39 @@ static moe_status feed_prompt(chat *c, const int32_t *ids, size_t n, size_t *reu
     return moe_seq_eval(c->seq, ids + common, n - common, NULL, 0);
 }
 
+/* The ids of the rendered conversation. When it extends the last turn's text
+ * (prompt + answer), the answer keeps the ids the model produced and only the
+ * new text is tokenized: re-tokenizing the answer could split it differently
+ * and force the cache back to where the answer began. */
+static moe_status prompt_ids(chat *c, const char *prompt, int32_t **ids, size_t *n) {
+    size_t pl = c->prev_text ? strlen(c->prev_text) : 0;
+    if (!pl || strncmp(prompt, c->prev_text, pl) != 0) return moe_tokenize(c->tok, prompt, strlen(prompt), 0, ids, n);
+    int32_t *tail;
+    size_t nt;
+    moe_status st = moe_tokenize(c->tok, prompt + pl, strlen(prompt + pl), 0, &tail, &nt);
+    if (st) return st;
+    int32_t *all = malloc((c->n_prev + nt + 1) * sizeof *all);
+    if (!all) {
+        moe_free(tail);
+        return MOE_ENOMEM;
+    }
+    memcpy(all, c->prev_ids, c->n_prev * sizeof *all);
+    memcpy(all + c->n_prev, tail, nt * sizeof *all);
+    moe_free(tail);
+    *ids = all;
+    *n = c->n_prev + nt;
+    return MOE_OK;
+}
+
+/* Whether the conversation rendered without a generation prompt starts with `prev`. */
+static int extends(chat *c, const char *prev) {
+    char *json = json_dumps(c->messages, JSON_COMPACT), *out = NULL;
+    int ok = json && moe_chat_render(c->tok, json, NULL, 0, &out) == MOE_OK && strncmp(out, prev, strlen(prev)) == 0;
+    free(json);
+    moe_free(out);
+    return ok;
+}
+
 /* One answer, streamed; appended to the conversation. */
 static moe_status answer(chat *c) {
     char *json = json_dumps(c->messages, JSON_COMPACT), *prompt = NULL;
@@ -94,8 +132,7 @@ static moe_status answer(chat *c) {
     if (st) return st;
     int32_t *ids = NULL;
     size_t n = 0, reused = 0;
-    st = moe_tokenize(c->tok, prompt, strlen(prompt), 0, &ids, &n);
-    moe_free(prompt);
+    st = prompt_ids(c, prompt, &ids, &n);
     if (!st && n == 0) st = MOE_EINVAL;
     double t0 = cli_now();
     if (!st) st = feed_prompt(c, ids, n, &reused);
@@ -104,13 +141,28 @@ static moe_status answer(chat *c) {
         size_t pl;
         moe_detok_push(c->dt, ids[i], &pl);
     }
-    moe_free(ids);
-    if (st) return st;
+    if (st) {
+        moe_free(ids);
+        moe_free(prompt);
+        return st;
+    }
     double t1 = cli_now();
-    size_t cap = 256, len = 0;
+    /* text = prompt + answer; ids grow with the answer's tokens */
+    size_t plen = strlen(prompt), cap = plen + 256, len = plen, idcap = n + 256;
     char *text = malloc(cap);
-    if (!text) return MOE_ENOMEM;
-    text[0] = 0;
+    int32_t *all = malloc(idcap * sizeof *all);
+    if (!text || !all) {
+        free(text);
+        free(all);
+        moe_free(ids);
+        moe_free(prompt);
+        return MOE_ENOMEM;
+    }
+    memcpy(text, prompt, plen + 1);
+    memcpy(all, ids, n * sizeof *all);
+    size_t n_all = n;
+    moe_free(ids);
+    moe_free(prompt);
     g_interrupted = 0;
     long long k = 0;
     for (; k < c->max_answer && !g_interrupted; k++) {
@@ -119,6 +171,12 @@ static moe_status answer(chat *c) {
         int end = 0;
         for (int i = 0; i < c->n_eos; i++) end |= c->eos[i] == t;
         if (end) break;
+        if (n_all == idcap) {
+            int32_t *na = realloc(all, (idcap *= 2) * sizeof *na);
+            if (!na) { st = MOE_ENOMEM; break; }
+            all = na;
+        }
+        all[n_all++] = t;
         size_t pl;
         const char *piece = moe_detok_push(c->dt, t, &pl);
         fwrite(piece, 1, pl, stdout);
@@ -135,14 +193,31 @@ static moe_status answer(chat *c) {
     size_t pl;
     const char *tail = moe_detok_flush(c->dt, &pl);
     fwrite(tail, 1, pl, stdout);
+    char *nt = len + pl + 1 > cap ? realloc(text, len + pl + 1) : text;
+    if (nt) {
+        text = nt;
+        memcpy(text + len, tail, pl + 1);
+        len += pl;
+    }
     if (g_interrupted) printf(" [stopped]");
     printf("\n");
     double t2 = cli_now();
     fprintf(stderr, "[%zu prompt tokens, %zu reused from the cache, %.1f tok/s; %lld answer tokens, %.1f tok/s]\n", n,
             reused, (double)(n - reused) / (t1 - t0 > 0 ? t1 - t0 : 1e-9), k, (double)k / (t2 - t1 > 0 ? t2 - t1 : 1e-9));
     if (st == MOE_ERANGE) fprintf(stderr, "moe: the context is full; start a new chat or raise --ctx\n");
-    json_array_append_new(c->messages, json_pack("{s:s, s:s%}", "role", "assistant", "content", text, len));
-    free(text);
+    /* Which form of the answer lets the next rendering extend prev_text: as
+     * generated, or without its leading space (Mistral-style templates add
+     * ' ' before an assistant message themselves). */
+    size_t lead = 0;
+    while (plen + lead < len && (text[plen + lead] == ' ' || text[plen + lead] == '\n')) lead++;
+    json_t *msg = json_pack("{s:s, s:s%}", "role", "assistant", "content", text + plen, len - plen);
+    json_array_append_new(c->messages, msg);
+    if (lead && !extends(c, text)) json_object_set_new(msg, "content", json_stringn(text + plen + lead, len - plen - lead));
+    free(c->prev_text);
+    free(c->prev_ids);
+    c->prev_text = text;
+    c->prev_ids = all;
+    c->n_prev = n_all;
     return st == MOE_ERANGE ? MOE_OK : st;
 }
 
@@ -219,6 +294,8 @@ int cmd_chat(int argc, char **argv) {
     free(line);
 done:
     json_decref(c.messages);
+    free(c.prev_text);
+    free(c.prev_ids);
     moe_detok_free(c.dt);
     moe_sampler_free(c.smp);
     moe_seq_free(c.seq);
