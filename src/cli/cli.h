@@ -5,6 +5,7 @@
 #define MOE_CLI_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 
 #include "moe.h"
@@ -44,6 +45,10 @@ const char *cli_value(int argc, char **argv, int *i);
 /* models/tiny-mixtral, found from the current directory or beside the
  * executable (build/../models); the plain relative path when neither has it. */
 const char *cli_default_model(void);
+
+/* The rest of stream f in a malloc'd, NUL-terminated buffer ([*len] bytes);
+ * NULL on a read error or out of memory. */
+char *cli_read_all(FILE *f, size_t *len);
 
 /* Monotonic clock, seconds. */
 double cli_now(void);

@@ -22,26 +22,6 @@ static void help(FILE *f) {
             MOE_DEFAULT_MODEL);
 }
 
-static char *slurp(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        size_t r = fread(buf + n, 1, cap - n, f);
-        n += r;
-        if (r == 0) break;
-        if (n == cap) {
-            char *nb = realloc(buf, cap *= 2);
-            if (!nb) { free(buf); buf = NULL; }
-            else buf = nb;
-        }
-    }
-    fclose(f);
-    *len = n;
-    return buf;
-}
-
 int cmd_perplexity(int argc, char **argv) {
     const char *dir = cli_default_model(), *file = NULL, *v;
     long long ctx = 512, threads = 0;
@@ -55,8 +35,10 @@ int cmd_perplexity(int argc, char **argv) {
         else return cli_fail("perplexity: unknown option %s (moe perplexity --help lists them)", a);
     }
     if (!file) return cli_fail("perplexity: -f FILE is required (see moe perplexity --help)");
-    size_t len;
-    char *text = slurp(file, &len);
+    size_t len = 0;
+    FILE *f = fopen(file, "rb");
+    char *text = f ? cli_read_all(f, &len) : NULL;
+    if (f) fclose(f);
     if (!text) return cli_fail("%s: cannot read", file);
     moe_model *m = NULL;
     moe_tokenizer *tok = NULL;

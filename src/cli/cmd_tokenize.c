@@ -25,23 +25,6 @@ static void help_detok(FILE *f) {
             MOE_DEFAULT_MODEL);
 }
 
-static char *read_stdin(size_t *len) {
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        size_t r = fread(buf + n, 1, cap - n, stdin);
-        n += r;
-        if (r == 0) break;
-        if (n == cap) {
-            char *nb = realloc(buf, cap *= 2);
-            if (!nb) { free(buf); return NULL; }
-            buf = nb;
-        }
-    }
-    *len = n;
-    return buf;
-}
-
 int cmd_tokenize(int argc, char **argv) {
     const char *path = cli_default_model(), *text = NULL, *v;
     int special = 0;
@@ -60,7 +43,7 @@ int cmd_tokenize(int argc, char **argv) {
     size_t len = 0;
     char *in = NULL;
     if (!text) {
-        if (!(in = read_stdin(&len))) { moe_tokenizer_free(t); return cli_fail("out of memory reading standard input"); }
+        if (!(in = cli_read_all(stdin, &len))) { moe_tokenizer_free(t); return cli_fail("out of memory reading standard input"); }
         text = in;
     } else {
         len = strlen(text);
