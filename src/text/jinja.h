@@ -8,7 +8,7 @@
  * ensure_ascii=False. Values follow Python's rules (str() of a list is its
  * repr, 7/2 is 3.5, strings are sequences of code points, ...), so the output
  * is byte-identical to transformers' apply_chat_template for the constructs
- * implemented. What is not implemented is refused by name, never guessed:
+ * it supports. Anything else is refused by name, never guessed:
  * at parse time for unknown tags, filters and tests; at render time for
  * Python methods this interpreter lacks.
  *

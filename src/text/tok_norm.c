@@ -140,16 +140,7 @@ static moe_status unicode_norm(const tokenizer *t, norm_kind k, const tbuf *in, 
     case NORM_NFKC: opt |= UTF8PROC_COMPOSE | UTF8PROC_COMPAT; break;
     default: opt |= UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT; break;
     }
-    utf8proc_uint8_t *dst = NULL;
-    utf8proc_ssize_t r = utf8proc_map((const utf8proc_uint8_t *)in->p, (utf8proc_ssize_t)in->n, &dst, (utf8proc_option_t)opt);
-    if (r < 0) {
-        free(dst);
-        return moe_err(r == UTF8PROC_ERROR_NOMEM ? MOE_ENOMEM : MOE_EINVAL, "tokenizer: normalization failed: %s",
-                       utf8proc_errmsg(r));
-    }
-    moe_status st = tbuf_put(out, dst, (size_t)r);
-    free(dst);
-    return st;
+    return map_span(in->p, in->n, opt, out);
 }
 
 static moe_status lowercase(const tbuf *in, tbuf *out) {
