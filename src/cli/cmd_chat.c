@@ -163,8 +163,7 @@ static moe_status answer(chat *c) {
     size_t n_all = n;
     moe_free(ids);
     moe_free(prompt);
-    g_interrupted = 0;
-    long long k = 0;
+    long long k = 0; /* a Ctrl-C during the prompt (reset when the line was read) skips the answer */
     for (; k < c->max_answer && !g_interrupted; k++) {
         int32_t t;
         if ((st = moe_generate_next(c->seq, c->smp, &t))) break;
