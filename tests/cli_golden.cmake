@@ -2,18 +2,7 @@
 # `moe logits --all` equals transformers' logits within ATOL, and
 # `moe generate --temp 0` prints transformers' greedy continuation.
 # cmake -DMOE=... -DF32CMP=... -DFIXTURE=... -DOUT=... -DATOL=... -P cli_golden.cmake
-# out = the JSON integer array obj[key], joined with sep
-function(json_ints obj key sep out)
-  string(JSON n LENGTH "${obj}" ${key})
-  math(EXPR last "${n} - 1")
-  set(v "")
-  foreach(i RANGE ${last})
-    string(JSON t GET "${obj}" ${key} ${i})
-    list(APPEND v ${t})
-  endforeach()
-  list(JOIN v "${sep}" v)
-  set(${out} "${v}" PARENT_SCOPE)
-endfunction()
+include(${CMAKE_CURRENT_LIST_DIR}/json_ints.cmake)
 
 file(READ "${FIXTURE}/golden.json" G)
 string(JSON seq GET "${G}" sequences 1)

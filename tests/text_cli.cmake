@@ -6,18 +6,12 @@
 #   moe perplexity             within 0.5% of transformers' perplexity
 #   moe chat                   two turns; the second reuses the first's KV cache
 # cmake -DMOE=... -DMODEL=... -DREF=... -DHELDOUT=... -P text_cli.cmake
+include(${CMAKE_CURRENT_LIST_DIR}/json_ints.cmake)
 file(READ "${REF}" R)
 string(JSON p0 GET "${R}" greedy prompts 0)
 string(JSON prompt GET "${p0}" prompt)
 string(JSON new_text GET "${p0}" new_text)
-string(JSON n LENGTH "${p0}" prompt_ids)
-math(EXPR last "${n} - 1")
-set(want_ids "")
-foreach(i RANGE ${last})
-  string(JSON t GET "${p0}" prompt_ids ${i})
-  list(APPEND want_ids ${t})
-endforeach()
-list(JOIN want_ids " " want_ids)
+json_ints("${p0}" prompt_ids " " want_ids)
 
 execute_process(COMMAND ${MOE} tokenize -m ${MODEL} --special "${prompt}" OUTPUT_VARIABLE ids RESULT_VARIABLE rc
                 ERROR_VARIABLE err OUTPUT_STRIP_TRAILING_WHITESPACE)
