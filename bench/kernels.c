@@ -29,13 +29,13 @@ int main(int argc, char **argv) {
     enum { NMAT = 6, NTOK = 64 };
     float *x = malloc(sizeof(float) * (size_t)(cols * NTOK)), *y = malloc(sizeof(float) * (size_t)(rows * NTOK));
     for (int64_t i = 0; i < cols * NTOK; i++) x[i] = (float)(i % 13) * 0.01f;
-    for (int f = 0; f < WF_COUNT; f++) {
+    for (int f = 0; f <= WF_BF16; f++) {
         size_t bytes = (size_t)(rows * cols) * wfmt_size((wfmt)f);
         wtensor w[NMAT];
         for (int m = 0; m < NMAT; m++) {
             unsigned char *d = malloc(bytes);
             memset(d, 0x3c, bytes);
-            w[m] = (wtensor){(wfmt)f, rows, cols, d, (size_t)cols * wfmt_size((wfmt)f)};
+            w[m] = (wtensor){.fmt = (wfmt)f, .rows = rows, .cols = cols, .data = d, .row_bytes = (size_t)cols * wfmt_size((wfmt)f)};
         }
         double best = 1e9;
         for (int rep = 0; rep < 5; rep++) {

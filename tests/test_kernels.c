@@ -28,14 +28,103 @@ static void *make_weights(wfmt f, int64_t rows, int64_t cols) {
     return w;
 }
 
+/* A random quantized weight: packed values, and scales (a quarter of them
+ * negative, as MLX makes them) and biases in format sfmt. Frees with free_q. */
+static wtensor make_qweights(wfmt f, wfmt sfmt, int group, int64_t rows, int64_t cols) {
+    wtensor w = {f, rows, cols, NULL, wfmt_row_bytes(f, cols), group, sfmt, NULL, NULL, 0};
+    w.sb_row_bytes = (size_t)(cols / group) * wfmt_size(sfmt);
+    unsigned char *d = malloc((size_t)rows * w.row_bytes);
+    for (size_t i = 0; i < (size_t)rows * w.row_bytes; i++) d[i] = (unsigned char)(frand() * 4096.0f);
+    void *sb[2];
+    for (int j = 0; j < 2; j++) {
+        int64_t ng = rows * (cols / group);
+        sb[j] = make_weights(sfmt, 1, ng);
+        for (int64_t i = 0; j == 0 && i < ng; i++) { /* scales: magnitude ~ 1/2^bits, sign mostly + */
+            float v = (0.2f + fabsf(frand())) / (float)(1 << wfmt_bits(f)) * (frand() < -0.5f ? -1.0f : 1.0f);
+            uint16_t h = sfmt == WF_BF16 ? f32_to_bf16(v) : f32_to_f16(v);
+            if (sfmt == WF_F32) memcpy((char *)sb[0] + 4 * i, &v, 4);
+            else memcpy((char *)sb[0] + 2 * i, &h, 2);
+        }
+    }
+    w.data = d;
+    w.scales = sb[0];
+    w.biases = sb[1];
+    return w;
+}
+
+static void free_q(wtensor *w) {
+    free((void *)w->data);
+    free((void *)w->scales);
+    free((void *)w->biases);
+}
+
+/* The bit layout against values packed by hand as MLX packs them. */
+static void test_quant_layout(void) {
+    /* 4 bits: uint32 word 0x76543210 holds q = 0,1,...,7 (least significant first) */
+    unsigned char r4[4] = {0x10, 0x32, 0x54, 0x76};
+    for (int k = 0; k < 8; k++) CHECK(quant_at(r4, 4, k) == (unsigned)k, "4-bit value %d", k);
+    /* 3 bits: 8 values 0..7 in 3 bytes: bits 0-2 = 0, 3-5 = 1, ... (MLX's byte packing) */
+    unsigned bits = 0;
+    for (int k = 0; k < 8; k++) bits |= (unsigned)k << (3 * k);
+    unsigned char r3[3] = {(unsigned char)bits, (unsigned char)(bits >> 8), (unsigned char)(bits >> 16)};
+    for (int k = 0; k < 8; k++) CHECK(quant_at(r3, 3, k) == (unsigned)k, "3-bit value %d", k);
+    /* 6 bits: 4 values in 3 bytes */
+    unsigned char r6[3] = {0x3f | 0x80, 0x02 | 0x50, 0x3e};
+    unsigned want6[4] = {0x3f, 0x0a, 0x25, 0x0f};
+    for (int k = 0; k < 4; k++) CHECK(quant_at(r6, 6, k) == want6[k], "6-bit value %d: %u", k, quant_at(r6, 6, k));
+    /* dequantization: w = scale * q + bias with a negative scale */
+    uint16_t sc = f32_to_bf16(-0.5f), bi = f32_to_bf16(3.0f);
+    wtensor w = {WF_Q4, 1, 32, r4, 16, 32, WF_BF16, &sc, &bi, 2};
+    unsigned char row[16] = {0x10, 0x32, 0x54, 0x76};
+    w.data = row;
+    CHECK(wtensor_at(&w, 0, 5) == 0.5f, "dequantized (0, 5) = %g", wtensor_at(&w, 0, 5));
+    CHECK(wtensor_at(&w, 0, 9) == 3.0f, "dequantized (0, 9) = %g", wtensor_at(&w, 0, 9));
+}
+
+static void check_close(const cpu_kernels *k, const wtensor *w, const char *what, double tol) {
+    const cpu_kernels *ref = cpu_kernels_scalar();
+    int64_t rows = w->rows, cols = w->cols, n = irand(1, 9);
+    float *x = malloc(sizeof(float) * (size_t)(n * cols));
+    float *y0 = calloc((size_t)(n * rows), sizeof(float)), *y1 = calloc((size_t)(n * rows), sizeof(float));
+    for (int64_t i = 0; i < n * cols; i++) x[i] = frand();
+    int64_t r0 = rows > 3 ? irand(0, 2) : 0; /* a row range that starts off the tile grid */
+    ref->matmul[w->fmt](w, r0, rows, x, cols, n, y0, rows);
+    mm_fn mm = k->matmul[w->fmt] ? k->matmul[w->fmt] : ref->matmul[w->fmt];
+    mm(w, r0, rows, x, cols, n, y1, rows);
+    double worst = 0;
+    for (int64_t i = 0; i < n * rows; i++) {
+        double e = fabs((double)y0[i] - y1[i]) / (1.0 + fabs((double)y0[i]));
+        if (e > worst) worst = e;
+    }
+    CHECK(worst < tol, "%s %s %s rows %lld cols %lld n %lld: rel err %g", k->name, wfmt_name(w->fmt), what,
+          (long long)rows, (long long)cols, (long long)n, worst);
+    free(x); free(y0); free(y1);
+}
+
+static void test_matmul_quant(const cpu_kernels *k) {
+    static const int groups[3] = {32, 64, 128};
+    for (int f = WF_Q2; f < WF_COUNT; f++)
+        for (int trial = 0; trial < 40; trial++) {
+            int group = groups[trial % 3];
+            wfmt sfmt = (wfmt)(trial / 3 % 3); /* F32, F16, BF16 scales */
+            int64_t rows = irand(1, 37), cols = group * irand(1, 5);
+            if (trial == 0) rows = 64;
+            wtensor w = make_qweights((wfmt)f, sfmt, group, rows, cols);
+            char what[48];
+            snprintf(what, sizeof what, "group %d scales %s", group, wfmt_name(sfmt));
+            check_close(k, &w, what, 2e-5);
+            free_q(&w);
+        }
+}
+
 static void test_matmul(const cpu_kernels *k) {
     const cpu_kernels *ref = cpu_kernels_scalar();
-    for (int f = 0; f < WF_COUNT; f++)
+    for (int f = 0; f <= WF_BF16; f++)
         for (int trial = 0; trial < 60; trial++) {
             int64_t rows = irand(1, 37), cols = irand(1, 300), n = irand(1, 9);
             if (trial == 0) { rows = 64; cols = 256; n = 4; } /* whole tiles only */
             void *wd = make_weights((wfmt)f, rows, cols);
-            wtensor w = {(wfmt)f, rows, cols, wd, (size_t)cols * wfmt_size((wfmt)f)};
+            wtensor w = {(wfmt)f, rows, cols, wd, (size_t)cols * wfmt_size((wfmt)f), 0, 0, NULL, NULL, 0};
             float *x = malloc(sizeof(float) * (size_t)(n * cols));
             float *y0 = calloc((size_t)(n * rows), sizeof(float)), *y1 = calloc((size_t)(n * rows), sizeof(float));
             for (int64_t i = 0; i < n * cols; i++) x[i] = frand();
@@ -94,11 +183,13 @@ __attribute__((target("f16c"))) static void test_half(void) {
 
 int main(void) {
     test_half();
+    test_quant_layout();
     const cpu_kernels *ks[] = {cpu_kernels_pick("avx2"), cpu_kernels_pick("avx512")};
     int tested = 0;
     for (int i = 0; i < 2; i++) {
         if (!ks[i]) { printf("%s: not supported by this CPU, skipped\n", i ? "avx512" : "avx2"); continue; }
         test_matmul(ks[i]);
+        test_matmul_quant(ks[i]);
         test_vec(ks[i]);
         tested++;
     }

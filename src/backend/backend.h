@@ -12,7 +12,13 @@
 
 #include "moe.h"
 
-typedef enum wfmt { WF_F32, WF_F16, WF_BF16, WF_COUNT } wfmt;
+/* Weight formats. WF_Qb is MLX's affine quantization with b bits a value:
+ * row r, element k is the b-bit unsigned q at bit k*b of the row's bytes
+ * (least-significant bits first: MLX's uint32 packing for 2/4/8 bits and its
+ * byte packing for 3/5/6 read the same way), and
+ *     w = scale[r][k / group] * q + bias[r][k / group]     (float32 arithmetic)
+ * with scales and biases in F32, F16 or BF16. */
+typedef enum wfmt { WF_F32, WF_F16, WF_BF16, WF_Q2, WF_Q3, WF_Q4, WF_Q5, WF_Q6, WF_Q8, WF_COUNT } wfmt;
 
 /* A 2-D weight [rows x cols] (rows = output features, cols = input features,
  * the nn.Linear layout) over memory it does not own: a mapped file. */
@@ -21,10 +27,28 @@ typedef struct wtensor {
     int64_t rows, cols;
     const void *data;   /* row r starts at (char*)data + r * row_bytes */
     size_t row_bytes;
+    /* quantized formats only (zero otherwise): */
+    int group;          /* values per scale/bias: 32, 64 or 128; divides cols */
+    wfmt sfmt;          /* WF_F32, WF_F16 or WF_BF16: the type of scales and biases */
+    const void *scales, *biases; /* [rows x cols/group], row r at + r * sb_row_bytes */
+    size_t sb_row_bytes;
 } wtensor;
 
 const char *wfmt_name(wfmt f);
+/* Bytes per element of a float format (4 or 2); 0 for quantized formats. */
 size_t wfmt_size(wfmt f);
+/* Bits per stored element: 32, 16, or the quantized width 2..8. */
+int wfmt_bits(wfmt f);
+static inline int wfmt_is_quant(wfmt f) { return f >= WF_Q2 && f < WF_COUNT; }
+/* The quantized format of `bits` (2, 3, 4, 5, 6, 8), or WF_COUNT when there is none. */
+wfmt wfmt_quant(int bits);
+/* Bytes of a weight row of `cols` elements in format f (quantized: the packed
+ * values only, which MLX stores as cols*bits/32 uint32 words). */
+size_t wfmt_row_bytes(wfmt f, int64_t cols);
+/* The view of rows [r0, r0+n) of w (the rows of one expert in a stacked tensor). */
+wtensor wtensor_rows(const wtensor *w, int64_t r0, int64_t n);
+/* Bytes of the whole weight: values plus, when quantized, scales and biases. */
+size_t wtensor_bytes(const wtensor *w);
 
 typedef struct backend backend;
 
@@ -41,14 +65,17 @@ void be_matmul(backend *be, const wtensor *w, const float *x, int64_t n, const f
  * thread pool: y[i] = x . w[i]^T (+ bias[i]); bias may be NULL, or hold NULLs. */
 void be_matmul_n(backend *be, int nw, const wtensor *const *w, const float *x, int64_t n, const float *const *bias,
                  float *const *y);
-/* Row r of W as float32 into out[w->cols] (embedding lookup). */
+/* out[n x gate->rows] = silu(x . gate^T) * (x . up^T), fused: each work item
+ * computes a block of gate and up rows for a block of tokens into its own
+ * small buffer and writes only the product, so the two projections are never
+ * materialised. gate and up: same shape. */
+void be_matmul_swiglu(backend *be, const wtensor *gate, const wtensor *up, const float *x, int64_t n, float *out);
+/* Row r of W as float32 into out[w->cols] (embedding lookup; quantized rows dequantized). */
 void be_get_row(const wtensor *w, int64_t r, float *out);
 /* out[n x d] = x / rms(x) * weight, per row of width d (in place allowed). */
 void be_rmsnorm(backend *be, const float *x, const float *weight, int64_t n, int64_t d, float eps, float *out);
 /* Rotates pairs (i, i + hd/2) of each head of x[n x n_heads*hd] by position pos[t] (HF rotate_half). */
 void be_rope(backend *be, float *x, int64_t n, int n_heads, int hd, const int64_t *pos, const float *inv_freq);
-/* a[i] = silu(a[i]) * b[i] for i < n. */
-void be_swiglu(float *a, const float *b, int64_t n);
 
 /* Attention of n queries q[n x n_heads*hd] at positions pos0..pos0+n-1 over a
  * cache k, v [cap x n_kv*hd] holding position p at slot p % cap; query at

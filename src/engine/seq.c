@@ -83,7 +83,6 @@ moe_status moe_seq_new(moe_model *m, const moe_seq_params *p, moe_seq **out) {
     ALLOC(s->k, nb * kvd);
     ALLOC(s->v, nb * kvd);
     ALLOC(s->ga, nb * inter);
-    ALLOC(s->gb, nb * inter);
     ALLOC(s->positions, nb);
     ALLOC(s->logits, c->vocab_size);
     ALLOC(s->att_scratch, (int64_t)backend_threads(m->be) * maxcap);
@@ -112,7 +111,7 @@ void moe_seq_free(moe_seq *s) {
             free(s->cache[l].v);
         }
     free(s->cache);
-    void *bufs[] = {s->history, s->x, s->h, s->q, s->att, s->k, s->v, s->ga, s->gb, s->moe_acc, s->xe, s->ye,
+    void *bufs[] = {s->history, s->x, s->h, s->q, s->att, s->k, s->v, s->ga, s->moe_acc, s->xe, s->ye,
                     s->router, s->sel, s->selw, s->etok, s->ew, s->att_scratch, s->positions, s->logits};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     free(s);

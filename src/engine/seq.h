@@ -22,7 +22,7 @@ struct moe_seq {
     float *x, *h;             /* [nb x H] residual stream, normed input */
     float *q, *att;           /* [nb x n_heads*hd] */
     float *k, *v;             /* [nb x n_kv*hd] */
-    float *ga, *gb;           /* [nb x max intermediate] gate / up */
+    float *ga;                /* [nb x max intermediate] silu(gate) * up */
     float *moe_acc, *xe, *ye; /* [nb x H] expert sum, gathered inputs, expert outputs */
     float *router;            /* [nb x E] router logits -> probabilities */
     int *sel;                 /* [nb x top_k] chosen experts */

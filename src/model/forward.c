@@ -19,11 +19,10 @@
 #include "../engine/seq.h"
 #include "model.h"
 
-/* out[n x rows(down)] = down( silu(gate x) * up x ) */
+/* out[n x rows(down)] = down( silu(gate x) * up x ), gate and up in one fused pass */
 static void swiglu_mlp(moe_seq *s, const expert *e, const float *x, int64_t n, float *out) {
     backend *be = s->m->be;
-    be_matmul_n(be, 2, (const wtensor *[]){&e->gate, &e->up}, x, n, NULL, (float *[]){s->ga, s->gb});
-    be_swiglu(s->ga, s->gb, n * e->gate.rows);
+    be_matmul_swiglu(be, &e->gate, &e->up, x, n, s->ga);
     be_matmul(be, &e->down, s->ga, n, NULL, out);
 }
 

@@ -65,7 +65,7 @@ static moe_status get_mat(moe_model *m, const char *name, int64_t rows, int64_t 
     wfmt f;
     moe_status st = check(&fd, name, (int64_t[]){rows, cols}, 2, &f);
     if (st) return st;
-    *out = (wtensor){f, rows, cols, fd.t->data, (size_t)cols * wfmt_size(f)};
+    *out = (wtensor){.fmt = f, .rows = rows, .cols = cols, .data = fd.t->data, .row_bytes = (size_t)cols * wfmt_size(f)};
     return MOE_OK;
 }
 
@@ -91,7 +91,7 @@ static moe_status get_vec(moe_model *m, const char *name, int64_t n, int require
     if (st) return st;
     float *v = malloc((size_t)n * sizeof *v);
     if (!v) return moe_err(MOE_ENOMEM, "out of memory");
-    wtensor w = {f, 1, n, fd.t->data, fd.t->nbytes};
+    wtensor w = {.fmt = f, .rows = 1, .cols = n, .data = fd.t->data, .row_bytes = fd.t->nbytes};
     be_get_row(&w, 0, v);
     if ((st = own(m, v))) return st;
     *out = v;
@@ -131,9 +131,9 @@ static moe_status bind_stacked(moe_model *m, const char *block, expert *ex) {
     size_t rb = (size_t)H * wfmt_size(fg), rbd = (size_t)I * wfmt_size(fd);
     for (int64_t e = 0; e < E; e++) {
         const unsigned char *g = (const unsigned char *)gu.t->data + (size_t)e * 2 * I * rb;
-        ex[e].gate = (wtensor){fg, I, H, g, rb};
-        ex[e].up = (wtensor){fg, I, H, g + (size_t)I * rb, rb};
-        ex[e].down = (wtensor){fd, H, I, (const unsigned char *)dn.t->data + (size_t)e * H * rbd, rbd};
+        ex[e].gate = (wtensor){.fmt = fg, .rows = I, .cols = H, .data = g, .row_bytes = rb};
+        ex[e].up = (wtensor){.fmt = fg, .rows = I, .cols = H, .data = g + (size_t)I * rb, .row_bytes = rb};
+        ex[e].down = (wtensor){.fmt = fd, .rows = H, .cols = I, .data = (const unsigned char *)dn.t->data + (size_t)e * H * rbd, .row_bytes = rbd};
     }
     return MOE_OK;
 }

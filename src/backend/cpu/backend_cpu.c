@@ -14,11 +14,41 @@ struct backend {
 };
 
 const char *wfmt_name(wfmt f) {
-    static const char *names[WF_COUNT] = {"F32", "F16", "BF16"};
+    static const char *names[WF_COUNT] = {"F32", "F16", "BF16", "Q2", "Q3", "Q4", "Q5", "Q6", "Q8"};
     return (unsigned)f < WF_COUNT ? names[f] : "?";
 }
 
-size_t wfmt_size(wfmt f) { return f == WF_F32 ? 4 : 2; }
+int wfmt_bits(wfmt f) {
+    static const int bits[WF_COUNT] = {32, 16, 16, 2, 3, 4, 5, 6, 8};
+    return (unsigned)f < WF_COUNT ? bits[f] : 0;
+}
+
+size_t wfmt_size(wfmt f) { return wfmt_is_quant(f) ? 0 : (size_t)wfmt_bits(f) / 8; }
+
+wfmt wfmt_quant(int bits) {
+    for (int f = WF_Q2; f < WF_COUNT; f++)
+        if (wfmt_bits((wfmt)f) == bits) return (wfmt)f;
+    return WF_COUNT;
+}
+
+size_t wfmt_row_bytes(wfmt f, int64_t cols) { return ((size_t)cols * (size_t)wfmt_bits(f) + 7) / 8; }
+
+wtensor wtensor_rows(const wtensor *w, int64_t r0, int64_t n) {
+    wtensor v = *w;
+    v.rows = n;
+    v.data = (const unsigned char *)w->data + (size_t)r0 * w->row_bytes;
+    if (wfmt_is_quant(w->fmt)) {
+        v.scales = (const unsigned char *)w->scales + (size_t)r0 * w->sb_row_bytes;
+        v.biases = (const unsigned char *)w->biases + (size_t)r0 * w->sb_row_bytes;
+    }
+    return v;
+}
+
+size_t wtensor_bytes(const wtensor *w) {
+    size_t b = (size_t)w->rows * wfmt_row_bytes(w->fmt, w->cols);
+    if (wfmt_is_quant(w->fmt)) b += 2 * (size_t)w->rows * (size_t)(w->cols / w->group) * wfmt_size(w->sfmt);
+    return b;
+}
 
 const cpu_kernels *cpu_kernels_pick(const char *name) {
     int want_auto = !name || !*name || strcmp(name, "auto") == 0;
@@ -94,11 +124,12 @@ static void mm_item(void *ctx, int64_t item, int tid) {
     int i = 0;
     while (item >= j->first_item[i + 1]) i++;
     const wtensor *w = j->w[i];
+    mm_fn mm = j->k->matmul[w->fmt] ? j->k->matmul[w->fmt] : cpu_kernels_scalar()->matmul[w->fmt];
     int64_t it = item - j->first_item[i];
     int64_t rc = it / j->n_tok_chunks, tc = it % j->n_tok_chunks;
     int64_t r0 = rc * j->row_chunk[i], r1 = r0 + j->row_chunk[i] < w->rows ? r0 + j->row_chunk[i] : w->rows;
     int64_t t0 = tc * j->tok_chunk, nt = j->n - t0 < j->tok_chunk ? j->n - t0 : j->tok_chunk;
-    j->k->matmul[w->fmt](w, r0, r1, j->x + t0 * w->cols, w->cols, nt, j->y[i] + t0 * w->rows, w->rows);
+    mm(w, r0, r1, j->x + t0 * w->cols, w->cols, nt, j->y[i] + t0 * w->rows, w->rows);
 }
 
 void be_matmul_n(backend *be, int nw, const wtensor *const *w, const float *x, int64_t n, const float *const *bias,
@@ -127,13 +158,55 @@ void be_matmul_n(backend *be, int nw, const wtensor *const *w, const float *x, i
                 for (int64_t r = 0; r < w[i]->rows; r++) y[i][t * w[i]->rows + r] += bias[i][r];
 }
 
+/* Fused SwiGLU: an item is SW_ROWS rows of gate and up for SW_TOK tokens;
+ * its two partial products live in a stack buffer of 2 * SW_ROWS * SW_TOK floats. */
+#define SW_ROWS 64
+#define SW_TOK 32
+
+typedef struct sw_job {
+    const cpu_kernels *k;
+    const wtensor *gate, *up;
+    const float *x;
+    float *out;
+    int64_t n, n_row_chunks;
+} sw_job;
+
+static void sw_item(void *ctx, int64_t item, int tid) {
+    (void)tid;
+    const sw_job *j = ctx;
+    int64_t rc = item % j->n_row_chunks, tc = item / j->n_row_chunks;
+    int64_t rows = j->gate->rows, r0 = rc * SW_ROWS, nr = rows - r0 < SW_ROWS ? rows - r0 : SW_ROWS;
+    int64_t t0 = tc * SW_TOK, nt = j->n - t0 < SW_TOK ? j->n - t0 : SW_TOK;
+    float g[SW_ROWS * SW_TOK], u[SW_ROWS * SW_TOK]; /* [nt x nr] */
+    const wtensor *w[2] = {j->gate, j->up};
+    float *y[2] = {g, u};
+    for (int i = 0; i < 2; i++) {
+        mm_fn mm = j->k->matmul[w[i]->fmt] ? j->k->matmul[w[i]->fmt] : cpu_kernels_scalar()->matmul[w[i]->fmt];
+        wtensor v = wtensor_rows(w[i], r0, nr); /* so the block's row r0 lands in column 0 of y */
+        mm(&v, 0, nr, j->x + t0 * v.cols, v.cols, nt, y[i], nr);
+    }
+    for (int64_t t = 0; t < nt; t++) {
+        float *o = j->out + (t0 + t) * rows + r0;
+        const float *gt = g + t * nr, *ut = u + t * nr;
+        for (int64_t r = 0; r < nr; r++) o[r] = gt[r] / (1.0f + expf(-gt[r])) * ut[r];
+    }
+}
+
+void be_matmul_swiglu(backend *be, const wtensor *gate, const wtensor *up, const float *x, int64_t n, float *out) {
+    sw_job j = {be->k, gate, up, x, out, n, (gate->rows + SW_ROWS - 1) / SW_ROWS};
+    int64_t items = j.n_row_chunks * ((n + SW_TOK - 1) / SW_TOK);
+    if (2 * gate->rows * gate->cols * n < SMALL_WORK)
+        for (int64_t it = 0; it < items; it++) sw_item(&j, it, 0);
+    else
+        pool_run(be->pool, sw_item, &j, items);
+}
+
 void be_matmul(backend *be, const wtensor *w, const float *x, int64_t n, const float *bias, float *y) {
     be_matmul_n(be, 1, &w, x, n, &bias, &y);
 }
 
 void be_get_row(const wtensor *w, int64_t r, float *out) {
-    const unsigned char *row = (const unsigned char *)w->data + (size_t)r * w->row_bytes;
-    for (int64_t k = 0; k < w->cols; k++) out[k] = weight_at(w->fmt, row, k);
+    for (int64_t k = 0; k < w->cols; k++) out[k] = wtensor_at(w, r, k);
 }
 
 /* ------------------------------------------------------- elementwise -- */
@@ -165,10 +238,6 @@ void be_rope(backend *be, float *x, int64_t n, int n_heads, int hd, const int64_
             }
         }
     }
-}
-
-void be_swiglu(float *a, const float *b, int64_t n) {
-    for (int64_t i = 0; i < n; i++) a[i] = a[i] / (1.0f + expf(-a[i])) * b[i];
 }
 
 /* ---------------------------------------------------------- attention -- */

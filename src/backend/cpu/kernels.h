@@ -9,8 +9,8 @@
 #include "../../base/half.h"
 #include "../backend.h"
 
-/* Element k of a weight row in format f, as float32: the scalar reference of
- * every vector load (memcpy, so rows need no alignment). */
+/* Element k of a float-format weight row (F32, F16, BF16) as float32: the
+ * scalar reference of every vector load (memcpy, so rows need no alignment). */
 static inline float weight_at(wfmt f, const unsigned char *row, int64_t k) {
     uint16_t h;
     float x;
@@ -19,6 +19,27 @@ static inline float weight_at(wfmt f, const unsigned char *row, int64_t k) {
     case WF_F16: memcpy(&h, row + 2 * k, 2); return f16_to_f32(h);
     default: memcpy(&x, row + 4 * k, 4); return x;
     }
+}
+
+/* The b-bit value at index k of a packed row: bits k*b .. k*b+b-1, least
+ * significant first (see wfmt in backend.h). Reads only bytes of the value. */
+static inline unsigned quant_at(const unsigned char *row, int bits, int64_t k) {
+    int64_t bit = k * bits;
+    unsigned v = row[bit >> 3], sh = (unsigned)(bit & 7);
+    if (sh + (unsigned)bits > 8) v |= (unsigned)row[(bit >> 3) + 1] << 8;
+    return (v >> sh) & ((1u << bits) - 1);
+}
+
+/* Element (r, k) of any weight as float32, dequantized as MLX does:
+ * scale * q + bias in float32. The scalar reference of every kernel. */
+static inline float wtensor_at(const wtensor *w, int64_t r, int64_t k) {
+    const unsigned char *row = (const unsigned char *)w->data + (size_t)r * w->row_bytes;
+    if (!wfmt_is_quant(w->fmt)) return weight_at(w->fmt, row, k);
+    int64_t g = k / w->group;
+    const unsigned char *s = (const unsigned char *)w->scales + (size_t)r * w->sb_row_bytes;
+    const unsigned char *b = (const unsigned char *)w->biases + (size_t)r * w->sb_row_bytes;
+    float q = (float)quant_at(row, wfmt_bits(w->fmt), k);
+    return weight_at(w->sfmt, s, g) * q + weight_at(w->sfmt, b, g);
 }
 
 /* y[t*ldy + r] = sum_k W[r][k] * x[t*ldx + k] for r in [r0, r1), t in [0, n). */
@@ -31,7 +52,7 @@ typedef void (*axpy_fn)(float *y, float s, const float *x, int64_t n);
 
 typedef struct cpu_kernels {
     const char *name;
-    mm_fn matmul[WF_COUNT];
+    mm_fn matmul[WF_COUNT];  /* NULL: the scalar kernel serves that format */
     dot_fn dot;
     axpy_fn axpy;
 } cpu_kernels;

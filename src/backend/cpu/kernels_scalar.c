@@ -9,7 +9,10 @@ static void mm_scalar(const wtensor *w, int64_t r0, int64_t r1, const float *x, 
         for (int64_t t = 0; t < n; t++) {
             const float *xt = x + t * ldx;
             float acc = 0;
-            for (int64_t k = 0; k < w->cols; k++) acc += weight_at(w->fmt, row, k) * xt[k];
+            if (wfmt_is_quant(w->fmt))
+                for (int64_t k = 0; k < w->cols; k++) acc += wtensor_at(w, r, k) * xt[k];
+            else
+                for (int64_t k = 0; k < w->cols; k++) acc += weight_at(w->fmt, row, k) * xt[k];
             y[t * ldy + r] = acc;
         }
     }
@@ -25,6 +28,11 @@ static void axpy_scalar(float *y, float s, const float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += s * x[i];
 }
 
-static const cpu_kernels k_scalar = {"scalar", {mm_scalar, mm_scalar, mm_scalar}, dot_scalar, axpy_scalar};
+static const cpu_kernels k_scalar = {
+    "scalar",
+    {mm_scalar, mm_scalar, mm_scalar, mm_scalar, mm_scalar, mm_scalar, mm_scalar, mm_scalar, mm_scalar},
+    dot_scalar,
+    axpy_scalar,
+};
 
 const cpu_kernels *cpu_kernels_scalar(void) { return &k_scalar; }
