@@ -84,6 +84,9 @@ typedef struct moe_config {
     float rope_theta;
     float rms_norm_eps;
     int tie_word_embeddings;
+    int quant_bits;           /* MLX affine quantization of the model's weights: bits, */
+    int quant_group;          /* and group size; both 0 for a float model. Per-module
+                                 exceptions (e.g. 8-bit routers) are not shown here */
     int bos_token_id;         /* -1 when unknown */
     int n_eos;                /* number of entries in eos_token_ids */
     int eos_token_ids[8];

@@ -4,6 +4,7 @@
  * argv[1] and leaves them there for the CLI tests (tests/CMakeLists.txt). */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -82,8 +83,103 @@ static void expect(const char *name, const char *config, enum variant v, moe_sta
     CHECK(!strchr(moe_errmsg(), '\n'), "%s: one line", name);
 }
 
+/* ------------------------------------------------ quantized models -- */
+
+static void copy_fill(void *ctx, const st_out_tensor *t, size_t off, void *buf, size_t n) {
+    const st_tensor *src = ctx;
+    size_t have = src->nbytes > off ? src->nbytes - off : 0;
+    memcpy(buf, (const char *)src->data + off, n < have ? n : have);
+    if (n > have) memset((char *)buf + have, 0, n - have);
+    (void)t;
+}
+
+/* A copy of the quantized model `src` with config.json `config`, without
+ * tensor `drop` (may be NULL), and with tensor `reshape`'s last dimension
+ * halved (may be NULL); then the load must fail with `want` and a message
+ * holding m1 and m2. */
+static void expect_quant(const char *src, const char *name, const char *config, const char *drop, const char *reshape,
+                         moe_status want, const char *m1, const char *m2) {
+    char dir[400], path[512];
+    snprintf(dir, sizeof dir, "%s/%s", g_root, name);
+    mkdir(g_root, 0755);
+    mkdir(dir, 0755);
+    snprintf(path, sizeof path, "%s/model.safetensors", src);
+    st_file *f;
+    CHECK(st_file_open(path, &f) == MOE_OK, "open %s: %s", path, moe_errmsg());
+    if (!f) return;
+    st_out_tensor *t = calloc(f->n, sizeof *t);
+    size_t n = 0;
+    for (size_t i = 0; i < f->n; i++) {
+        const st_tensor *x = &f->tensors[i];
+        if (drop && !strcmp(x->name, drop)) continue;
+        t[n] = (st_out_tensor){x->name, x->dtype, x->ndim, {0}, copy_fill, (void *)x};
+        memcpy(t[n].shape, x->shape, sizeof x->shape);
+        if (reshape && !strcmp(x->name, reshape)) t[n].shape[x->ndim - 1] /= 2;
+        n++;
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    CHECK(st_write(path, t, n, NULL, NULL) == MOE_OK, "write %s", path);
+    free(t);
+    st_file_close(f);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    FILE *c = fopen(path, "w");
+    fputs(config, c);
+    fclose(c);
+    moe_model *m = (moe_model *)1;
+    moe_status st = moe_model_load(dir, NULL, &m);
+    CHECK(st == want, "%s: got %s (%s), want %s", name, moe_status_name(st), moe_errmsg(), moe_status_name(want));
+    CHECK(want == MOE_OK || m == NULL, "%s: *out is NULL after a failure", name);
+    CHECK(want == MOE_OK || (strstr(moe_errmsg(), m1) && strstr(moe_errmsg(), m2)),
+          "%s: message \"%s\" should name \"%s\" and \"%s\"", name, moe_errmsg(), m1, m2);
+    if (st == MOE_OK) moe_model_free(m);
+}
+
+/* Bad MLX-quantized models, made from a good fixture (argv[2]). */
+static void quant_errors(const char *src) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/config.json", src);
+    FILE *f = fopen(path, "r");
+    CHECK(f != NULL, "open %s", path);
+    if (!f) return;
+    static char cfg[8192];
+    size_t len = fread(cfg, 1, sizeof cfg - 1, f);
+    fclose(f);
+    cfg[len] = 0;
+    char *q = strstr(cfg, "\"quantization\"");
+    CHECK(q != NULL, "fixture config has a quantization entry");
+    if (!q) return;
+    /* the config without its quantization entries: everything before "quantization" + a closing brace */
+    static char noq[8192], with[8192];
+    snprintf(noq, sizeof noq, "%.*s\"tie_word_embeddings\": true}", (int)(q - cfg), cfg);
+#define WITH(x) (snprintf(with, sizeof with, "%.*s%s}", (int)(q - cfg), cfg, x), with)
+    expect_quant(src, "q-good", WITH("\"quantization\": {\"group_size\": 64, \"bits\": 4}"), NULL, NULL, MOE_OK, "", "");
+    expect_quant(src, "q-no-config", noq, NULL, NULL, MOE_EFORMAT, "model.embed_tokens.scales", "\"quantization\" is missing");
+    expect_quant(src, "q-bits", WITH("\"quantization\": {\"group_size\": 64, \"bits\": 7}"), NULL, NULL, MOE_EUNSUPPORTED,
+                 "config.json", "\"bits\" must be 2, 3, 4, 5, 6 or 8");
+    expect_quant(src, "q-group", WITH("\"quantization\": {\"group_size\": 48, \"bits\": 4}"), NULL, NULL, MOE_EUNSUPPORTED,
+                 "config.json", "\"group_size\" must be 32, 64 or 128");
+    expect_quant(src, "q-mode", WITH("\"quantization\": {\"group_size\": 32, \"bits\": 4, \"mode\": \"mxfp4\"}"), NULL,
+                 NULL, MOE_EUNSUPPORTED, "config.json", "mode \"mxfp4\"");
+    expect_quant(src, "q-gptq", WITH("\"quantization_config\": {\"quant_method\": \"gptq\", \"bits\": 4}"), NULL, NULL,
+                 MOE_EUNSUPPORTED, "config.json", "quant_method \"gptq\"");
+    /* 8 bits where the file holds 4: the packed width does not match */
+    expect_quant(src, "q-wrong-bits", WITH("\"quantization\": {\"group_size\": 64, \"bits\": 8}"), NULL, NULL,
+                 MOE_EFORMAT, "tensor model.embed_tokens.weight", "expected [256, 16]");
+    expect_quant(src, "q-false", WITH("\"quantization\": {\"group_size\": 64, \"bits\": 4, \"model.layers.0.mlp.up_proj\": false}"),
+                 NULL, NULL, MOE_EFORMAT, "model.layers.0.mlp.up_proj.scales", "says this module is not quantized");
+    expect_quant(src, "q-no-biases", WITH("\"quantization\": {\"group_size\": 64, \"bits\": 4}"),
+                 "model.layers.1.self_attn.k_proj.biases", NULL, MOE_EFORMAT, "model.layers.1.self_attn.k_proj.biases",
+                 "missing");
+    expect_quant(src, "q-scales-shape", WITH("\"quantization\": {\"group_size\": 32, \"bits\": 4}"), NULL, NULL,
+                 MOE_EFORMAT, "model.embed_tokens.scales", "expected [256, 2]");
+    expect_quant(src, "q-packed-shape", WITH("\"quantization\": {\"group_size\": 64, \"bits\": 4}"), NULL,
+                 "model.layers.0.mlp.down_proj.weight", MOE_EFORMAT, "model.layers.0.mlp.down_proj.weight", "expected [64, 16]");
+#undef WITH
+}
+
 int main(int argc, char **argv) {
     g_root = argc > 1 ? argv[1] : "/tmp/moe_bad_models";
+    if (argc > 2) quant_errors(argv[2]);
     char dir[400];
     make("good", CFG(""), GOOD, dir, sizeof dir);
     moe_model *m;

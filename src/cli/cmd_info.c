@@ -46,6 +46,9 @@ int cmd_info(int argc, char **argv) {
     printf("model:        %s\n", dir);
     printf("family:       %s\n", c->model_type);
     printf("dtype:        %s\n", c->dtype);
+    if (c->quant_bits)
+        printf("quantization: MLX affine, %d-bit, group size %d (modules with their own entry in config.json may differ)\n",
+               c->quant_bits, c->quant_group);
     printf("layers:       %d (%d MoE)\n", c->n_layers, c->n_moe_layers);
     printf("hidden:       %d\n", c->hidden_size);
     printf("attention:    %d heads, %d kv heads, head_dim %d, rope_theta %g", c->n_heads, c->n_kv_heads, c->head_dim,

@@ -124,6 +124,92 @@ static void read_rope(jctx *j, moe_config *pc) {
     pc->rope_theta = (float)theta;
 }
 
+/* --- quantization -------------------------------------------------------- */
+
+static int valid_bits(long long b) { return b == 2 || b == 3 || b == 4 || b == 5 || b == 6 || b == 8; }
+static int valid_group(long long g) { return g == 32 || g == 64 || g == 128; }
+
+/* {"group_size": G, "bits": B} of object `o` (named `what` in messages). */
+static void read_qparams(jctx *j, json_t *o, const char *what, int *bits, int *group) {
+    json_t *b = json_object_get(o, "bits"), *g = json_object_get(o, "group_size");
+    if (!json_is_integer(b) || !valid_bits(json_integer_value(b))) {
+        j->st = moe_err(MOE_EUNSUPPORTED, "%s: %s: \"bits\" must be 2, 3, 4, 5, 6 or 8", j->path, what);
+        return;
+    }
+    if (!json_is_integer(g) || !valid_group(json_integer_value(g))) {
+        j->st = moe_err(MOE_EUNSUPPORTED, "%s: %s: \"group_size\" must be 32, 64 or 128", j->path, what);
+        return;
+    }
+    *bits = (int)json_integer_value(b);
+    *group = (int)json_integer_value(g);
+}
+
+/* "quantization" as mlx-lm writes it: defaults, "mode", and per-module
+ * entries (an object with its own bits/group_size, or false). A
+ * "quantization_config" alone is accepted when it has the same MLX form;
+ * other methods (GPTQ, AWQ, FP8, ...) are refused. */
+static void read_quant(jctx *j, model_config *c) {
+    json_t *q = jget(j, "quantization");
+    if (!q) {
+        q = jget(j, "quantization_config");
+        if (!q) return;
+        json_t *qm = json_object_get(q, "quant_method");
+        if (json_is_object(q) && qm) {
+            j->st = moe_err(MOE_EUNSUPPORTED, "%s: quantization_config.quant_method \"%.40s\" is not supported (MLX affine only)",
+                            j->path, json_is_string(qm) ? json_string_value(qm) : "?");
+            return;
+        }
+    }
+    if (!json_is_object(q)) {
+        j->st = moe_err(MOE_EFORMAT, "%s: \"quantization\" must be an object", j->path);
+        return;
+    }
+    json_t *mode = json_object_get(q, "mode");
+    if (mode && !json_is_null(mode) && !(json_is_string(mode) && strcmp(json_string_value(mode), "affine") == 0)) {
+        j->st = moe_err(MOE_EUNSUPPORTED, "%s: quantization mode \"%.40s\" is not supported (affine)", j->path,
+                        json_is_string(mode) ? json_string_value(mode) : "?");
+        return;
+    }
+    read_qparams(j, q, "quantization", &c->quant_bits, &c->quant_group);
+    if (j->st) return;
+    size_t n = 0;
+    const char *key;
+    json_t *v;
+    json_object_foreach(q, key, v) n += json_is_object(v) || json_is_false(v);
+    if (!n) return;
+    c->quant_over = calloc(n, sizeof *c->quant_over);
+    if (!c->quant_over) {
+        j->st = moe_err(MOE_ENOMEM, "out of memory");
+        return;
+    }
+    json_object_foreach(q, key, v) {
+        if (!json_is_object(v) && !json_is_false(v)) continue;
+        quant_override *o = &c->quant_over[c->n_quant_over];
+        if (json_is_object(v)) {
+            char what[160];
+            snprintf(what, sizeof what, "quantization[\"%.100s\"]", key);
+            read_qparams(j, v, what, &o->bits, &o->group);
+            if (j->st) return;
+        }
+        if (!(o->path = strdup(key))) {
+            j->st = moe_err(MOE_ENOMEM, "out of memory");
+            return;
+        }
+        c->n_quant_over++;
+    }
+}
+
+void config_module_quant(const model_config *c, const char *path, int *bits, int *group) {
+    for (int i = 0; i < c->n_quant_over; i++)
+        if (strcmp(c->quant_over[i].path, path) == 0) {
+            *bits = c->quant_over[i].bits;
+            *group = c->quant_over[i].group;
+            return;
+        }
+    *bits = c->quant_bits;
+    *group = c->quant_group;
+}
+
 static int in_int_list(jctx *j, const char *key, int x) {
     json_t *v = jget(j, key);
     if (!v || j->st) return 0;
@@ -256,7 +342,10 @@ moe_status config_parse(model_config *c, const char *text, const char *path) {
         goto done;
     }
     read_windows(j, c);
+    read_quant(j, c);
     if (J.st) goto done;
+    pc->quant_bits = c->quant_bits;
+    pc->quant_group = c->quant_group;
 
     if (c->fam->is_moe) {
         long long ne = jint(j, "num_local_experts", 0, 0, 1 << 16);
@@ -301,6 +390,10 @@ moe_status config_read_generation(model_config *c, const char *path) {
 }
 
 void config_free(model_config *c) {
+    for (int i = 0; i < c->n_quant_over; i++) free(c->quant_over[i].path);
+    free(c->quant_over);
+    c->quant_over = NULL;
+    c->n_quant_over = 0;
     free(c->layer_moe);
     free(c->layer_window);
     c->layer_moe = NULL;

@@ -27,6 +27,14 @@ typedef struct family {
     const char *expert_names[3]; /* gate, up, down tensor names within one expert */
 } family;
 
+/* A per-module entry of config.json's "quantization": the module at `path`
+ * (e.g. "model.layers.0.mlp.gate") stored with its own bits and group size,
+ * or (bits 0) not quantized at all. */
+typedef struct quant_override {
+    char *path;
+    int bits, group;
+} quant_override;
+
 typedef struct model_config {
     moe_config pub;          /* what moe_model_config() shows */
     const family *fam;
@@ -37,7 +45,17 @@ typedef struct model_config {
     int *layer_window;         /* [n_layers] sliding window of the layer, 0 for full attention */
     char model_type[32];
     char dtype[16];
+    /* MLX affine quantization from config.json "quantization" (or an MLX-style
+     * "quantization_config"): defaults for modules that have `.scales`; 0 when absent */
+    int quant_bits, quant_group;
+    quant_override *quant_over; /* [n_quant_over] */
+    int n_quant_over;
 } model_config;
+
+/* The quantization config.json gives the module at `path`: its entry if it
+ * has one, else the defaults. *bits 0: not quantized (no quantization, or
+ * the module's entry is false). */
+void config_module_quant(const model_config *c, const char *path, int *bits, int *group);
 
 /* The family of a model_type, NULL when unknown. */
 const family *family_find(const char *model_type);

@@ -33,17 +33,9 @@ static void shape_str(char *buf, size_t cap, const int64_t *s, int nd) {
     if (o < cap) snprintf(buf + o, cap - o, "]");
 }
 
-/* Checks dtype (float formats only) and shape of a found tensor. */
-static moe_status check(const found *fd, const char *name, const int64_t *shape, int nd, wfmt *fmt) {
+/* Checks the shape of a found tensor. */
+static moe_status check_shape(const found *fd, const char *name, const int64_t *shape, int nd) {
     const st_tensor *t = fd->t;
-    switch (t->dtype) {
-    case ST_F32: *fmt = WF_F32; break;
-    case ST_F16: *fmt = WF_F16; break;
-    case ST_BF16: *fmt = WF_BF16; break;
-    default:
-        return moe_err(MOE_EUNSUPPORTED, "%s: tensor %s: dtype %s is not supported (F32, F16, BF16)", fd->f->path, name,
-                       st_dtype_name(t->dtype));
-    }
     int ok = t->ndim == nd;
     for (int i = 0; ok && i < nd; i++) ok = t->shape[i] == shape[i];
     if (!ok) {
@@ -55,17 +47,87 @@ static moe_status check(const found *fd, const char *name, const int64_t *shape,
     return MOE_OK;
 }
 
+/* Checks dtype (float formats only) and shape of a found tensor. */
+static moe_status check(const found *fd, const char *name, const int64_t *shape, int nd, wfmt *fmt) {
+    const st_tensor *t = fd->t;
+    switch (t->dtype) {
+    case ST_F32: *fmt = WF_F32; break;
+    case ST_F16: *fmt = WF_F16; break;
+    case ST_BF16: *fmt = WF_BF16; break;
+    default:
+        return moe_err(MOE_EUNSUPPORTED, "%s: tensor %s: dtype %s is not supported (F32, F16, BF16)", fd->f->path, name,
+                       st_dtype_name(t->dtype));
+    }
+    return check_shape(fd, name, shape, nd);
+}
+
 static moe_status missing(const moe_model *m, const char *name) {
     return moe_err(MOE_EFORMAT, "%s: tensor %s is missing", m->dir, name);
 }
 
-static moe_status get_mat(moe_model *m, const char *name, int64_t rows, int64_t cols, wtensor *out) {
-    found fd = find(m, name);
-    if (!fd.t) return missing(m, name);
-    wfmt f;
-    moe_status st = check(&fd, name, (int64_t[]){rows, cols}, 2, &f);
-    if (st) return st;
-    *out = (wtensor){.fmt = f, .rows = rows, .cols = cols, .data = fd.t->data, .row_bytes = (size_t)cols * wfmt_size(f)};
+/* The shape [nstack x rows x cols], or [rows x cols] when nstack is 0; returns its rank. */
+static int stack_shape(int64_t nstack, int64_t rows, int64_t cols, int64_t *shape) {
+    int nd = 0;
+    if (nstack) shape[nd++] = nstack;
+    shape[nd++] = rows;
+    shape[nd++] = cols;
+    return nd;
+}
+
+#define NAME(buf, ...) snprintf(buf, sizeof buf, __VA_ARGS__)
+
+/* The weight of the Linear (or Embedding) module at `module`: `module.weight`
+ * [rows x cols] in a float format, or MLX-quantized as `module.weight` (U32
+ * [rows x cols*bits/32]), `module.scales` and `module.biases` ([rows x
+ * cols/group], one float format); a module is quantized exactly when its
+ * scales exist, with the bits and group size config.json gives it. nstack > 0:
+ * a stack of nstack such matrices (MLX's switch_mlp experts), bound to
+ * out[0..nstack-1]; else out[0]. */
+static moe_status get_weight(moe_model *m, const char *module, int64_t nstack, int64_t rows, int64_t cols,
+                             wtensor *out) {
+    char wn[256], sn[256], bn[256];
+    NAME(wn, "%s.weight", module);
+    NAME(sn, "%s.scales", module);
+    NAME(bn, "%s.biases", module);
+    found fw = find(m, wn), fs = find(m, sn), fb = find(m, bn);
+    if (!fw.t) return missing(m, wn);
+    int64_t shape[3], n = nstack ? nstack : 1;
+    moe_status st;
+    if (!fs.t) { /* float */
+        wfmt f;
+        if ((st = check(&fw, wn, shape, stack_shape(nstack, rows, cols, shape), &f))) return st;
+        size_t rb = (size_t)cols * wfmt_size(f);
+        for (int64_t e = 0; e < n; e++)
+            out[e] = (wtensor){.fmt = f, .rows = rows, .cols = cols, .row_bytes = rb,
+                               .data = (const unsigned char *)fw.t->data + (size_t)e * (size_t)rows * rb};
+        return MOE_OK;
+    }
+    int bits, group;
+    config_module_quant(&m->cfg, module, &bits, &group);
+    if (!bits)
+        return moe_err(MOE_EFORMAT, "%s: tensor %s exists but config.json's \"quantization\" %s", fs.f->path, sn,
+                       m->cfg.quant_bits ? "says this module is not quantized" : "is missing");
+    if (!fb.t) return missing(m, bn);
+    if (cols % group || (cols * bits) % 32)
+        return moe_err(MOE_EFORMAT, "%s: %s: input width %lld does not divide into groups of %d", fw.f->path, module,
+                       (long long)cols, group);
+    if (fw.t->dtype != ST_U32)
+        return moe_err(MOE_EFORMAT, "%s: tensor %s: dtype %s, expected U32 (packed %d-bit values)", fw.f->path, wn,
+                       st_dtype_name(fw.t->dtype), bits);
+    if ((st = check_shape(&fw, wn, shape, stack_shape(nstack, rows, cols * bits / 32, shape)))) return st;
+    wfmt sf, bf;
+    int nd = stack_shape(nstack, rows, cols / group, shape);
+    if ((st = check(&fs, sn, shape, nd, &sf)) || (st = check(&fb, bn, shape, nd, &bf))) return st;
+    if (sf != bf)
+        return moe_err(MOE_EFORMAT, "%s: %s: scales are %s but biases %s", fs.f->path, module, wfmt_name(sf),
+                       wfmt_name(bf));
+    size_t rb = (size_t)cols * (size_t)bits / 8, sb = (size_t)(cols / group) * wfmt_size(sf);
+    for (int64_t e = 0; e < n; e++)
+        out[e] = (wtensor){.fmt = wfmt_quant(bits), .rows = rows, .cols = cols, .row_bytes = rb, .group = group,
+                           .sfmt = sf, .sb_row_bytes = sb,
+                           .data = (const unsigned char *)fw.t->data + (size_t)e * (size_t)rows * rb,
+                           .scales = (const unsigned char *)fs.t->data + (size_t)e * (size_t)rows * sb,
+                           .biases = (const unsigned char *)fb.t->data + (size_t)e * (size_t)rows * sb};
     return MOE_OK;
 }
 
@@ -98,20 +160,25 @@ static moe_status get_vec(moe_model *m, const char *name, int64_t n, int require
     return MOE_OK;
 }
 
-#define NAME(buf, ...) snprintf(buf, sizeof buf, __VA_ARGS__)
-
 /* -------------------------------------------------------------- layers -- */
 
-static moe_status bind_mlp(moe_model *m, const char *prefix, const char *const names[3], int64_t inter, expert *e) {
+static const char *const k_proj_names[3] = {"gate_proj", "up_proj", "down_proj"};
+
+/* gate, up, down of one MLP (nstack 0) or of nstack stacked experts (e[0..nstack-1]). */
+static moe_status bind_mlp(moe_model *m, const char *prefix, const char *const names[3], int64_t nstack, int64_t inter,
+                           expert *e) {
     char n[256];
-    int64_t H = m->cfg.pub.hidden_size;
-    moe_status st;
-    NAME(n, "%s.%s.weight", prefix, names[0]);
-    if ((st = get_mat(m, n, inter, H, &e->gate))) return st;
-    NAME(n, "%s.%s.weight", prefix, names[1]);
-    if ((st = get_mat(m, n, inter, H, &e->up))) return st;
-    NAME(n, "%s.%s.weight", prefix, names[2]);
-    return get_mat(m, n, H, inter, &e->down);
+    int64_t H = m->cfg.pub.hidden_size, cnt = nstack ? nstack : 1;
+    wtensor *w = malloc(3 * (size_t)cnt * sizeof *w); /* [3 x cnt] */
+    if (!w) return moe_err(MOE_ENOMEM, "out of memory");
+    moe_status st = MOE_OK;
+    for (int i = 0; i < 3 && !st; i++) {
+        NAME(n, "%s.%s", prefix, names[i]);
+        st = get_weight(m, n, nstack, i < 2 ? inter : H, i < 2 ? H : inter, w + i * cnt);
+    }
+    for (int64_t x = 0; x < cnt && !st; x++) e[x] = (expert){w[x], w[cnt + x], w[2 * cnt + x]};
+    free(w);
+    return st;
 }
 
 /* transformers 5 stacked experts: gate_up_proj [E, 2I, H] (gate rows first), down_proj [E, H, I]. */
@@ -155,26 +222,32 @@ static moe_status bind_moe(moe_model *m, int l, layer *L) {
         return missing(m, n);
     }
     NAME(block, "model.layers.%d.%s", l, blocks[b]);
-    if ((st = get_mat(m, n, c->n_experts, c->hidden_size, &L->router))) return st;
+    NAME(n, "%s.gate", block);
+    if ((st = get_weight(m, n, 0, c->n_experts, c->hidden_size, &L->router))) return st;
     L->experts = calloc((size_t)c->n_experts, sizeof *L->experts);
     if (!L->experts) return moe_err(MOE_ENOMEM, "out of memory");
     if ((st = own(m, L->experts))) return st;
+    /* experts one by one (hub), stacked as MLX's switch_mlp, or transformers 5's fused stack */
+    char sw[160], swn[200];
+    NAME(sw, "%s.switch_mlp", block);
+    NAME(swn, "%s.gate_proj.weight", sw);
     NAME(n, "%s.experts.0.%s.weight", block, fam->expert_names[0]);
     if (find(m, n).t) {
         for (int e = 0; e < c->n_experts; e++) {
             char p[160];
             NAME(p, "%s.experts.%d", block, e);
-            if ((st = bind_mlp(m, p, fam->expert_names, c->moe_intermediate_size, &L->experts[e]))) return st;
+            if ((st = bind_mlp(m, p, fam->expert_names, 0, c->moe_intermediate_size, &L->experts[e]))) return st;
         }
+    } else if (find(m, swn).t) {
+        if ((st = bind_mlp(m, sw, k_proj_names, c->n_experts, c->moe_intermediate_size, L->experts))) return st;
     } else if ((st = bind_stacked(m, block, L->experts))) {
         return st;
     }
     if (c->shared_expert_intermediate_size > 0) {
         NAME(n, "%s.shared_expert", block);
-        static const char *const sn[3] = {"gate_proj", "up_proj", "down_proj"};
-        if ((st = bind_mlp(m, n, sn, c->shared_expert_intermediate_size, &L->shared))) return st;
-        NAME(n, "%s.shared_expert_gate.weight", block);
-        if ((st = get_mat(m, n, 1, c->hidden_size, &L->shared_gate))) return st;
+        if ((st = bind_mlp(m, n, k_proj_names, 0, c->shared_expert_intermediate_size, &L->shared))) return st;
+        NAME(n, "%s.shared_expert_gate", block);
+        if ((st = get_weight(m, n, 0, 1, c->hidden_size, &L->shared_gate))) return st;
     }
     return MOE_OK;
 }
@@ -198,8 +271,8 @@ static moe_status bind_layer(moe_model *m, int l) {
     float **bias[4] = {&L->bq, &L->bk, &L->bv, &L->bo};
     int64_t rows[4] = {qd, kvd, kvd, H}, cols[4] = {H, H, H, qd};
     for (int i = 0; i < 4; i++) {
-        NAME(n, P "self_attn.%s_proj.weight", l, proj[i]);
-        if ((st = get_mat(m, n, rows[i], cols[i], w[i]))) return st;
+        NAME(n, P "self_attn.%s_proj", l, proj[i]);
+        if ((st = get_weight(m, n, 0, rows[i], cols[i], w[i]))) return st;
         int want = i < 3 ? mc->qkv_bias : mc->o_bias;
         NAME(n, P "self_attn.%s_proj.bias", l, proj[i]);
         if (want && (st = get_vec(m, n, rows[i], 1, bias[i]))) return st;
@@ -213,8 +286,7 @@ static moe_status bind_layer(moe_model *m, int l) {
     }
     if (L->is_moe) return bind_moe(m, l, L);
     NAME(n, P "mlp", l);
-    static const char *const dn[3] = {"gate_proj", "up_proj", "down_proj"};
-    return bind_mlp(m, n, dn, c->intermediate_size, &L->mlp);
+    return bind_mlp(m, n, k_proj_names, 0, c->intermediate_size, &L->mlp);
 #undef P
 }
 
@@ -298,8 +370,17 @@ static void count_params(moe_model *m) {
     for (int s = 0; s < m->n_shards; s++)
         for (size_t i = 0; i < m->shards[s]->n; i++) {
             const st_tensor *t = &m->shards[s]->tensors[i];
-            n += (int64_t)(t->nbytes / st_dtype_size(t->dtype));
             bytes += (int64_t)t->nbytes;
+            size_t len = strlen(t->name);
+            int quant_aux = len > 7 && (!strcmp(t->name + len - 7, ".scales") || !strcmp(t->name + len - 7, ".biases"));
+            if (quant_aux && m->cfg.quant_bits) continue; /* MLX scales/biases are not parameters */
+            int bits = 0, group;
+            if (t->dtype == ST_U32 && len > 7 && !strcmp(t->name + len - 7, ".weight")) {
+                char module[256];
+                snprintf(module, sizeof module, "%.*s", (int)(len - 7), t->name);
+                config_module_quant(&m->cfg, module, &bits, &group);
+            }
+            n += bits ? (int64_t)(t->nbytes * 8 / (size_t)bits) : (int64_t)(t->nbytes / st_dtype_size(t->dtype));
         }
     int64_t idle_p = 0, idle_b = 0;
     for (int l = 0; l < c->n_layers; l++) {
@@ -307,8 +388,7 @@ static void count_params(moe_model *m) {
         if (!L->is_moe) continue;
         const expert *e = &L->experts[0];
         int64_t p = e->gate.rows * e->gate.cols + e->up.rows * e->up.cols + e->down.rows * e->down.cols;
-        int64_t b = e->gate.rows * (int64_t)e->gate.row_bytes + e->up.rows * (int64_t)e->up.row_bytes +
-                    e->down.rows * (int64_t)e->down.row_bytes;
+        int64_t b = (int64_t)(wtensor_bytes(&e->gate) + wtensor_bytes(&e->up) + wtensor_bytes(&e->down));
         idle_p += p * (c->n_experts - c->n_experts_per_tok);
         idle_b += b * (c->n_experts - c->n_experts_per_tok);
     }
@@ -316,7 +396,7 @@ static void count_params(moe_model *m) {
     c->n_params_active = n - idle_p;
     c->weight_bytes = bytes;
     /* per decoded token: one embedding row, not the table (unless it is the head too) */
-    int64_t emb = c->tie_word_embeddings ? 0 : m->embed.rows * (int64_t)m->embed.row_bytes;
+    int64_t emb = c->tie_word_embeddings ? 0 : (int64_t)wtensor_bytes(&m->embed);
     c->weight_bytes_active = bytes - idle_b - emb;
 }
 
@@ -335,10 +415,10 @@ static moe_status load(moe_model *m, const moe_load_params *p) {
 
     const moe_config *c = &m->cfg.pub;
     int64_t V = c->vocab_size, H = c->hidden_size;
-    if ((st = get_mat(m, "model.embed_tokens.weight", V, H, &m->embed))) return st;
+    if ((st = get_weight(m, "model.embed_tokens", 0, V, H, &m->embed))) return st;
     if (c->tie_word_embeddings && !find(m, "lm_head.weight").t) {
         m->lm_head = m->embed;
-    } else if ((st = get_mat(m, "lm_head.weight", V, H, &m->lm_head))) {
+    } else if ((st = get_weight(m, "lm_head", 0, V, H, &m->lm_head))) {
         return st;
     }
     if ((st = get_vec(m, "model.norm.weight", H, 1, &m->final_norm))) return st;
