@@ -77,11 +77,45 @@ void be_rmsnorm(backend *be, const float *x, const float *weight, int64_t n, int
 /* Rotates pairs (i, i + hd/2) of each head of x[n x n_heads*hd] by position pos[t] (HF rotate_half). */
 void be_rope(backend *be, float *x, int64_t n, int n_heads, int hd, const int64_t *pos, const float *inv_freq);
 
-/* Attention of n queries q[n x n_heads*hd] at positions pos0..pos0+n-1 over a
- * cache k, v [cap x n_kv*hd] holding position p at slot p % cap; query at
- * position p sees keys [max(0, p-window+1) .. p] (window 0: [0 .. p]).
- * out[n x n_heads*hd]. `scratch` [threads x cap] floats. */
-void be_attention(backend *be, const float *q, int64_t n, int64_t pos0, const float *k, const float *v, int64_t cap,
-                  int n_heads, int n_kv, int hd, int window, float scale, float *scratch, float *out);
+/* One layer's key/value cache, position p in slot p % cap, as the forward
+ * pass writes it (be_kv_store) and attention reads it.
+ *   bits 32: k, v are float32 [cap x n_kv*hd].
+ *   bits 8, 4: k, v hold unsigned b-bit values [cap x n_kv*hd*bits/8 bytes],
+ *     packed as the WF_Q8 / WF_Q4 rows above (value j at bit j*bits, least
+ *     significant first), affine per group of `group` values along a head:
+ *         x[slot][j] = scale[slot][j / group] * q + bias[slot][j / group]
+ *     with ks, kb, vs, vb float32 [cap x n_kv*hd/group] (float32 rather than
+ *     float16: a float16 bias would add up to |bias| * 2^-11 of error, which
+ *     exceeds the 8-bit step scale/2 whenever a group sits far from zero).
+ * The cache owns nothing: its arrays belong to the sequence. */
+typedef struct kv_cache {
+    int bits;     /* 32, 8 or 4 */
+    int group;    /* values per scale/bias; divides hd (quantized only) */
+    int n_kv, hd; /* kv heads, head dim; a slot's row is n_kv*hd wide */
+    int64_t cap;  /* slots */
+    void *k, *v;  /* [cap x row] float32 or packed values */
+    float *ks, *kb, *vs, *vb; /* [cap x n_kv*hd/group] scales, biases (quantized only) */
+} kv_cache;
+
+/* The group size for head dim hd: 64 where it divides hd, else 32, else the
+ * whole head (the head dims of the tiny test models, 8, 16, 24). */
+int kv_group(int hd);
+/* Bytes of the packed values of one slot row (n_kv*hd values), or of one
+ * slot's row of scales (and again of biases): row and sb per slot. */
+size_t kv_row_bytes(const kv_cache *c);
+size_t kv_sb_row_floats(const kv_cache *c);
+
+/* Writes n key and value rows k, v [n x n_kv*hd] into slots pos[t] % cap,
+ * quantizing them (per group: scale = (max - min) / (2^bits - 1), bias = min,
+ * q = round((x - bias) / scale) clamped to [0, 2^bits - 1]; an element is off
+ * by at most scale/2 plus rounding). */
+void be_kv_store(backend *be, const kv_cache *c, const float *k, const float *v, int64_t n, const int64_t *pos);
+
+/* Attention of n queries q[n x n_heads*hd] at positions pos0..pos0+n-1 over
+ * cache c; the query at position p sees keys [max(0, p-window+1) .. p]
+ * (window 0: [0 .. p]). out[n x n_heads*hd]. `scratch` [threads x (cap + hd)]
+ * floats. */
+void be_attention(backend *be, const float *q, int64_t n, int64_t pos0, const kv_cache *c, int n_heads, int window,
+                  float scale, float *scratch, float *out);
 
 #endif

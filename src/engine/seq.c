@@ -35,15 +35,46 @@ static void resolve(const moe_model *m, const moe_seq_params *p, int *n_ctx, int
     if (*n_batch > *n_ctx) *n_batch = *n_ctx;
 }
 
+/* The cache's storage bits for p->kv_bits: 32, 8 or 4; 0 (with a message)
+ * when unsupported. */
+static int kv_bits_of(const moe_seq_params *p) {
+    int b = p ? p->kv_bits : 0;
+    if (b == 0 || b == 32) return 32;
+    if (b == 8 || b == 4) return b;
+    moe_err(MOE_EINVAL, "kv_bits %d is not supported: 0 or 32 (float32), 8 or 4", b);
+    return 0;
+}
+
+/* Layer l's cache shape (arrays not yet allocated). */
+static kv_cache kv_shape(const moe_model *m, int l, int n_ctx, int n_batch, int bits) {
+    const moe_config *c = &m->cfg.pub;
+    kv_cache kv = {.bits = bits, .group = bits == 32 ? 0 : kv_group(c->head_dim), .n_kv = c->n_kv_heads,
+                   .hd = c->head_dim, .cap = layer_cap(m, l, n_ctx, n_batch)};
+    return kv;
+}
+
+/* Bytes of one cache slot, keys and values: packed values + scales + biases. */
+static int64_t kv_slot_bytes(const kv_cache *kv) {
+    return 2 * ((int64_t)kv_row_bytes(kv) + 2 * (int64_t)kv_sb_row_floats(kv) * (int64_t)sizeof(float));
+}
+
+int64_t moe_seq_kv_bytes(const moe_model *m, const moe_seq_params *p) {
+    int nc, nb, bits = kv_bits_of(p);
+    if (!bits) return -1;
+    resolve(m, p, &nc, &nb);
+    int64_t total = 0;
+    for (int l = 0; l < m->cfg.pub.n_layers; l++) {
+        kv_cache kv = kv_shape(m, l, nc, nb, bits);
+        total += kv.cap * kv_slot_bytes(&kv);
+    }
+    return total;
+}
+
 int64_t moe_model_kv_bytes(const moe_model *m, int n_ctx) {
     moe_seq_params p;
     moe_seq_params_defaults(&p);
     p.n_ctx = n_ctx;
-    int nc, nb;
-    resolve(m, &p, &nc, &nb);
-    int64_t total = 0, kvd = (int64_t)m->cfg.pub.n_kv_heads * m->cfg.pub.head_dim;
-    for (int l = 0; l < m->cfg.pub.n_layers; l++) total += 2 * layer_cap(m, l, nc, nb) * kvd * (int64_t)sizeof(float);
-    return total;
+    return moe_seq_kv_bytes(m, &p);
 }
 
 #define ALLOC(ptr, count)                                       \
@@ -57,9 +88,12 @@ moe_status moe_seq_new(moe_model *m, const moe_seq_params *p, moe_seq **out) {
     *out = NULL;
     if (!m) return moe_err(MOE_EINVAL, "moe_seq_new: no model");
     const moe_config *c = &m->cfg.pub;
+    int bits = kv_bits_of(p);
+    if (!bits) return MOE_EINVAL;
     moe_seq *s = calloc(1, sizeof *s);
     if (!s) return moe_err(MOE_ENOMEM, "out of memory");
     s->m = m;
+    s->kv_bits = bits;
     resolve(m, p, &s->n_ctx, &s->n_batch);
     int64_t nb = s->n_batch, H = c->hidden_size, qd = (int64_t)c->n_heads * c->head_dim,
             kvd = (int64_t)c->n_kv_heads * c->head_dim;
@@ -69,11 +103,21 @@ moe_status moe_seq_new(moe_model *m, const moe_seq_params *p, moe_seq **out) {
     int64_t maxcap = 1;
     ALLOC(s->cache, c->n_layers);
     for (int l = 0; l < c->n_layers; l++) {
-        layer_cache *lc = &s->cache[l];
-        lc->cap = layer_cap(m, l, s->n_ctx, s->n_batch);
-        if (lc->cap > maxcap) maxcap = lc->cap;
-        ALLOC(lc->k, lc->cap * kvd);
-        ALLOC(lc->v, lc->cap * kvd);
+        kv_cache *kv = &s->cache[l].kv;
+        *kv = kv_shape(m, l, s->n_ctx, s->n_batch, bits);
+        if (kv->cap > maxcap) maxcap = kv->cap;
+        unsigned char *kq, *vq; /* [cap x row bytes] */
+        ALLOC(kq, kv->cap * (int64_t)kv_row_bytes(kv));
+        kv->k = kq;
+        ALLOC(vq, kv->cap * (int64_t)kv_row_bytes(kv));
+        kv->v = vq;
+        if (bits != 32) { /* [cap x n_kv*hd/group] each */
+            int64_t nsb = kv->cap * (int64_t)kv_sb_row_floats(kv);
+            ALLOC(kv->ks, nsb);
+            ALLOC(kv->kb, nsb);
+            ALLOC(kv->vs, nsb);
+            ALLOC(kv->vb, nsb);
+        }
     }
     ALLOC(s->history, s->n_ctx);
     ALLOC(s->x, nb * H);
@@ -85,7 +129,7 @@ moe_status moe_seq_new(moe_model *m, const moe_seq_params *p, moe_seq **out) {
     ALLOC(s->ga, nb * inter);
     ALLOC(s->positions, nb);
     ALLOC(s->logits, c->vocab_size);
-    ALLOC(s->att_scratch, (int64_t)backend_threads(m->be) * maxcap);
+    ALLOC(s->att_scratch, (int64_t)backend_threads(m->be) * (maxcap + c->head_dim));
     if (c->n_experts > 0) {
         ALLOC(s->moe_acc, nb * H);
         ALLOC(s->xe, nb * H);
@@ -107,8 +151,9 @@ void moe_seq_free(moe_seq *s) {
     if (!s) return;
     if (s->cache)
         for (int l = 0; l < s->m->cfg.pub.n_layers; l++) {
-            free(s->cache[l].k);
-            free(s->cache[l].v);
+            kv_cache *kv = &s->cache[l].kv;
+            void *arrays[] = {kv->k, kv->v, kv->ks, kv->kb, kv->vs, kv->vb};
+            for (size_t i = 0; i < sizeof arrays / sizeof *arrays; i++) free(arrays[i]);
         }
     free(s->cache);
     void *bufs[] = {s->history, s->x, s->h, s->q, s->att, s->k, s->v, s->ga, s->moe_acc, s->xe, s->ye,
@@ -130,9 +175,10 @@ moe_status moe_seq_truncate(moe_seq *s, int64_t pos) {
      * possible only while the slots of [pos - window + 1, pos) are untouched. */
     for (int l = 0; l < s->m->cfg.pub.n_layers; l++) {
         int w = s->m->cfg.layer_window[l];
-        if (w > 0 && s->pos - pos > s->cache[l].cap - w)
+        int64_t cap = s->cache[l].kv.cap;
+        if (w > 0 && s->pos - pos > cap - w)
             return moe_err(MOE_ERANGE, "cannot go back %lld tokens under a sliding window of %d (at most %lld)",
-                           (long long)(s->pos - pos), w, (long long)(s->cache[l].cap - w));
+                           (long long)(s->pos - pos), w, (long long)(cap - w));
     }
     s->pos = pos;
     s->has_pending = 0;

@@ -6,14 +6,17 @@
 
 #include "../model/model.h"
 
+/* A layer's cache: keys and values, float32 or quantized (kv_cache in
+ * backend/backend.h), cap slots with position p in slot p % cap. The
+ * sequence owns kv's arrays. */
 typedef struct layer_cache {
-    int64_t cap;  /* slots; position p lives in slot p % cap */
-    float *k, *v; /* [cap x n_kv*hd] */
+    kv_cache kv;
 } layer_cache;
 
 struct moe_seq {
     moe_model *m;
     int n_ctx, n_batch;
+    int kv_bits;              /* 32, 8 or 4: the caches' storage */
     int64_t pos;              /* tokens in the caches */
     layer_cache *cache;       /* [n_layers] */
     int32_t *history;         /* [n_ctx] tokens so far */
@@ -29,7 +32,7 @@ struct moe_seq {
     float *selw;              /* [nb x top_k] their weights */
     int *etok;                /* [nb] tokens routed to the current expert */
     float *ew;                /* [nb] and their weights */
-    float *att_scratch;       /* [threads x max cap] */
+    float *att_scratch;       /* [threads x (max cap + hd)] */
     int64_t *positions;       /* [nb] */
     float *logits;            /* [V] the last position's logits */
     int has_logits;

@@ -120,14 +120,9 @@ static void attention_block(moe_seq *s, int l, int64_t n) {
     }
     be_rope(be, s->q, n, nh, hd, s->positions, m->inv_freq);
     be_rope(be, s->k, n, nkv, hd, s->positions, m->inv_freq);
-    layer_cache *lc = &s->cache[l];
-    for (int64_t t = 0; t < n; t++) {
-        int64_t slot = s->positions[t] % lc->cap;
-        memcpy(lc->k + slot * kvd, s->k + t * kvd, sizeof(float) * (size_t)kvd);
-        memcpy(lc->v + slot * kvd, s->v + t * kvd, sizeof(float) * (size_t)kvd);
-    }
-    be_attention(be, s->q, n, s->positions[0], lc->k, lc->v, lc->cap, nh, nkv, hd, L->window,
-                 1.0f / sqrtf((float)hd), s->att_scratch, s->att);
+    const kv_cache *kv = &s->cache[l].kv; /* float32 or quantized: the backend stores and reads either */
+    be_kv_store(be, kv, s->k, s->v, n, s->positions);
+    be_attention(be, s->q, n, s->positions[0], kv, nh, L->window, 1.0f / sqrtf((float)hd), s->att_scratch, s->att);
     be_matmul(be, &L->wo, s->att, n, L->bo, s->h);
     for (int64_t i = 0; i < n * H; i++) s->x[i] += s->h[i];
 }

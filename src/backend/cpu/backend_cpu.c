@@ -242,42 +242,118 @@ void be_rope(backend *be, float *x, int64_t n, int n_heads, int hd, const int64_
 
 /* ---------------------------------------------------------- attention -- */
 
+int kv_group(int hd) { return hd % 64 == 0 ? 64 : hd % 32 == 0 ? 32 : hd; }
+
+size_t kv_row_bytes(const kv_cache *c) { return (size_t)c->n_kv * (size_t)c->hd * (size_t)c->bits / 8; }
+
+size_t kv_sb_row_floats(const kv_cache *c) { return c->bits == 32 ? 0 : (size_t)c->n_kv * (size_t)(c->hd / c->group); }
+
+/* x[n] -> n/group groups: q packed at `bits` into out, scale and bias per
+ * group. Round to nearest; the clamp also keeps NaN out of the conversion. */
+static void kv_quantize(const float *x, int64_t n, int bits, int group, unsigned char *out, float *scale, float *bias) {
+    float qmax = (float)((1 << bits) - 1);
+    memset(out, 0, (size_t)n * (size_t)bits / 8);
+    for (int64_t g0 = 0; g0 < n; g0 += group) {
+        const float *xg = x + g0;
+        float lo = xg[0], hi = xg[0];
+        for (int j = 1; j < group; j++) {
+            lo = xg[j] < lo ? xg[j] : lo;
+            hi = xg[j] > hi ? xg[j] : hi;
+        }
+        float s = (hi - lo) / qmax, inv = s > 0 ? 1.0f / s : 0.0f;
+        scale[g0 / group] = s;
+        bias[g0 / group] = lo;
+        for (int j = 0; j < group; j++) {
+            float qf = rintf((xg[j] - lo) * inv);
+            qf = qf > qmax ? qmax : qf >= 0 ? qf : 0.0f;
+            int64_t k = g0 + j;
+            out[k * bits / 8] |= (unsigned char)((unsigned)qf << (k * bits % 8));
+        }
+    }
+}
+
+void be_kv_store(backend *be, const kv_cache *c, const float *k, const float *v, int64_t n, const int64_t *pos) {
+    (void)be;
+    int64_t w = (int64_t)c->n_kv * c->hd;
+    size_t rb = kv_row_bytes(c), sb = kv_sb_row_floats(c);
+    for (int64_t t = 0; t < n; t++) {
+        int64_t slot = pos[t] % c->cap;
+        if (c->bits == 32) {
+            memcpy((char *)c->k + (size_t)slot * rb, k + t * w, rb);
+            memcpy((char *)c->v + (size_t)slot * rb, v + t * w, rb);
+            continue;
+        }
+        kv_quantize(k + t * w, w, c->bits, c->group, (unsigned char *)c->k + (size_t)slot * rb, c->ks + (size_t)slot * sb,
+                    c->kb + (size_t)slot * sb);
+        kv_quantize(v + t * w, w, c->bits, c->group, (unsigned char *)c->v + (size_t)slot * rb, c->vs + (size_t)slot * sb,
+                    c->vb + (size_t)slot * sb);
+    }
+}
+
 typedef struct att_job {
     const cpu_kernels *k;
-    const float *q, *kc, *vc;
+    const float *q;
+    const kv_cache *c;
     float *scratch, *out;
-    int64_t pos0, cap;
-    int n_heads, n_kv, hd, window;
+    int64_t pos0;
+    int n_heads, window;
     float scale;
+    kv_dot_fn kdot;   /* quantized caches: this ISA's kernels, or the scalar ones */
+    kv_axpy_fn kaxpy;
 } att_job;
 
 static void att_item(void *ctx, int64_t i, int tid) {
     const att_job *j = ctx;
+    const kv_cache *c = j->c;
+    int hd = c->hd;
     int64_t t = i / j->n_heads;
-    int h = (int)(i % j->n_heads), kvh = h / (j->n_heads / j->n_kv);
+    int h = (int)(i % j->n_heads), kvh = h / (j->n_heads / c->n_kv);
     int64_t p = j->pos0 + t, lo = 0;
     if (j->window > 0 && p - j->window + 1 > 0) lo = p - j->window + 1;
-    const float *q = j->q + (t * j->n_heads + h) * j->hd;
-    float *s = j->scratch + (size_t)tid * j->cap, *o = j->out + (t * j->n_heads + h) * j->hd;
-    int64_t kvw = (int64_t)j->n_kv * j->hd;
+    const float *q = j->q + (t * j->n_heads + h) * hd;
+    float *s = j->scratch + (size_t)tid * (size_t)(c->cap + hd), *o = j->out + (t * j->n_heads + h) * hd;
+    float *qsum = s + c->cap; /* [hd/group] quantized only */
+    /* head kvh of slot sl: values at kbase + sl*rb + hoff, scales/biases at sl*sb + soff */
+    size_t rb = kv_row_bytes(c), hoff = (size_t)kvh * (size_t)hd * (size_t)c->bits / 8;
+    size_t sb = kv_sb_row_floats(c), soff = c->bits == 32 ? 0 : (size_t)kvh * (size_t)(hd / c->group);
+    const unsigned char *kbase = c->k, *vbase = c->v;
+    if (c->bits != 32)
+        for (int g = 0; g < hd / c->group; g++) {
+            float sum = 0;
+            for (int e = 0; e < c->group; e++) sum += q[g * c->group + e];
+            qsum[g] = sum;
+        }
     float mx = -INFINITY;
     for (int64_t p2 = lo; p2 <= p; p2++) {
-        float sc = j->k->dot(q, j->kc + (p2 % j->cap) * kvw + kvh * j->hd, j->hd) * j->scale;
-        s[p2 - lo] = sc;
+        size_t sl = (size_t)(p2 % c->cap);
+        const unsigned char *kr = kbase + sl * rb + hoff;
+        float sc = c->bits == 32 ? j->k->dot(q, (const float *)kr, hd)
+                                 : j->kdot(q, qsum, kr, c->ks + sl * sb + soff, c->kb + sl * sb + soff, hd, c->group);
+        s[p2 - lo] = sc *= j->scale;
         if (sc > mx) mx = sc;
     }
     float sum = 0;
     for (int64_t p2 = lo; p2 <= p; p2++) sum += (s[p2 - lo] = expf(s[p2 - lo] - mx));
-    memset(o, 0, sizeof(float) * (size_t)j->hd);
+    memset(o, 0, sizeof(float) * (size_t)hd);
     float inv = 1.0f / sum;
-    for (int64_t p2 = lo; p2 <= p; p2++) j->k->axpy(o, s[p2 - lo] * inv, j->vc + (p2 % j->cap) * kvw + kvh * j->hd, j->hd);
+    for (int64_t p2 = lo; p2 <= p; p2++) {
+        size_t sl = (size_t)(p2 % c->cap);
+        const unsigned char *vr = vbase + sl * rb + hoff;
+        if (c->bits == 32) j->k->axpy(o, s[p2 - lo] * inv, (const float *)vr, hd);
+        else j->kaxpy(o, s[p2 - lo] * inv, vr, c->vs + sl * sb + soff, c->vb + sl * sb + soff, hd, c->group);
+    }
 }
 
-void be_attention(backend *be, const float *q, int64_t n, int64_t pos0, const float *k, const float *v, int64_t cap,
-                  int n_heads, int n_kv, int hd, int window, float scale, float *scratch, float *out) {
-    att_job j = {be->k, q, k, v, scratch, out, pos0, cap, n_heads, n_kv, hd, window, scale};
+void be_attention(backend *be, const float *q, int64_t n, int64_t pos0, const kv_cache *c, int n_heads, int window,
+                  float scale, float *scratch, float *out) {
+    att_job j = {be->k, q, c, scratch, out, pos0, n_heads, window, scale, NULL, NULL};
+    if (c->bits != 32) {
+        int ks = kv_slot(c->bits);
+        j.kdot = be->k->kv_dot[ks] ? be->k->kv_dot[ks] : cpu_kernels_scalar()->kv_dot[ks];
+        j.kaxpy = be->k->kv_axpy[ks] ? be->k->kv_axpy[ks] : cpu_kernels_scalar()->kv_axpy[ks];
+    }
     int64_t span = window > 0 && window < pos0 + n ? window : pos0 + n; /* keys a query sees, at most */
-    if (n * n_heads * span * hd < SMALL_WORK)
+    if (n * n_heads * span * c->hd < SMALL_WORK)
         for (int64_t i = 0; i < n * n_heads; i++) att_item(&j, i, 0);
     else
         pool_run(be->pool, att_item, &j, n * n_heads);

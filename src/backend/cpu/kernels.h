@@ -50,11 +50,27 @@ typedef float (*dot_fn)(const float *a, const float *b, int64_t n);
 /* y[k] += s * x[k] for k < n */
 typedef void (*axpy_fn)(float *y, float s, const float *x, int64_t n);
 
+/* One head of a quantized KV cache row (kv_cache in backend.h): hd values
+ * packed at `bits` (8 or 4) in groups of `group`, scale[g] and bias[g] a group.
+ * kv_dot: q[hd] . dequantized k. qsum[hd/group] holds the sums of q over each
+ * group, computed once per query head, so a kernel may compute
+ * sum_g scale[g] * (q_g . kq_g) + bias[g] * qsum[g]; the scalar reference
+ * dequantizes element by element and ignores it. */
+typedef float (*kv_dot_fn)(const float *q, const float *qsum, const unsigned char *k, const float *scale,
+                           const float *bias, int hd, int group);
+/* y[j] += a * dequantized v[j] for j < hd. */
+typedef void (*kv_axpy_fn)(float *y, float a, const unsigned char *v, const float *scale, const float *bias, int hd,
+                           int group);
+/* The kv_dot / kv_axpy slot of a cache of `bits` (8 or 4). */
+static inline int kv_slot(int bits) { return bits == 4; }
+
 typedef struct cpu_kernels {
     const char *name;
     mm_fn matmul[WF_COUNT];  /* NULL: the scalar kernel serves that format */
     dot_fn dot;
     axpy_fn axpy;
+    kv_dot_fn kv_dot[2];   /* by kv_slot(bits); NULL: the scalar kernel serves it */
+    kv_axpy_fn kv_axpy[2];
 } cpu_kernels;
 
 const cpu_kernels *cpu_kernels_scalar(void);

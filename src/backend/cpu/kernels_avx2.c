@@ -22,8 +22,10 @@ static inline float vreduce(__m256 v) {
 #define VREDUCE(v) vreduce(v)
 
 #include "simd_tmpl.h"
+#include "kv_tmpl.h"
 
-static const cpu_kernels k_avx2 = {"avx2", {mm_f32, mm_f16, mm_bf16}, dot_v, axpy_v};
+static const cpu_kernels k_avx2 = {"avx2", {mm_f32, mm_f16, mm_bf16}, dot_v, axpy_v,
+    .kv_dot = {kv_dot8_v, kv_dot4_v}, .kv_axpy = {kv_axpy8_v, kv_axpy4_v}};
 const cpu_kernels *cpu_kernels_avx2(void) { return &k_avx2; }
 #else
 #include "kernels.h"

@@ -15,8 +15,10 @@ typedef __m512 V;
 #define VREDUCE(v) _mm512_reduce_add_ps(v)
 
 #include "simd_tmpl.h"
+#include "kv_tmpl.h"
 
-static const cpu_kernels k_avx512 = {"avx512", {mm_f32, mm_f16, mm_bf16}, dot_v, axpy_v};
+static const cpu_kernels k_avx512 = {"avx512", {mm_f32, mm_f16, mm_bf16}, dot_v, axpy_v,
+    .kv_dot = {kv_dot8_v, kv_dot4_v}, .kv_axpy = {kv_axpy8_v, kv_axpy4_v}};
 const cpu_kernels *cpu_kernels_avx512(void) { return &k_avx512; }
 #else
 #include "kernels.h"
