@@ -10,19 +10,20 @@
 #include "cli.h"
 
 static void help(FILE *f) {
-    fprintf(f, "usage: moe bench [-m DIR] [-p N] [-n N] [-r R] [-t N] [--json]\n"
+    fprintf(f, "usage: moe bench [-m DIR] [-p N] [-n N] [-r R] [-t N] [--kv-bits N] [--json]\n"
                "  -m DIR   model directory (default %s)\n"
                "  -p N     prompt tokens (default 128)\n"
                "  -n N     generated tokens (default 32)\n"
                "  -r R     repetitions; the best is reported (default 3)\n"
                "  -t N     threads (default: all cores)\n"
+               "  --kv-bits N  KV cache: 32 = float32 (default), 8 or 4 bits a value\n"
                "  --json   one JSON object on stdout\n",
             MOE_DEFAULT_MODEL);
 }
 
 int cmd_bench(int argc, char **argv) {
     const char *dir = cli_default_model(), *v;
-    long long np = 128, ng = 32, reps = 3, threads = 0;
+    long long np = 128, ng = 32, reps = 3, threads = 0, kv_bits = 0;
     int json = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -32,6 +33,7 @@ int cmd_bench(int argc, char **argv) {
         else if (!strcmp(a, "-p")) { CLI_VALUE(); if (cli_int(a, v, 1, 1 << 20, &np)) return 1; }
         else if (!strcmp(a, "-n")) { CLI_VALUE(); if (cli_int(a, v, 1, 1 << 20, &ng)) return 1; }
         else if (!strcmp(a, "-r")) { CLI_VALUE(); if (cli_int(a, v, 1, 1000, &reps)) return 1; }
+        else if (!strcmp(a, "--kv-bits")) { CLI_VALUE(); if (cli_int(a, v, 0, 64, &kv_bits)) return 1; }
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { CLI_VALUE(); if (cli_int(a, v, 0, 4096, &threads)) return 1; }
         else return cli_fail("bench: unknown option %s (moe bench --help lists them)", a);
     }
@@ -42,6 +44,7 @@ int cmd_bench(int argc, char **argv) {
     moe_seq_params qp;
     moe_seq_params_defaults(&qp);
     qp.n_ctx = (int)(np + ng + 1);
+    qp.kv_bits = (int)kv_bits;
     moe_seq *s = NULL;
     moe_sampler *smp = NULL;
     moe_sampler_params sp;

@@ -25,6 +25,7 @@ static void help(FILE *f) {
                "  --system TEXT     a system prompt\n"
                "  -n N              most tokens per answer (default 1024)\n"
                "  --ctx N           context size (default 4096)\n"
+               "  --kv-bits N       KV cache: 32 = float32 (default), 8 or 4 bits a value\n"
                "  --temp T, --top-k K, --top-p P, --min-p P, --repeat-penalty R, --seed S   sampling, as in generate\n"
                "  -t N              threads (default: all cores)\n"
                "Type a message and press Enter. Ctrl-C stops an answer; Ctrl-D ends the chat.\n",
@@ -222,7 +223,7 @@ static moe_status answer(chat *c) {
 
 int cmd_chat(int argc, char **argv) {
     const char *dir = cli_default_model(), *system = NULL, *v;
-    long long threads = 0, ctx = 4096, max_answer = 1024, ll;
+    long long threads = 0, ctx = 4096, max_answer = 1024, kv_bits = 0, ll;
     double d;
     moe_sampler_params sp;
     moe_sampler_params_defaults(&sp);
@@ -233,6 +234,7 @@ int cmd_chat(int argc, char **argv) {
         else if (!strcmp(a, "--system")) { CLI_VALUE(); system = v; }
         else if (!strcmp(a, "-n")) { CLI_VALUE(); if (cli_int(a, v, 1, 1 << 30, &max_answer)) return 1; }
         else if (!strcmp(a, "--ctx")) { CLI_VALUE(); if (cli_int(a, v, 16, 1 << 30, &ctx)) return 1; }
+        else if (!strcmp(a, "--kv-bits")) { CLI_VALUE(); if (cli_int(a, v, 0, 64, &kv_bits)) return 1; }
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { CLI_VALUE(); if (cli_int(a, v, 0, 4096, &threads)) return 1; }
         else if (!strcmp(a, "--temp")) { CLI_VALUE(); if (cli_float(a, v, 0, 100, &d)) return 1; sp.temperature = (float)d; }
         else if (!strcmp(a, "--top-k")) { CLI_VALUE(); if (cli_int(a, v, 0, 1 << 30, &ll)) return 1; sp.top_k = (int)ll; }
@@ -249,6 +251,7 @@ int cmd_chat(int argc, char **argv) {
     moe_seq_params qp;
     moe_seq_params_defaults(&qp);
     qp.n_ctx = (int)ctx;
+    qp.kv_bits = (int)kv_bits;
     if ((st = moe_tokenizer_load(dir, &c.tok)) || (st = moe_seq_new(c.m, &qp, &c.seq)) ||
         (st = moe_sampler_new(&sp, &c.smp)) || (st = moe_detok_new(c.tok, 1, &c.dt))) {
         rc = cli_fail_status(st);

@@ -24,6 +24,7 @@ static void help(FILE *f) {
                "  --seed S            random seed (default 0); same seed, same output\n"
                "  --ignore-eos        do not stop at end-of-sequence tokens\n"
                "  --ctx N             context size (default: prompt + n)\n"
+               "  --kv-bits N         KV cache: 32 = float32 (default), 8 or 4 bits a value\n"
                "  -t N                threads (default: all cores)\n",
             MOE_DEFAULT_MODEL);
 }
@@ -32,7 +33,7 @@ typedef struct gen_opts {
     const char *dir, *toks, *prompt;
     const char *stops[MAX_STOPS];
     size_t n_stops;
-    long long n_gen, threads, ctx;
+    long long n_gen, threads, ctx, kv_bits;
     int ignore_eos;
     moe_sampler_params sp;
 } gen_opts;
@@ -57,6 +58,7 @@ static int parse(int argc, char **argv, gen_opts *o) {
         else if (!strcmp(a, "-n")) { CLI_VALUE(); if (cli_int(a, v, 0, 1 << 30, &o->n_gen)) return 1; }
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { CLI_VALUE(); if (cli_int(a, v, 0, 4096, &o->threads)) return 1; }
         else if (!strcmp(a, "--ctx")) { CLI_VALUE(); if (cli_int(a, v, 1, 1 << 30, &o->ctx)) return 1; }
+        else if (!strcmp(a, "--kv-bits")) { CLI_VALUE(); if (cli_int(a, v, 0, 64, &o->kv_bits)) return 1; }
         else if (!strcmp(a, "--temp")) { CLI_VALUE(); if (cli_float(a, v, 0, 100, &d)) return 1; o->sp.temperature = (float)d; }
         else if (!strcmp(a, "--top-k")) { CLI_VALUE(); if (cli_int(a, v, 0, 1 << 30, &ll)) return 1; o->sp.top_k = (int)ll; }
         else if (!strcmp(a, "--top-p")) { CLI_VALUE(); if (cli_float(a, v, 1e-6, 1, &d)) return 1; o->sp.top_p = (float)d; }
@@ -118,6 +120,7 @@ int cmd_generate(int argc, char **argv) {
     moe_seq_params qp;
     moe_seq_params_defaults(&qp);
     qp.n_ctx = o.ctx ? (int)o.ctx : (int)(n + (size_t)o.n_gen + 1);
+    qp.kv_bits = (int)o.kv_bits;
     if ((st = moe_seq_new(m, &qp, &s)) || (st = moe_sampler_new(&o.sp, &smp))) goto done;
     double t0 = cli_now(), t_first = 0;
     if ((st = moe_seq_eval(s, tokens, n, NULL, 0))) goto done;

@@ -7,11 +7,12 @@
 #include "cli.h"
 
 static void help(FILE *f) {
-    fprintf(f, "usage: moe logits [-m DIR] --tokens 1,2,3 [-o FILE] [--all] [-t N]\n"
+    fprintf(f, "usage: moe logits [-m DIR] --tokens 1,2,3 [-o FILE] [--all] [--kv-bits N] [-t N]\n"
                "  -m DIR        model directory (default %s)\n"
                "  --tokens IDS  comma-separated token ids\n"
                "  -o FILE       write here instead of stdout\n"
                "  --all         every position's logits [n x vocab], not just the last\n"
+               "  --kv-bits N   KV cache: 32 = float32 (default), 8 or 4 bits a value\n"
                "  -t N          threads (default: all cores)\n",
             MOE_DEFAULT_MODEL);
 }
@@ -19,7 +20,7 @@ static void help(FILE *f) {
 int cmd_logits(int argc, char **argv) {
     const char *dir = cli_default_model(), *out = NULL, *toks = NULL, *v;
     int all = 0;
-    long long threads = 0;
+    long long threads = 0, kv_bits = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { help(stdout); return 0; }
@@ -27,7 +28,9 @@ int cmd_logits(int argc, char **argv) {
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { if (!(v = cli_value(argc, argv, &i))) return 1; dir = v; }
         else if (!strcmp(a, "-o")) { if (!(v = cli_value(argc, argv, &i))) return 1; out = v; }
         else if (!strcmp(a, "--tokens")) { if (!(v = cli_value(argc, argv, &i))) return 1; toks = v; }
-        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
+        else if (!strcmp(a, "--kv-bits")) {
+            if (!(v = cli_value(argc, argv, &i)) || cli_int(a, v, 0, 64, &kv_bits)) return 1;
+        } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
             if (!(v = cli_value(argc, argv, &i)) || cli_int(a, v, 0, 4096, &threads)) return 1;
         } else return cli_fail("logits: unknown option %s (moe logits --help lists them)", a);
     }
@@ -44,6 +47,7 @@ int cmd_logits(int argc, char **argv) {
     moe_seq_params sp;
     moe_seq_params_defaults(&sp);
     sp.n_ctx = (int)n;
+    sp.kv_bits = (int)kv_bits;
     moe_status st = moe_seq_new(m, &sp, &s);
     if (st) { rc = cli_fail_status(st); goto done; }
     size_t rows = all ? n : 1;

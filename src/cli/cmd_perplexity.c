@@ -12,10 +12,11 @@
 #include "cli.h"
 
 static void help(FILE *f) {
-    fprintf(f, "usage: moe perplexity [-m DIR] -f FILE [--ctx N] [-t N]\n"
+    fprintf(f, "usage: moe perplexity [-m DIR] -f FILE [--ctx N] [--kv-bits N] [-t N]\n"
                "  -m DIR    model directory (default %s)\n"
                "  -f FILE   text to score\n"
                "  --ctx N   tokens per chunk including BOS (default 512)\n"
+               "  --kv-bits N  KV cache: 32 = float32 (default), 8 or 4 bits a value\n"
                "  -t N      threads (default: all cores)\n"
                "The text is tokenized without special tokens and cut into chunks of N-1 tokens;\n"
                "each chunk gets BOS in front and all its tokens are scored.\n",
@@ -24,13 +25,14 @@ static void help(FILE *f) {
 
 int cmd_perplexity(int argc, char **argv) {
     const char *dir = cli_default_model(), *file = NULL, *v;
-    long long ctx = 512, threads = 0;
+    long long ctx = 512, threads = 0, kv_bits = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { help(stdout); return 0; }
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { CLI_VALUE(); dir = v; }
         else if (!strcmp(a, "-f")) { CLI_VALUE(); file = v; }
         else if (!strcmp(a, "--ctx")) { CLI_VALUE(); if (cli_int(a, v, 2, 1 << 20, &ctx)) return 1; }
+        else if (!strcmp(a, "--kv-bits")) { CLI_VALUE(); if (cli_int(a, v, 0, 64, &kv_bits)) return 1; }
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { CLI_VALUE(); if (cli_int(a, v, 0, 4096, &threads)) return 1; }
         else return cli_fail("perplexity: unknown option %s (moe perplexity --help lists them)", a);
     }
@@ -57,6 +59,7 @@ int cmd_perplexity(int argc, char **argv) {
     moe_seq_params qp;
     moe_seq_params_defaults(&qp);
     qp.n_ctx = (int)ctx;
+    qp.kv_bits = (int)kv_bits;
     chunk = malloc((size_t)ctx * sizeof *chunk);
     logits = malloc((size_t)ctx * (size_t)V * sizeof *logits);
     if (!chunk || !logits) { rc = cli_fail("out of memory"); goto done; }
