@@ -4,7 +4,9 @@
  * Each check runs several ways that must agree with the reference: the whole
  * sequence in one batch, in small batches (sliding-window ring buffer
  * crossing batch boundaries), one token at a time (decode path), and on every
- * instruction set the CPU has.   usage: test_golden FIXTURE_DIR [ATOL]  */
+ * instruction set the CPU has. With KV_BITS (8 or 4) the KV cache is
+ * quantized and ATOL is relative (see tol(); tests/CMakeLists.txt derives
+ * it). usage: test_golden FIXTURE_DIR [ATOL [KV_BITS]]  */
 #include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
@@ -12,6 +14,27 @@
 #include "f32file.h"
 #include "moe.h"
 #include "test.h"
+
+static int g_kv_bits;   /* moe_seq_params.kv_bits of every sequence */
+static double g_ref_rms; /* quantized KV: the largest RMS of a reference's compared logits */
+
+/* The bound on max |got - ref| over `count` logits: atol; with a quantized KV
+ * cache, 4 x atol x max |ref|, after checking that the RMS of got - ref is
+ * within atol x the RMS of ref (the error is spread over every logit; where a
+ * MoE router's choice flips, one position moves much more than the rest). */
+static double tol(const float *got, const float *ref, size_t count, double atol, const char *what) {
+    if (!g_kv_bits) return atol;
+    double se = 0, sr = 0, mr = 0;
+    for (size_t i = 0; i < count; i++) {
+        se += ((double)got[i] - ref[i]) * ((double)got[i] - ref[i]);
+        sr += (double)ref[i] * ref[i];
+        mr = fabs(ref[i]) > mr ? fabs(ref[i]) : mr;
+    }
+    double rms_e = sqrt(se / (double)count), rms_r = sqrt(sr / (double)count);
+    g_ref_rms = rms_r > g_ref_rms ? rms_r : g_ref_rms;
+    CHECK(rms_e <= atol * rms_r, "%s: kv_bits %d: RMS error %.3g > %.3g x RMS %.3g", what, g_kv_bits, rms_e, atol, rms_r);
+    return 4 * atol * mr;
+}
 
 static int32_t *ints(json_t *a, size_t *n) {
     *n = json_array_size(a);
@@ -24,6 +47,7 @@ static int32_t *ints(json_t *a, size_t *n) {
 static float *run(moe_model *m, const int32_t *tok, size_t n, int batch, int n_batch, int V) {
     moe_seq_params sp;
     moe_seq_params_defaults(&sp);
+    sp.kv_bits = g_kv_bits;
     sp.n_ctx = (int)n + 32;
     sp.n_batch = n_batch;
     moe_seq *s;
@@ -44,11 +68,12 @@ static float *run(moe_model *m, const int32_t *tok, size_t n, int batch, int n_b
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: test_golden FIXTURE_DIR [ATOL]\n");
+        fprintf(stderr, "usage: test_golden FIXTURE_DIR [ATOL [KV_BITS]]\n");
         return 2;
     }
     const char *dir = argv[1];
     double atol = argc > 2 ? atof(argv[2]) : 1e-4;
+    g_kv_bits = argc > 3 ? atoi(argv[3]) : 0;
     char path[1024];
     snprintf(path, sizeof path, "%s/golden.json", dir);
     json_error_t je;
@@ -92,7 +117,7 @@ int main(int argc, char **argv) {
                     double e = fabs((double)got[i] - ref[i]);
                     if (!(e <= worst)) { worst = e; at = i; }
                 }
-                CHECK(worst <= atol, "%s seq %zu (len %zu) %s, batch %d: max |diff| %.3g at position %zu token %zu", isas[ii],
+                CHECK(worst <= tol(got, ref, n * (size_t)V, atol, lp), "%s seq %zu (len %zu) %s, batch %d: max |diff| %.3g at position %zu token %zu", isas[ii],
                       si, n, lp, modes[md][0], worst, at / (size_t)V, at % (size_t)V);
                 if (md == 0 && si == 1) printf("%s: seq %zu max |diff| %.3g\n", isas[ii], si, worst);
                 free(got);
@@ -101,6 +126,7 @@ int main(int argc, char **argv) {
             if (ref && nref == n * (size_t)V && n > 8) {
                 moe_seq_params sp;
                 moe_seq_params_defaults(&sp);
+                sp.kv_bits = g_kv_bits;
                 sp.n_ctx = (int)n + 32;
                 sp.n_batch = 4;
                 moe_seq *s;
@@ -120,7 +146,8 @@ int main(int argc, char **argv) {
                     double e = fabs((double)got[i] - ref[(n - back) * (size_t)V + i]);
                     if (!(e <= worst)) worst = e;
                 }
-                CHECK(worst <= atol, "%s seq %zu: after truncating %zu back, max |diff| %.3g", isas[ii], si, back, worst);
+                CHECK(worst <= tol(got, ref + (n - back) * (size_t)V, back * (size_t)V, atol, lp),
+                      "%s seq %zu: after truncating %zu back, max |diff| %.3g", isas[ii], si, back, worst);
                 free(got);
                 moe_seq_free(s);
             }
@@ -139,6 +166,7 @@ int main(int argc, char **argv) {
             spp.temperature = 0;
             moe_seq_params sp;
             moe_seq_params_defaults(&sp);
+            sp.kv_bits = g_kv_bits;
             sp.n_ctx = (int)(np + ne + 1);
             sp.n_batch = 4;
             CHECK(moe_seq_new(m, &sp, &s) == MOE_OK && moe_sampler_new(&spp, &smp) == MOE_OK, "greedy setup");
@@ -149,7 +177,11 @@ int main(int argc, char **argv) {
                 moe_generate_next(s, smp, &t);
                 if (t == want[i] && same == i) same++;
             }
-            CHECK(same == ne, "%s greedy: first %zu of %zu tokens match", isas[ii], same, ne);
+            /* quantized KV: the argmax may flip where the reference's top-2 gap is within twice the RMS error */
+            size_t need = ne;
+            double gap = same < ne ? json_number_value(json_array_get(json_object_get(gr, "step_gaps"), same)) : 0;
+            if (g_kv_bits && same < ne && gap <= 2 * atol * g_ref_rms) need = same;
+            CHECK(same >= need, "%s greedy: first %zu of %zu tokens match (gap at %zu: %.3g)", isas[ii], same, ne, same, gap);
             moe_sampler_free(smp);
             moe_seq_free(s);
             free(prompt);
