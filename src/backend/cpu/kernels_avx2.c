@@ -1,6 +1,7 @@
 /* kernels_avx2.c — AVX2 + FMA + F16C instantiation of simd_tmpl.h (8 floats a vector). */
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include <string.h>
 
 typedef __m256 V;
 #define VL 8
@@ -20,11 +21,39 @@ static inline float vreduce(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 #define VREDUCE(v) vreduce(v)
+#define VADD(a, b) _mm256_add_ps(a, b)
+#define VMUL(a, b) _mm256_mul_ps(a, b)
+
+/* integer words of simd_quant.h */
+typedef __m256i VI;
+#define VI_SET1(i) _mm256_set1_epi32(i)
+#define VI_AND(a, b) _mm256_and_si256(a, b)
+#define VI_SRLI(a, n) _mm256_srli_epi32(a, n)
+#define VI_SRLV(a, n) _mm256_srlv_epi32(a, n)
+#define VI_LOADU(p) _mm256_loadu_si256((const __m256i *)(p))
+#define VI_TOF(a) _mm256_cvtepi32_ps(a)
+#define VI_U8(p) _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p)))
+#define VI_SHUFB(a, c) _mm256_shuffle_epi8(a, c)
+#define QB 8
+static inline __m256i bcast8(const void *p) {
+    long long v;
+    memcpy(&v, p, 8);
+    return _mm256_set1_epi64x(v);
+}
+#define VI_BCASTQ(p) bcast8(p)
+
+static inline void vdeint(const float *p, float *even, float *odd) {
+    __m256 a = _mm256_loadu_ps(p), b = _mm256_loadu_ps(p + 8);
+    /* [a0 a2 b0 b2 | a4 a6 b4 b6], then 64-bit pairs reordered to a0 a2 a4 a6 b0 b2 b4 b6 */
+    __m256 e = _mm256_shuffle_ps(a, b, 0x88), o = _mm256_shuffle_ps(a, b, 0xdd);
+    _mm256_storeu_ps(even, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xd8)));
+    _mm256_storeu_ps(odd, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), 0xd8)));
+}
 
 #include "simd_tmpl.h"
 #include "kv_tmpl.h"
 
-static const cpu_kernels k_avx2 = {"avx2", {mm_f32, mm_f16, mm_bf16}, dot_v, axpy_v,
+static const cpu_kernels k_avx2 = {"avx2", {mm_f32, mm_f16, mm_bf16, mm_q2, mm_q3, mm_q4, mm_q5, mm_q6, mm_q8}, dot_v, axpy_v,
     .kv_dot = {kv_dot8_v, kv_dot4_v}, .kv_axpy = {kv_axpy8_v, kv_axpy4_v}};
 const cpu_kernels *cpu_kernels_avx2(void) { return &k_avx2; }
 #else

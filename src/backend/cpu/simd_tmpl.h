@@ -1,7 +1,9 @@
 /* simd_tmpl.h — the SIMD kernels, written once and compiled per instruction
  * set. The including file defines the vector vocabulary (V, VL, VZERO,
- * VFMA, VLOADF, VLOAD_BF16, VLOAD_F16, VREDUCE, VSET1, VSTOREF), includes
- * this file, and builds its kernel table from mm_f32/mm_f16/mm_bf16, dot_v, axpy_v.
+ * VADD, VFMA, VLOADF, VLOAD_BF16, VLOAD_F16, VREDUCE, VSET1, VSTOREF, and
+ * for the quantized formats the integer words listed in simd_quant.h),
+ * includes this file, and builds its kernel table from mm_f32/mm_f16/mm_bf16,
+ * mm_q2..mm_q8 (simd_quant.h), dot_v, axpy_v.
  *
  * matmul: a tile of R weight rows x T tokens keeps R*T vector accumulators
  * in registers across the whole K loop, so each weight vector is converted
@@ -109,3 +111,5 @@ static void axpy_v(float *y, float s, const float *x, int64_t n) {
     for (; k + VL <= n; k += VL) VSTOREF(y + k, VFMA(sv, VLOADF(x + k), VLOADF(y + k)));
     for (; k < n; k++) y[k] += s * x[k];
 }
+
+#include "simd_quant.h"

@@ -1,0 +1,328 @@
+/* simd_quant.h — SIMD matmul of the MLX affine-quantized formats (Q2..Q8),
+ * written once for every bit width and group size and compiled per
+ * instruction set as part of simd_tmpl.h. Reference: mm_scalar over
+ * wtensor_at (kernels_scalar.c); tests/test_kernels.c holds them together.
+ *
+ * On top of simd_tmpl.h's vocabulary the including file defines an integer
+ * vector VI (VL int32 lanes) and VMUL, VI_SET1, VI_AND, VI_SRLI, VI_SRLV,
+ * VI_LOADU, VI_TOF (int32 -> float), VI_U8 (VL bytes zero-extended to VL
+ * int32), VI_SHUFB (byte shuffle inside each 128-bit lane), VI_BCASTQ (the QB
+ * bytes at p in every 128-bit lane, QB >= VL*6/8) and vdeint (2*VL floats
+ * split into the even- and the odd-indexed ones).
+ *
+ * Unpacking VL values to float: Q8 zero-extends VL bytes; any width b
+ * broadcasts the VL*b/8 bytes (+ slack) of the values to every lane, shuffles
+ * the two bytes that hold value i into int32 lane i, shifts it down by its
+ * bit offset and masks b bits. The slack bytes are read but never used, so
+ * a row's last groups, whose reads would run past the row, are copied into a
+ * zero-padded buffer first. Decode Q4 is special (below).
+ *
+ * Decode (n == 1) is memory-bound, so the work per weight is kept minimal:
+ *     y[r] = sum_g scale[r][g] * (sum_{k in g} q[r][k] x[k]) + sum_g bias[r][g] * sx[g]
+ * with sx[g] = sum_{k in g} x[k] computed once per call: one convert and one
+ * FMA per value, one FMA per group for the scale, a vector dot product over
+ * groups for the biases. DR rows are in flight, prefetching the next tile's
+ * rows into L2 as the float path does. For Q4, VI_U8 of VL bytes gives the
+ * even values in the low nibbles and the odd ones in the high nibbles; the
+ * input is split the same way once per call (q4 order: each block of 2*VL
+ * values as its VL even- then its VL odd-indexed ones), so no shuffle runs
+ * per weight. The input is handled in segments of QSEG columns so its copy
+ * and sums fit on the stack.
+ *
+ * Prompts (n > 1) are compute-bound: a panel of QPR rows x QKC columns is
+ * dequantized once (w = scale*q + bias, natural order, into L1) and used by
+ * every token, in register tiles of QPR rows x QPT tokens whose accumulators
+ * persist across column panels in a small stack array. Dequantizing costs
+ * a few operations per weight, spread over up to QNT tokens.
+ */
+
+#define QSEG 4096 /* decode: input columns per segment (multiple of 128) */
+#ifndef QDR
+#define QDR 4 /* decode: rows in flight */
+#endif
+#ifndef QPF
+#define QPF 1 /* decode: prefetch distance in tiles */
+#endif
+#ifndef QKC
+#define QKC 512 /* prompt: panel columns (multiple of 128) */
+#endif
+#define QNT 32    /* prompt: tokens per pass over a row panel */
+#ifndef QPR
+#define QPR 4 /* prompt tile rows */
+#endif
+#ifndef QPT
+#define QPT 4 /* prompt tile tokens */
+#endif
+#ifndef QRS
+#define QRS 16 /* prompt panel rows (a multiple of QPR) */
+#endif
+#define QTAIL 160 /* padded copy of one group: up to 128 values of 8 bits + slack */
+
+/* The per-lane constants of the generic unpack for values v..v+VL-1 of a
+ * group (v a multiple of VL, so the values start on a byte boundary). */
+typedef struct qconst {
+    VI ctl;  /* bytes (o>>3, o>>3 + 1) into lane i, o = i*bits; zero above */
+    VI sh;   /* o & 7 */
+    VI mask; /* (1 << bits) - 1 */
+} qconst;
+
+static inline __attribute__((always_inline)) qconst qconst_make(int bits) {
+    uint8_t ctl[4 * VL];
+    int32_t sh[VL];
+    for (int i = 0; i < VL; i++) {
+        int o = i * bits;
+        /* for 8 bits, o>>3 + 1 of the last lane is past the loaded bytes: pshufb
+         * wraps it to byte 0, which the mask then drops */
+        ctl[4 * i] = (uint8_t)(o >> 3);
+        ctl[4 * i + 1] = (uint8_t)((o >> 3) + 1);
+        ctl[4 * i + 2] = ctl[4 * i + 3] = 0x80;
+        sh[i] = o & 7;
+    }
+    qconst c = {VI_LOADU(ctl), VI_LOADU(sh), VI_SET1((1 << bits) - 1)};
+    return c;
+}
+
+/* Values j*VL .. j*VL+VL-1 of a group whose packed bytes start at gp, as float.
+ * q4 (4 bits, decode only): vector j holds the values of the q4 order. */
+static inline __attribute__((always_inline)) V qvec(const int bits, const int q4, const unsigned char *gp, int j,
+                                                   const qconst *c) {
+    if (bits == 8) return VI_TOF(VI_U8(gp + j * VL));
+    if (bits == 4 && q4) {
+        VI v = VI_U8(gp + (j >> 1) * VL);
+        return VI_TOF((j & 1) ? VI_SRLI(v, 4) : VI_AND(v, VI_SET1(15)));
+    }
+    VI v = VI_BCASTQ(gp + j * VL * bits / 8);
+    return VI_TOF(VI_AND(VI_SRLV(VI_SHUFB(v, c->ctl), c->sh), c->mask));
+}
+
+/* The number of a row's last groups whose unpack reads past the row's end
+ * (they go through a padded copy): the generic unpack reads QB bytes where
+ * VL*bits/8 hold values. */
+static inline int64_t qtail_groups(int bits, int q4, int group, int64_t groups) {
+    int over = bits == 8 || (bits == 4 && q4) ? 0 : QB - VL * bits / 8, gb = group * bits / 8;
+    int64_t n = over > 0 ? (over + gb - 1) / gb : 0;
+    return n < groups ? n : groups;
+}
+
+/* Scales or biases [g0, g0+ng) of a row (format f) as float32 into out. */
+static inline void qsb_row(wfmt f, const unsigned char *row, int64_t g0, int64_t ng, float *out) {
+    int64_t g = 0;
+    for (; g + VL <= ng; g += VL) VSTOREF(out + g, vload(f, row, g0 + g));
+    for (; g < ng; g++) out[g] = weight_at(f, row, g0 + g);
+}
+
+/* ------------------------------------------------------------ decode -- */
+
+/* One group of QDR rows: acc[r] += scale[r] * sum_k q[r][k] x[k]. pf: the
+ * prefetch distance, a constant (0: none) so the test folds away. */
+static inline __attribute__((always_inline)) void qdec_group(const int bits, const int group,
+                                                            const unsigned char *const *gp, const float *xg,
+                                                            const float *sc, int64_t scstride, size_t pf,
+                                                            const qconst *c, V *acc) {
+    const int nj = group / VL, gb = group * bits / 8;
+#pragma GCC unroll 4
+    for (int r = 0; r < QDR; r++) {
+        for (int l = 0; pf && l < gb; l += 64) __builtin_prefetch(gp[r] + pf + l, 0, 2);
+        V ag = VMUL(qvec(bits, 1, gp[r], 0, c), VLOADF(xg));
+#pragma GCC unroll 8
+        for (int j = 1; j < nj; j++) ag = VFMA(qvec(bits, 1, gp[r], j, c), VLOADF(xg + j * VL), ag);
+        acc[r] = VFMA(VSET1(sc[r * scstride]), ag, acc[r]);
+    }
+}
+
+/* QDR rows (indices ri) over the columns [k0, k0+kn) of one segment: out[r] =
+ * the segment's part of y[r]. xs: the segment's input (q4 order for 4 bits);
+ * sx: its per-group sums; groups from gtail on (row-global) need a padded copy. */
+static inline __attribute__((always_inline)) void qdec_tile(const int bits, const int group, const wtensor *w,
+                                                           const int64_t *ri, int64_t k0, int64_t kn, int64_t gtail,
+                                                           const float *xs, const float *sx, const qconst *c,
+                                                           float *out /* [QDR] */) {
+    const int gb = group * bits / 8;
+    const int64_t g0 = k0 / group, ng = kn / group;
+    const unsigned char *q[QDR];
+    float sc[QDR][QSEG / 32] __attribute__((aligned(64))); /* the segment's scales as float32 */
+    float bs[QDR];
+    for (int r = 0; r < QDR; r++) {
+        const unsigned char *srow = (const unsigned char *)w->scales + (size_t)ri[r] * w->sb_row_bytes;
+        const unsigned char *brow = (const unsigned char *)w->biases + (size_t)ri[r] * w->sb_row_bytes;
+        q[r] = (const unsigned char *)w->data + (size_t)ri[r] * w->row_bytes + (size_t)g0 * gb;
+        qsb_row(w->sfmt, srow, g0, ng, sc[r]);
+        V a = VZERO();
+        int64_t g = 0;
+        for (; g + VL <= ng; g += VL) a = VFMA(vload(w->sfmt, brow, g0 + g), VLOADF(sx + g), a);
+        bs[r] = VREDUCE(a);
+        for (; g < ng; g++) bs[r] += weight_at(w->sfmt, brow, g0 + g) * sx[g];
+    }
+    V acc[QDR];
+#pragma GCC unroll 4
+    for (int r = 0; r < QDR; r++) acc[r] = VZERO();
+    int64_t nfast = gtail - g0 < ng ? gtail - g0 : ng;
+    size_t pf = QPF * QDR * w->row_bytes; /* a later tile's rows */
+    for (int64_t g = 0; g < nfast; g++) {
+        const unsigned char *gp[QDR];
+#pragma GCC unroll 4
+        for (int r = 0; r < QDR; r++) gp[r] = q[r] + (size_t)g * gb;
+        qdec_group(bits, group, gp, xs + g * group, &sc[0][g], QSEG / 32, pf, c, acc);
+    }
+    for (int64_t g = nfast > 0 ? nfast : 0; g < ng; g++) {
+        unsigned char tb[QDR][QTAIL];
+        const unsigned char *gp[QDR];
+        for (int r = 0; r < QDR; r++) {
+            memset(tb[r], 0, sizeof tb[r]);
+            memcpy(tb[r], q[r] + (size_t)g * gb, (size_t)gb);
+            gp[r] = tb[r];
+        }
+        qdec_group(bits, group, gp, xs + g * group, &sc[0][g], QSEG / 32, 0, c, acc);
+    }
+    for (int r = 0; r < QDR; r++) out[r] = VREDUCE(acc[r]) + bs[r];
+}
+
+static inline __attribute__((always_inline)) void qdecode(const int bits, const int group, const wtensor *w,
+                                                         int64_t r0, int64_t r1, const float *x, float *y) {
+    const qconst c = qconst_make(bits);
+    const int64_t K = w->cols, G = K / group, gtail = G - qtail_groups(bits, 1, group, G);
+    float xq[QSEG] __attribute__((aligned(64))); /* the segment's input in q4 order (4 bits) */
+    float sx[QSEG / 32];                         /* its per-group sums */
+    for (int64_t k0 = 0; k0 < K; k0 += QSEG) {
+        int64_t kn = K - k0 < QSEG ? K - k0 : QSEG;
+        const float *xs = x + k0;
+        if (bits == 4) {
+            for (int64_t k = 0; k < kn; k += 2 * VL) vdeint(xs + k, xq + k, xq + k + VL);
+            xs = xq;
+        }
+        for (int64_t g = 0; g < kn / group; g++) {
+            V a = VLOADF(x + k0 + g * group);
+            for (int j = 1; j < group / VL; j++) a = VADD(a, VLOADF(x + k0 + g * group + j * VL));
+            sx[g] = VREDUCE(a);
+        }
+        for (int64_t r = r0; r < r1; r += QDR) {
+            int nr = r1 - r < QDR ? (int)(r1 - r) : QDR;
+            int64_t ri[QDR];
+            for (int i = 0; i < QDR; i++) ri[i] = r + (i < nr ? i : nr - 1);
+            float out[QDR];
+            qdec_tile(bits, group, w, ri, k0, kn, gtail, xs, sx, &c, out);
+            for (int i = 0; i < nr; i++) y[r + i] = (k0 ? y[r + i] : 0.0f) + out[i];
+        }
+    }
+}
+
+/* ------------------------------------------------------------ prompt -- */
+
+/* Columns [k0, k0+kc) of row ri dequantized: p[k] = scale * q + bias (natural order). */
+static inline __attribute__((always_inline)) void qpanel_row(const int bits, const int group, const wtensor *w,
+                                                            int64_t ri, int64_t k0, int64_t kc, int64_t gtail,
+                                                            const qconst *c, float *p /* [kc] */) {
+    const int nj = group / VL, gb = group * bits / 8;
+    const unsigned char *q = (const unsigned char *)w->data + (size_t)ri * w->row_bytes;
+    const unsigned char *srow = (const unsigned char *)w->scales + (size_t)ri * w->sb_row_bytes;
+    const unsigned char *brow = (const unsigned char *)w->biases + (size_t)ri * w->sb_row_bytes;
+    float sc[QKC / 32], bi[QKC / 32];
+    int64_t g0 = k0 / group, ng = kc / group;
+    qsb_row(w->sfmt, srow, g0, ng, sc);
+    qsb_row(w->sfmt, brow, g0, ng, bi);
+    for (int64_t g = 0; g < ng; g++) {
+        const unsigned char *gp = q + (size_t)(g0 + g) * gb;
+        unsigned char tb[QTAIL];
+        if (g0 + g >= gtail) {
+            memset(tb, 0, sizeof tb);
+            memcpy(tb, gp, (size_t)gb);
+            gp = tb;
+        }
+        V s = VSET1(sc[g]), b = VSET1(bi[g]);
+#pragma GCC unroll 8
+        for (int j = 0; j < nj; j++) VSTOREF(p + g * group + j * VL, VFMA(qvec(bits, 0, gp, j, c), s, b));
+    }
+}
+
+/* acc[r][t] += panel row r . token t over kc columns, for a QPR x QPT tile;
+ * acc: the tile's accumulators, row r at acc + r * (QNT + QPT) * VL. */
+static void qgemm(const float *const *p, const float *const *xs, int64_t kc, float *acc) {
+    V a[QPR][QPT];
+#pragma GCC unroll 8
+    for (int r = 0; r < QPR; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < QPT; t++) a[r][t] = VLOADF(acc + (r * (QNT + QPT) + t) * VL);
+    for (int64_t k = 0; k < kc; k += VL) {
+        V xv[QPT];
+#pragma GCC unroll 4
+        for (int t = 0; t < QPT; t++) xv[t] = VLOADF(xs[t] + k);
+#pragma GCC unroll 8
+        for (int r = 0; r < QPR; r++) {
+            V wv = VLOADF(p[r] + k);
+#pragma GCC unroll 4
+            for (int t = 0; t < QPT; t++) a[r][t] = VFMA(wv, xv[t], a[r][t]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < QPR; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < QPT; t++) VSTOREF(acc + (r * (QNT + QPT) + t) * VL, a[r][t]);
+}
+
+static inline __attribute__((always_inline)) void qprompt(const int bits, const int group, const wtensor *w,
+                                                         int64_t r0, int64_t r1, const float *x, int64_t ldx,
+                                                         int64_t n, float *y, int64_t ldy) {
+    const qconst c = qconst_make(bits);
+    const int64_t K = w->cols, G = K / group, gtail = G - qtail_groups(bits, 0, group, G);
+    float panel[QRS][QKC + 16] __attribute__((aligned(64))); /* rows padded off the same L1 sets */
+    float acc[QRS][QNT + QPT][VL] __attribute__((aligned(64))); /* vector accumulators [row][token] */
+    for (int64_t r = r0; r < r1; r += QRS) {
+        int nr = r1 - r < QRS ? (int)(r1 - r) : QRS, nb = (nr + QPR - 1) / QPR;
+        const float *p[QRS]; /* rows past nr repeat the last one; their sums are dropped */
+        for (int i = 0; i < QRS; i++) p[i] = panel[i < nr ? i : nr - 1];
+        for (int64_t t0 = 0; t0 < n; t0 += QNT) {
+            int nt = n - t0 < QNT ? (int)(n - t0) : QNT;
+            memset(acc, 0, sizeof acc);
+            for (int64_t k0 = 0; k0 < K; k0 += QKC) {
+                int64_t kc = K - k0 < QKC ? K - k0 : QKC;
+                for (int i = 0; i < nr; i++) qpanel_row(bits, group, w, r + i, k0, kc, gtail, &c, panel[i]);
+                /* a token tile's inputs stay in L1 while every row block of the panel passes them */
+                for (int t = 0; t < nt; t += QPT) {
+                    const float *xs[QPT];
+                    for (int j = 0; j < QPT; j++) xs[j] = x + (t0 + (t + j < nt ? t + j : nt - 1)) * ldx + k0;
+                    for (int b = 0; b < nb; b++) qgemm(p + b * QPR, xs, kc, &acc[b * QPR][t][0]);
+                }
+            }
+            for (int i = 0; i < nr; i++)
+                for (int t = 0; t < nt; t++) y[(t0 + t) * ldy + r + i] = VREDUCE(VLOADF(acc[i][t]));
+        }
+    }
+}
+
+/* ----------------------------------------------------------- entries -- */
+
+/* One function per (bits, group) and path, so each keeps its own small stack frame. */
+#define QFN(bits, group)                                                                                             \
+    static __attribute__((noinline)) void qdec_##bits##_##group(const wtensor *w, int64_t r0, int64_t r1,           \
+                                                                const float *x, float *y) {                         \
+        qdecode(bits, group, w, r0, r1, x, y);                                                                       \
+    }                                                                                                                \
+    static __attribute__((noinline)) void qpro_##bits##_##group(const wtensor *w, int64_t r0, int64_t r1,           \
+                                                                const float *x, int64_t ldx, int64_t n, float *y,   \
+                                                                int64_t ldy) {                                      \
+        qprompt(bits, group, w, r0, r1, x, ldx, n, y, ldy);                                                          \
+    }
+#define QMM(name, bits)                                                                                              \
+    QFN(bits, 32)                                                                                                    \
+    QFN(bits, 64)                                                                                                    \
+    QFN(bits, 128)                                                                                                   \
+    static void name(const wtensor *w, int64_t r0, int64_t r1, const float *x, int64_t ldx, int64_t n, float *y,   \
+                     int64_t ldy) {                                                                                  \
+        switch (w->group * (n == 1 ? 1 : -1)) {                                                                      \
+        case 32: qdec_##bits##_32(w, r0, r1, x, y); return;                                                          \
+        case 64: qdec_##bits##_64(w, r0, r1, x, y); return;                                                          \
+        case 128: qdec_##bits##_128(w, r0, r1, x, y); return;                                                        \
+        case -32: qpro_##bits##_32(w, r0, r1, x, ldx, n, y, ldy); return;                                            \
+        case -64: qpro_##bits##_64(w, r0, r1, x, ldx, n, y, ldy); return;                                            \
+        case -128: qpro_##bits##_128(w, r0, r1, x, ldx, n, y, ldy); return;                                          \
+        }                                                                                                            \
+        cpu_kernels_scalar()->matmul[w->fmt](w, r0, r1, x, ldx, n, y, ldy); /* a group size MLX does not make */     \
+    }
+QMM(mm_q2, 2)
+QMM(mm_q3, 3)
+QMM(mm_q4, 4)
+QMM(mm_q5, 5)
+QMM(mm_q6, 6)
+QMM(mm_q8, 8)
+#undef QMM
+#undef QFN
