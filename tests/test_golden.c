@@ -6,7 +6,8 @@
  * crossing batch boundaries), one token at a time (decode path), and on every
  * instruction set the CPU has. With KV_BITS (8 or 4) the KV cache is
  * quantized and ATOL is relative (see tol(); tests/CMakeLists.txt derives
- * it). usage: test_golden FIXTURE_DIR [ATOL [KV_BITS]]  */
+ * it). With AMX_RTOL the "amx" ISA runs too, against that relative
+ * tolerance. usage: test_golden FIXTURE_DIR [ATOL [KV_BITS [AMX_RTOL]]]  */
 #include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
@@ -16,6 +17,7 @@
 #include "test.h"
 
 static int g_kv_bits;   /* moe_seq_params.kv_bits of every sequence */
+static int g_rel;       /* the amx runs: a relative tolerance, as for a quantized KV cache */
 static double g_ref_rms; /* quantized KV: the largest RMS of a reference's compared logits */
 
 /* The bound on max |got - ref| over `count` logits: atol; with a quantized KV
@@ -23,7 +25,7 @@ static double g_ref_rms; /* quantized KV: the largest RMS of a reference's compa
  * within atol x the RMS of ref (the error is spread over every logit; where a
  * MoE router's choice flips, one position moves much more than the rest). */
 static double tol(const float *got, const float *ref, size_t count, double atol, const char *what) {
-    if (!g_kv_bits) return atol;
+    if (!g_kv_bits && !g_rel) return atol;
     double se = 0, sr = 0, mr = 0;
     for (size_t i = 0; i < count; i++) {
         se += ((double)got[i] - ref[i]) * ((double)got[i] - ref[i]);
@@ -68,7 +70,7 @@ static float *run(moe_model *m, const int32_t *tok, size_t n, int batch, int n_b
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: test_golden FIXTURE_DIR [ATOL [KV_BITS]]\n");
+        fprintf(stderr, "usage: test_golden FIXTURE_DIR [ATOL [KV_BITS [AMX_RTOL]]]\n");
         return 2;
     }
     const char *dir = argv[1];
@@ -83,9 +85,18 @@ int main(int argc, char **argv) {
         return 2;
     }
     snprintf(path, sizeof path, "%s/model", dir);
-    const char *isas[] = {"scalar", "avx2", "avx512"};
-    for (int ii = 0; ii < 3; ii++) {
+    /* "amx" (bf16 products on AMX tiles, from 4 tokens a call) runs when AMX_RTOL
+     * (argv[4]) is given, against it as a relative tolerance (tol()); its
+     * whole-batch logits must differ from avx512's (f32_logits), or the tiles
+     * did not run */
+    const char *isas[] = {"scalar", "avx2", "avx512", "amx"};
+    double float_atol = atol, amx_atol = argc > 4 ? atof(argv[4]) : 0;
+    float *f32_logits[8] = {NULL};
+    for (int ii = 0; ii < 3 + (amx_atol > 0); ii++) {
         setenv("MOE_ISA", isas[ii], 1);
+        setenv("MOE_AMX_MIN_TOKENS", "4", 1);
+        atol = ii == 3 ? amx_atol : float_atol;
+        g_rel = ii == 3;
         moe_model *m;
         moe_status st = moe_model_load(path, NULL, &m);
         if (st == MOE_EUNSUPPORTED && ii > 0) { printf("%s: not on this CPU, skipped\n", isas[ii]); continue; }
@@ -120,7 +131,11 @@ int main(int argc, char **argv) {
                 CHECK(worst <= tol(got, ref, n * (size_t)V, atol, lp), "%s seq %zu (len %zu) %s, batch %d: max |diff| %.3g at position %zu token %zu", isas[ii],
                       si, n, lp, modes[md][0], worst, at / (size_t)V, at % (size_t)V);
                 if (md == 0 && si == 1) printf("%s: seq %zu max |diff| %.3g\n", isas[ii], si, worst);
-                free(got);
+                if (md == 0 && ii == 3 && n >= 4)
+                    CHECK(si < 8 && f32_logits[si] && memcmp(got, f32_logits[si], n * (size_t)V * sizeof *got),
+                          "amx seq %zu: the same logits as avx512, so AMX did not run", si);
+                if (md == 0 && ii == 2 && si < 8) f32_logits[si] = got;
+                else free(got);
             }
             /* truncate back and evaluate the tail again: same logits as the reference */
             if (ref && nref == n * (size_t)V && n > 8) {
@@ -180,7 +195,7 @@ int main(int argc, char **argv) {
             /* quantized KV: the argmax may flip where the reference's top-2 gap is within twice the RMS error */
             size_t need = ne;
             double gap = same < ne ? json_number_value(json_array_get(json_object_get(gr, "step_gaps"), same)) : 0;
-            if (g_kv_bits && same < ne && gap <= 2 * atol * g_ref_rms) need = same;
+            if ((g_kv_bits || g_rel) && same < ne && gap <= 2 * atol * g_ref_rms) need = same;
             CHECK(same >= need, "%s greedy: first %zu of %zu tokens match (gap at %zu: %.3g)", isas[ii], same, ne, same, gap);
             moe_sampler_free(smp);
             moe_seq_free(s);
@@ -189,6 +204,7 @@ int main(int argc, char **argv) {
         }
         moe_model_free(m);
     }
+    for (int i = 0; i < 8; i++) free(f32_logits[i]);
     json_decref(g);
     TEST_DONE();
 }

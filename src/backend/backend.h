@@ -53,11 +53,17 @@ size_t wtensor_bytes(const wtensor *w);
 typedef struct backend backend;
 
 /* n_threads <= 0: all cores. `isa` NULL or "auto": the best the CPU has;
- * else "scalar", "avx2" or "avx512" (MOE_ISA in the environment also picks). */
+ * else "scalar", "avx2", "avx512" (float32 arithmetic throughout) or "amx"
+ * (MOE_ISA in the environment also picks). "amx" is avx512 plus AMX-BF16 tiles
+ * for matmuls of at least 16 tokens (MOE_AMX_MIN_TOKENS overrides): products
+ * of bf16-rounded weights and activations, float32 sums; "auto" takes it where
+ * the CPU and OS allow. */
 moe_status backend_new(int n_threads, const char *isa, backend **out);
 void backend_free(backend *be);
 int backend_threads(const backend *be);
 const char *backend_isa(const backend *be);
+/* Matmuls (be_matmul*, one per call) that ran on the AMX path so far. */
+int64_t backend_amx_runs(const backend *be);
 
 /* y[n x w->rows] = x[n x w->cols] . W^T (+ bias[w->rows] if not NULL). */
 void be_matmul(backend *be, const wtensor *w, const float *x, int64_t n, const float *bias, float *y);

@@ -8,9 +8,20 @@
 #include "../../base/pool.h"
 #include "kernels.h"
 
+/* Prompts of at least this many tokens take the AMX path under "amx" (MOE_AMX_MIN_TOKENS overrides). */
+#define AMX_MIN_TOKENS 16
+
 struct backend {
     pool *pool;
     const cpu_kernels *k;
+    /* ISA "amx": matmuls of >= amx_min tokens run on AMX tiles (kernels_amx.c) */
+    int amx;
+    int64_t amx_min;
+    int64_t amx_runs;            /* matmuls that took the AMX path (backend_amx_runs) */
+    uint16_t *amx_x;             /* activations packed for AMX, amx_x_elems(n, K) */
+    size_t amx_x_cap;            /* elements */
+    unsigned char *amx_scratch;  /* [threads x amx_stride] bytes: panels and result tiles */
+    size_t amx_stride;
 };
 
 const char *wfmt_name(wfmt f) {
@@ -68,6 +79,7 @@ const cpu_kernels *cpu_kernels_pick(const char *name) {
     if (strcmp(name, "scalar") == 0) return cpu_kernels_scalar();
     if (strcmp(name, "avx2") == 0) return has2 ? cpu_kernels_avx2() : NULL;
     if (strcmp(name, "avx512") == 0) return has512 ? cpu_kernels_avx512() : NULL;
+    if (strcmp(name, "amx") == 0) return has512 && amx_usable() ? cpu_kernels_avx512() : NULL;
     return NULL;
 }
 
@@ -76,9 +88,21 @@ moe_status backend_new(int n_threads, const char *isa, backend **out) {
     if (!isa || !*isa) isa = getenv("MOE_ISA");
     const cpu_kernels *k = cpu_kernels_pick(isa);
     if (!k) return moe_err(MOE_EUNSUPPORTED, "instruction set \"%s\" is unknown or not supported by this CPU", isa);
+    int want_auto = !isa || !*isa || strcmp(isa, "auto") == 0;
+    int amx = (want_auto || strcmp(isa, "amx") == 0) && k == cpu_kernels_avx512() && amx_usable();
+    int64_t amx_min = AMX_MIN_TOKENS;
+    const char *env = getenv("MOE_AMX_MIN_TOKENS");
+    if (amx && env && *env) {
+        char *end;
+        long long v = strtoll(env, &end, 10);
+        if (*end || v < 1) return moe_err(MOE_EINVAL, "MOE_AMX_MIN_TOKENS=\"%s\": expected a positive integer", env);
+        amx_min = v;
+    }
     backend *be = calloc(1, sizeof *be);
     if (!be) return moe_err(MOE_ENOMEM, "out of memory");
     be->k = k;
+    be->amx = amx;
+    be->amx_min = amx_min;
     be->pool = pool_new(n_threads);
     if (!be->pool) {
         free(be);
@@ -91,11 +115,14 @@ moe_status backend_new(int n_threads, const char *isa, backend **out) {
 void backend_free(backend *be) {
     if (!be) return;
     pool_free(be->pool);
+    free(be->amx_x);
+    free(be->amx_scratch);
     free(be);
 }
 
 int backend_threads(const backend *be) { return pool_threads(be->pool); }
-const char *backend_isa(const backend *be) { return be->k->name; }
+const char *backend_isa(const backend *be) { return be->amx ? "amx" : be->k->name; }
+int64_t backend_amx_runs(const backend *be) { return be->amx_runs; }
 
 /* ------------------------------------------------------------- matmul -- */
 
@@ -118,6 +145,86 @@ typedef struct mm_job {
     int64_t first_item[MM_MAX + 1]; /* items of weight i: [first_item[i], first_item[i+1]) */
 } mm_job;
 
+/* AMX prompt path: an item is a block of up to AMX_RB rows of one weight (or
+ * of gate and up) for every token of the batch, so each thread dequantizes a
+ * block once and keeps it in its L2 while it walks the tokens. The
+ * activations are packed to bf16 once per call, in a first pool run. */
+typedef struct amx_job {
+    backend *be;
+    const float *x;
+    int64_t n, K;
+    amx_epilogue ep;
+    int nw;
+    const wtensor *w[MM_MAX][2]; /* [i][0]: the weight (gate); [i][1]: up for AMX_SWIGLU */
+    float *y[MM_MAX];
+    int64_t rb[MM_MAX];          /* rows an item */
+    int64_t first_item[MM_MAX + 1];
+} amx_job;
+
+static void amx_pack_item(void *ctx, int64_t tt, int tid) {
+    (void)tid;
+    const amx_job *j = ctx;
+    amx_pack_x(j->x, j->K, j->n, j->K, tt, j->be->amx_x);
+}
+
+static void amx_item(void *ctx, int64_t item, int tid) {
+    const amx_job *j = ctx;
+    int i = 0;
+    while (item >= j->first_item[i + 1]) i++;
+    int64_t rows = j->w[i][0]->rows, r0 = (item - j->first_item[i]) * j->rb[i];
+    int64_t nr = rows - r0 < j->rb[i] ? rows - r0 : j->rb[i];
+    amx_matmul_rows(j->ep, j->w[i], r0, nr, j->be->amx_x, j->n, j->be->amx_scratch + (size_t)tid * j->be->amx_stride,
+                    j->y[i] + r0, rows);
+}
+
+/* Grows the packed-activation and scratch buffers to fit (they are kept for
+ * the next call); 0 when memory is short, and the float path serves the call. */
+static int amx_reserve(backend *be, int64_t n, int64_t K, int nw) {
+    size_t xe = amx_x_elems(n, K), stride = (amx_scratch_bytes(nw, n) + 63) / 64 * 64;
+    if (xe > be->amx_x_cap) {
+        free(be->amx_x);
+        be->amx_x = aligned_alloc(64, (xe * sizeof(uint16_t) + 63) / 64 * 64);
+        be->amx_x_cap = be->amx_x ? xe : 0;
+        if (!be->amx_x) return 0;
+    }
+    if (stride > be->amx_stride) {
+        free(be->amx_scratch);
+        be->amx_scratch = aligned_alloc(64, stride * (size_t)pool_threads(be->pool));
+        be->amx_stride = be->amx_scratch ? stride : 0;
+        if (!be->amx_scratch) return 0;
+    }
+    return 1;
+}
+
+/* Runs j (w, y, ep, nw set) on AMX: packs x, then the row blocks; 0 when it could not. */
+static int amx_run(backend *be, amx_job *j, const float *x, int64_t n) {
+    int nth = pool_threads(be->pool), npanels = j->ep == AMX_SWIGLU ? 2 : 1;
+    int64_t K = j->w[0][0]->cols, macs = 0;
+    if (!amx_reserve(be, n, K, npanels)) return 0;
+    j->be = be;
+    j->x = x;
+    j->n = n;
+    j->K = K;
+    for (int i = 0; i < j->nw; i++) {
+        /* blocks of 32..AMX_RB rows, about 4 a thread for balance */
+        int64_t rows = j->w[i][0]->rows, rb = (rows + 4 * nth - 1) / (4 * nth);
+        rb = rb < 32 ? 32 : rb > AMX_RB ? AMX_RB : (rb + 31) / 32 * 32;
+        j->rb[i] = rb;
+        j->first_item[i + 1] = j->first_item[i] + (rows + rb - 1) / rb;
+        macs += rows * K * n * npanels;
+    }
+    int64_t ntt = (n + 15) / 16;
+    if (macs < SMALL_WORK) {
+        for (int64_t tt = 0; tt < ntt; tt++) amx_pack_item(j, tt, 0);
+        for (int64_t it = 0; it < j->first_item[j->nw]; it++) amx_item(j, it, 0);
+    } else {
+        pool_run(be->pool, amx_pack_item, j, ntt);
+        pool_run(be->pool, amx_item, j, j->first_item[j->nw]);
+    }
+    be->amx_runs++;
+    return 1;
+}
+
 static void mm_item(void *ctx, int64_t item, int tid) {
     (void)tid;
     const mm_job *j = ctx;
@@ -132,8 +239,8 @@ static void mm_item(void *ctx, int64_t item, int tid) {
     mm(w, r0, r1, j->x + t0 * w->cols, w->cols, nt, j->y[i] + t0 * w->rows, w->rows);
 }
 
-void be_matmul_n(backend *be, int nw, const wtensor *const *w, const float *x, int64_t n, const float *const *bias,
-                 float *const *y) {
+/* The float32 kernels of the ISA: items of row chunks x 32 tokens */
+static void mm_float(backend *be, int nw, const wtensor *const *w, const float *x, int64_t n, float *const *y) {
     int nth = pool_threads(be->pool);
     mm_job j = {.k = be->k, .x = x, .n = n, .tok_chunk = 32, .nw = nw};
     j.n_tok_chunks = (n + j.tok_chunk - 1) / j.tok_chunk;
@@ -152,6 +259,16 @@ void be_matmul_n(backend *be, int nw, const wtensor *const *w, const float *x, i
         for (int64_t it = 0; it < j.first_item[nw]; it++) mm_item(&j, it, 0);
     else
         pool_run(be->pool, mm_item, &j, j.first_item[nw]);
+}
+
+void be_matmul_n(backend *be, int nw, const wtensor *const *w, const float *x, int64_t n, const float *const *bias,
+                 float *const *y) {
+    amx_job aj = {.ep = AMX_STORE, .nw = nw};
+    for (int i = 0; i < nw; i++) {
+        aj.w[i][0] = w[i];
+        aj.y[i] = y[i];
+    }
+    if (!(be->amx && n >= be->amx_min && amx_run(be, &aj, x, n))) mm_float(be, nw, w, x, n, y);
     for (int i = 0; bias && i < nw; i++)
         if (bias[i])
             for (int64_t t = 0; t < n; t++)
@@ -193,6 +310,8 @@ static void sw_item(void *ctx, int64_t item, int tid) {
 }
 
 void be_matmul_swiglu(backend *be, const wtensor *gate, const wtensor *up, const float *x, int64_t n, float *out) {
+    amx_job aj = {.ep = AMX_SWIGLU, .nw = 1, .w = {{gate, up}}, .y = {out}};
+    if (be->amx && n >= be->amx_min && amx_run(be, &aj, x, n)) return;
     sw_job j = {be->k, gate, up, x, out, n, (gate->rows + SW_ROWS - 1) / SW_ROWS};
     int64_t items = j.n_row_chunks * ((n + SW_TOK - 1) / SW_TOK);
     if (2 * gate->rows * gate->cols * n < SMALL_WORK)

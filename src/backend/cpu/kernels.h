@@ -76,7 +76,35 @@ typedef struct cpu_kernels {
 const cpu_kernels *cpu_kernels_scalar(void);
 const cpu_kernels *cpu_kernels_avx2(void);   /* NULL when not compiled in */
 const cpu_kernels *cpu_kernels_avx512(void); /* NULL when not compiled in */
-/* By name ("scalar", "avx2", "avx512", "auto"); NULL when unknown or the CPU lacks it. */
+/* By name ("scalar", "avx2", "avx512", "auto"); NULL when unknown or the CPU lacks it.
+ * "amx" gives the avx512 table, which the AMX prompt path builds on, when amx_usable(). */
 const cpu_kernels *cpu_kernels_pick(const char *name);
+
+/* ------------------------------------------- AMX-BF16 prompt matmul --
+ * kernels_amx.c: matmuls of many tokens on AMX tiles, in bf16 products with
+ * float32 sums (all weight formats). Not a kernel table: the "amx" ISA of
+ * backend_cpu.c is the avx512 table plus this path for batches of at least
+ * a threshold of tokens. Tested against the scalar kernels within bf16
+ * rounding (tests/test_kernels_amx.c). */
+#define AMX_RB 128 /* most weight rows one amx_matmul_rows call takes */
+#define AMX_KC 256 /* columns of the weight panel dequantized at a time */
+
+/* 1 when the CPU has AMX-BF16 (and AVX512-BF16/VBMI) and the OS granted this
+ * process the tile state (asked on the first call); else 0. Thread-safe. */
+int amx_usable(void);
+/* uint16_t elements of activations packed by amx_pack_x: [ceil(n/16)][ceil(K/32)][16][16][2] */
+size_t amx_x_elems(int64_t n, int64_t K);
+/* Token tile tt (tokens 16tt .. 16tt+15, zeros past n) of x[n x K] (row stride
+ * ldx) as bf16 (round to nearest even) in the VNNI layout, into its part of xp. */
+void amx_pack_x(const float *x, int64_t ldx, int64_t n, int64_t K, int64_t tt, uint16_t *xp);
+/* Bytes of per-thread scratch amx_matmul_rows needs for n tokens (nw = 1, or 2 for SwiGLU). */
+size_t amx_scratch_bytes(int nw, int64_t n);
+typedef enum amx_epilogue { AMX_STORE, AMX_SWIGLU } amx_epilogue;
+/* For rows r in [r0, r0+nr) (nr <= AMX_RB) and tokens t < n, over xp from amx_pack_x:
+ *   AMX_STORE:  y[t*ldy + r-r0] = sum_k w[0][r][k] x[t][k]
+ *   AMX_SWIGLU: y[t*ldy + r-r0] = silu(sum_k w[0][r][k] x[t][k]) * sum_k w[1][r][k] x[t][k]
+ * scratch: amx_scratch_bytes(1 or 2, n). Call only when amx_usable(). */
+void amx_matmul_rows(amx_epilogue ep, const wtensor *const *w, int64_t r0, int64_t nr, const uint16_t *xp, int64_t n,
+                     void *scratch, float *y, int64_t ldy);
 
 #endif
