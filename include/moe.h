@@ -275,6 +275,33 @@ const char *const *moe_synth_shapes(void);
  * created if missing. For benchmarks: the weights mean nothing. */
 moe_status moe_synth(const moe_synth_params *p, const char *out_dir);
 
+/* ----------------------------------------------------------- quantize -- */
+
+typedef struct moe_quantize_params {
+    int bits;          /* 2, 3, 4, 5, 6 or 8; default 4 */
+    int group_size;    /* values per scale and bias: 32, 64 (default) or 128 */
+    int force;         /* replace a model already in the output directory */
+    /* called as bytes are written (done, total over all files); may be NULL */
+    void (*progress)(void *ctx, uint64_t done, uint64_t total);
+    void *progress_ctx;
+} moe_quantize_params;
+
+void moe_quantize_params_defaults(moe_quantize_params *p);
+/* Reads the float model in in_dir (hub layout: F32/F16/BF16, experts one by
+ * one or transformers-5 fused) and writes it into out_dir as mlx-lm's
+ * `convert -q` does: MLX affine quantization, bit for bit; experts stacked as
+ * switch_mlp; config.json with "quantization" and "quantization_config"; the
+ * directory's other files (tokenizer, generation config, ...) copied. A
+ * torch_dtype in config.json is the dtype written (as mlx-lm casts to it).
+ * Streams: the input is mapped, the output written in chunks, so a model
+ * larger than memory converts. out_dir is created if missing; one that
+ * already holds a model is refused unless p->force. Failures: MOE_EINVAL (bad
+ * bits / group size, out_dir is in_dir or holds a model), MOE_EFORMAT (not a
+ * float model, already quantized, missing / unexpected tensors, wrong
+ * shapes), MOE_EUNSUPPORTED (unknown family), MOE_EIO (cannot read, write or
+ * not enough disk space); on failure no partial model is left in out_dir. */
+moe_status moe_quantize(const char *in_dir, const char *out_dir, const moe_quantize_params *p);
+
 #ifdef __cplusplus
 }
 #endif

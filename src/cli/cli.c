@@ -105,6 +105,19 @@ double cli_now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+void cli_progress(void *state, uint64_t done, uint64_t total) {
+    cli_progress_state *p = state;
+    double now = cli_now();
+    if (p->start == 0) p->start = now;
+    if (done != total && now - p->last < 0.5) return;
+    p->last = now;
+    double secs = now - p->start, rate = secs > 0 ? (double)done / secs : 0;
+    fprintf(stderr, "\rwriting: %5.1f%% of %.2f GB", total ? 100.0 * (double)done / (double)total : 100.0, (double)total / 1e9);
+    if (rate > 0) fprintf(stderr, ", %.0f MB/s, %.0f s %s   ", rate / 1e6, done == total ? secs : (double)(total - done) / rate,
+                          done == total ? "in all" : "left");
+    if (done == total) fputc('\n', stderr);
+}
+
 const char *cli_default_model(void) {
     static char path[4096];
     if (path[0]) return path;

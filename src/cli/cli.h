@@ -21,6 +21,7 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
 int cmd_chat(int argc, char **argv);
 int cmd_perplexity(int argc, char **argv);
+int cmd_quantize(int argc, char **argv);
 
 /* Prints "moe: <msg>" to stderr and returns 1 (the exit status). */
 int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -52,6 +53,12 @@ char *cli_read_all(FILE *f, size_t *len);
 
 /* Monotonic clock, seconds. */
 double cli_now(void);
+
+/* A progress line on stderr for long writes ("writing: 42.0% of 3.84 GB,
+ * 210 MB/s, 12 s left"), redrawn at most every half second: pass as a
+ * progress callback with a cli_progress_state zeroed before the work. */
+typedef struct cli_progress_state { double start, last; } cli_progress_state;
+void cli_progress(void *state, uint64_t done, uint64_t total);
 
 /* Loads a model with n_threads (0 = all cores), reporting errors. */
 int cli_load(const char *dir, int n_threads, moe_model **out);

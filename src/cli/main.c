@@ -17,6 +17,7 @@ static const struct {
     {"logits", cmd_logits, "write raw float32 logits for a token sequence"},
     {"info", cmd_info, "describe a model: family, shapes, parameters, memory"},
     {"bench", cmd_bench, "measure prompt and generation speed"},
+    {"quantize", cmd_quantize, "quantize a float model to MLX's 4- or 8-bit layout (as mlx-lm)"},
     {"synth", cmd_synth, "write a random model of a real model's shapes"},
 };
 
