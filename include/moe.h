@@ -261,6 +261,10 @@ typedef struct moe_synth_params {
     const char *like;   /* "mistral-7b", "mixtral-8x7b", "qwen3-30b-a3b", ... (moe_synth_shapes) */
     int n_layers;       /* 0: as the real model */
     const char *dtype;  /* "bf16" (default), "f16" or "f32" */
+    int bits;           /* 0 (default): float weights in the hub layout; 2, 3, 4, 5, 6 or 8:
+                           the mlx-community quantized layout (as moe_quantize writes),
+                           random values, so the files are as large as a real one's */
+    int group_size;     /* with bits: 32, 64 (default when 0) or 128 */
     uint64_t seed;
     /* called as bytes are written; may be NULL */
     void (*progress)(void *ctx, uint64_t done, uint64_t total);
@@ -271,8 +275,10 @@ void moe_synth_params_defaults(moe_synth_params *p);
 /* The names `like` accepts, NULL-terminated. */
 const char *const *moe_synth_shapes(void);
 /* Writes config.json and model.safetensors of a model with `like`'s shapes
- * and random weights (hub layout, experts one by one) into out_dir, which is
- * created if missing. For benchmarks: the weights mean nothing. */
+ * and random weights (hub layout, experts one by one; with bits, the
+ * quantized mlx-community layout, split into 5 GiB shards when larger) into
+ * out_dir, which is created if missing. For benchmarks: the weights mean
+ * nothing. */
 moe_status moe_synth(const moe_synth_params *p, const char *out_dir);
 
 /* ----------------------------------------------------------- quantize -- */

@@ -55,3 +55,8 @@ cli_fails(quantize_no_input "status 1: moe: /nonexistent/config.json: cannot ope
 add_test(NAME cli_quantize_help COMMAND moe_cli quantize --help)
 set_tests_properties(cli_quantize_help PROPERTIES LABELS cli PASS_REGULAR_EXPRESSION "usage: moe quantize -m IN -o OUT")
 
+# moe synth --bits: the same layout with random values, loadable at full size
+add_test(NAME cli_synth_bits COMMAND ${QRUN} -DOUT=${QDIR}/synth -P ${CMAKE_CURRENT_SOURCE_DIR}/quantize_synth.cmake)
+set_tests_properties(cli_synth_bits PROPERTIES LABELS cli)
+cli_fails(synth_bad_bits "status 1: moe: synth: 7 bits in groups of 64 is not supported"
+  ${expect1} $<TARGET_FILE:moe_cli> synth --like mistral-7b --bits 7 -o ${QDIR}/never)

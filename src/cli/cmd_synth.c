@@ -1,25 +1,20 @@
 /* cmd_synth.c — moe synth: write a random model of a real model's shapes. */
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
 #include "cli.h"
 
 static void help(FILE *f) {
-    fprintf(f, "usage: moe synth --like NAME [--layers N] [--dtype bf16|f16|f32] [--seed S] -o DIR\n"
+    fprintf(f, "usage: moe synth --like NAME [--layers N] [--dtype bf16|f16|f32] [--bits 4|8 [--group-size 64]]\n"
+               "                 [--seed S] -o DIR\n"
                "  --like NAME   one of:");
     for (const char *const *s = moe_synth_shapes(); *s; s++) fprintf(f, " %s", *s);
     fprintf(f, "\n  --layers N    fewer layers than the real model (default: all)\n"
-               "  --dtype T     weight dtype (default bf16)\n"
+               "  --dtype T     weight dtype (default bf16; with --bits, of scales, biases and norms)\n"
+               "  --bits B      the quantized mlx-community layout (as moe quantize writes) with random\n"
+               "                B-bit values: 4 or 8 (also 2, 3, 5, 6); split into 5 GiB shards\n"
+               "  --group-size G  weights per scale and bias with --bits: 32, 64 (default) or 128\n"
                "  -o DIR        output directory (created)\n");
-}
-
-static void progress(void *ctx, uint64_t done, uint64_t total) {
-    time_t *last = ctx, now = time(NULL);
-    if (done != total && now == *last) return;
-    *last = now;
-    fprintf(stderr, "\rwriting: %5.1f%% of %.2f GB", total ? 100.0 * (double)done / (double)total : 100.0, (double)total / 1e9);
-    if (done == total) fputc('\n', stderr);
 }
 
 int cmd_synth(int argc, char **argv) {
@@ -34,13 +29,15 @@ int cmd_synth(int argc, char **argv) {
         else if (!strcmp(a, "--dtype")) { CLI_VALUE(); p.dtype = v; }
         else if (!strcmp(a, "-o")) { CLI_VALUE(); out = v; }
         else if (!strcmp(a, "--layers")) { CLI_VALUE(); if (cli_int(a, v, 1, 4096, &ll)) return 1; p.n_layers = (int)ll; }
+        else if (!strcmp(a, "--bits")) { CLI_VALUE(); if (cli_int(a, v, 1, 64, &ll)) return 1; p.bits = (int)ll; }
+        else if (!strcmp(a, "--group-size")) { CLI_VALUE(); if (cli_int(a, v, 1, 1 << 20, &ll)) return 1; p.group_size = (int)ll; }
         else if (!strcmp(a, "--seed")) { CLI_VALUE(); if (cli_int(a, v, 0, INT64_MAX, &ll)) return 1; p.seed = (uint64_t)ll; }
         else return cli_fail("synth: unknown option %s (moe synth --help lists them)", a);
     }
     if (!p.like || !out) return cli_fail("synth: --like and -o are required (see moe synth --help)");
-    time_t last = 0;
-    p.progress = progress;
-    p.progress_ctx = &last;
+    cli_progress_state ps = {0, 0};
+    p.progress = cli_progress;
+    p.progress_ctx = &ps;
     moe_status st = moe_synth(&p, out);
     if (st) return cli_fail_status(st);
     fprintf(stderr, "wrote %s\n", out);
