@@ -3,18 +3,20 @@
 # sitting: measures read bandwidth (bench/membw), writes (once) a synthetic
 # model of a real shape, runs `moe bench`, and prints the ratio
 #   achieved tok/s  /  (bandwidth / bytes of weights read per token).
-# usage: bench/roofline.sh [LIKE=mistral-7b] [LAYERS=all] [DTYPE=bf16] [PROMPT=64] [GEN=16]
+# usage: bench/roofline.sh [LIKE=mistral-7b] [LAYERS=all] [DTYPE=bf16|f16|f32|q4|q8] [PROMPT=64] [GEN=16]
+# (q4, q8: MLX affine 4/8-bit, group 64, as `moe synth --bits` writes them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 like=${1:-mistral-7b}; layers=${2:-all}; dtype=${3:-bf16}; np=${4:-64}; ng=${5:-16}
 dir=${MOE_BENCH_DIR:-$HOME/.cache/moe-bench}/$like-$layers-$dtype
 [ -x build/moe ] && [ -x build/membw ] || { cmake -S . -B build >/dev/null && cmake --build build -j"$(nproc)" >/dev/null; }
-if [ ! -f "$dir/model.safetensors" ]; then
+if [ ! -f "$dir/config.json" ]; then
   mkdir -p "$(dirname "$dir")"
   extra=(); [ "$layers" = all ] || extra=(--layers "$layers")
-  build/moe synth --like "$like" --dtype "$dtype" "${extra[@]}" -o "$dir"
+  case $dtype in q*) extra+=(--bits "${dtype#q}") ;; *) extra+=(--dtype "$dtype") ;; esac
+  build/moe synth --like "$like" "${extra[@]}" -o "$dir"
 fi
-cat "$dir/model.safetensors" >/dev/null  # into the page cache, so the first run reads memory, not disk
+cat "$dir"/*.safetensors >/dev/null  # into the page cache, so the first run reads memory, not disk
 bw=$(build/membw 1024 "$(nproc)" 5 | sed 's/.*"read_gbps": \([0-9.]*\).*/\1/')
 res=$(build/moe bench -m "$dir" -p "$np" -n "$ng" -r 3 --json)
 bw2=$(build/membw 1024 "$(nproc)" 5 | sed 's/.*"read_gbps": \([0-9.]*\).*/\1/')
