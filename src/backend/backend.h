@@ -55,7 +55,7 @@ typedef struct backend backend;
 /* n_threads <= 0: all cores. `isa` NULL or "auto": the best the CPU has;
  * else "scalar", "avx2", "avx512" (float32 arithmetic throughout) or "amx"
  * (MOE_ISA in the environment also picks). "amx" is avx512 plus AMX-BF16 tiles
- * for matmuls of at least 16 tokens (MOE_AMX_MIN_TOKENS overrides): products
+ * for matmuls of at least 8 tokens (MOE_AMX_MIN_TOKENS overrides): products
  * of bf16-rounded weights and activations, float32 sums; "auto" takes it where
  * the CPU and OS allow. */
 moe_status backend_new(int n_threads, const char *isa, backend **out);

@@ -9,7 +9,7 @@
 #include "kernels.h"
 
 /* Prompts of at least this many tokens take the AMX path under "amx" (MOE_AMX_MIN_TOKENS overrides). */
-#define AMX_MIN_TOKENS 16
+#define AMX_MIN_TOKENS 8
 
 struct backend {
     pool *pool;

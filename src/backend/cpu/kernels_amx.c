@@ -267,12 +267,9 @@ static void prefetch_rows(const wtensor *w, int64_t r0, int64_t nr, int64_t k0, 
 
 /* ------------------------------------------------------ the products -- */
 
-/* C tiles (2 row tiles x nt token tiles, nt 1 or 2) += A . B over nkb steps;
- * a0/a1: the row tiles' first A tiles (consecutive k steps TILE16 apart),
- * b0/b1 the same for B; c[rt][tt] at c + rt * ldc + tt * TILE. */
-static inline __attribute__((always_inline)) void tile_product(int nt, const uint16_t *a0, const uint16_t *a1,
-                                                              const uint16_t *b0, const uint16_t *b1, int64_t nkb,
-                                                              float *c, int64_t ldc, int first) {
+/* C tiles c[rt][tt] (2 row tiles x nt token tiles, nt 1 or 2) at c + rt * ldc
+ * + tt * TILE: zeroed (first) or loaded; stored back. */
+static inline __attribute__((always_inline)) void c_load(int nt, const float *c, int64_t ldc, int first) {
     if (first) {
         _tile_zero(0);
         _tile_zero(2);
@@ -282,6 +279,18 @@ static inline __attribute__((always_inline)) void tile_product(int nt, const uin
         _tile_loadd(2, c + ldc, 64);
         if (nt == 2) { _tile_loadd(1, c + TILE, 64); _tile_loadd(3, c + ldc + TILE, 64); }
     }
+}
+
+static inline __attribute__((always_inline)) void c_store(int nt, float *c, int64_t ldc) {
+    _tile_stored(0, c, 64);
+    _tile_stored(2, c + ldc, 64);
+    if (nt == 2) { _tile_stored(1, c + TILE, 64); _tile_stored(3, c + ldc + TILE, 64); }
+}
+
+/* C += A . B over nkb k steps; a0/a1: the two row tiles' first A tiles
+ * (consecutive k steps TILE16 apart), b0/b1 the same for the token tiles. */
+static inline __attribute__((always_inline)) void k_steps(int nt, const uint16_t *a0, const uint16_t *a1,
+                                                         const uint16_t *b0, const uint16_t *b1, int64_t nkb) {
     for (int64_t kb = 0; kb < nkb; kb++) {
         _tile_loadd(4, a0 + kb * TILE16, 64);
         _tile_loadd(6, b0 + kb * TILE16, 64);
@@ -294,9 +303,6 @@ static inline __attribute__((always_inline)) void tile_product(int nt, const uin
             _tile_dpbf16ps(3, 5, 7);
         }
     }
-    _tile_stored(0, c, 64);
-    _tile_stored(2, c + ldc, 64);
-    if (nt == 2) { _tile_stored(1, c + TILE, 64); _tile_stored(3, c + ldc + TILE, 64); }
 }
 
 /* --------------------------------------------------------- epilogues -- */
@@ -351,10 +357,71 @@ static size_t acc_elems(int64_t n) { return (size_t)AMX_RB * (size_t)((n + 15) /
 
 size_t amx_scratch_bytes(int nw, int64_t n) { return (size_t)nw * (panel_elems() * 2 + acc_elems(n) * 4); }
 
+/* Batches of up to 32 tokens (two token tiles): each pair of row tiles makes
+ * one pass over K, its 32 rows dequantized AMX_KC columns at a time into an
+ * L1-sized panel right before their products, the C tiles held in the tile
+ * registers throughout. The panel never leaves L1 and no partial sums go
+ * through memory, which is what costs most when few tokens share a panel. */
+static void rows_few(const wtensor *w, int64_t r0, int64_t nr, const uint16_t *xp, int64_t ntt, uint16_t *panel,
+                     float *acc) {
+    int64_t nkb_all = (w->cols + 31) / 32, step = AMX_KC / 32;
+    for (int64_t rt = 0; rt * 16 < nr; rt += 2) {
+        int64_t pr = nr - rt * 16 < 32 ? nr - rt * 16 : 32;
+        c_load((int)ntt, NULL, 0, 1);
+        for (int64_t kb0 = 0; kb0 < nkb_all; kb0 += step) {
+            int64_t nkb = nkb_all - kb0 < step ? nkb_all - kb0 : step;
+            panel_fns[w->fmt](w, r0 + rt * 16, pr, 32, kb0, nkb, panel);
+            if (kb0 + step < nkb_all) /* the same rows' next columns */
+                prefetch_rows(w, r0 + rt * 16, pr, (kb0 + step) * 32, (nkb_all - kb0 - step < step ? nkb_all - kb0 - step : step) * 32);
+            const uint16_t *b0 = xp + (size_t)kb0 * TILE16, *b1 = b0 + (size_t)nkb_all * TILE16;
+            if (ntt == 2) k_steps(2, panel, panel + (size_t)nkb * TILE16, b0, b1, nkb);
+            else k_steps(1, panel, panel + (size_t)nkb * TILE16, b0, b1, nkb);
+        }
+        if (ntt == 2) c_store(2, acc + (size_t)(rt * ntt) * TILE, ntt * TILE);
+        else c_store(1, acc + (size_t)(rt * ntt) * TILE, ntt * TILE);
+    }
+}
+
+/* Larger batches: the block's rows are dequantized AMX_KC columns at a time
+ * into the panel (L2), then every token-tile pair runs over them, its B tiles
+ * (2 x AMX_KC/32 KiB) staying in L1 across the row tiles; the C tiles go
+ * through acc between column steps. */
+static void rows_many(int nw, const wtensor *const *w, int64_t r0, int64_t nr, const uint16_t *xp, int64_t ntt,
+                      uint16_t *const *panel, float *const *acc) {
+    int64_t nkb_all = (w[0]->cols + 31) / 32, nrp = (nr + 31) / 32 * 32, step = AMX_KC / 32;
+    for (int64_t kb0 = 0; kb0 < nkb_all; kb0 += step) {
+        int64_t nkb = nkb_all - kb0 < step ? nkb_all - kb0 : step;
+        for (int i = 0; i < nw; i++) panel_fns[w[i]->fmt](w[i], r0, nr, nrp, kb0, nkb, panel[i]);
+        /* the next panel's weights come in while this one computes, a slice of rows a token-tile pair */
+        int64_t next = kb0 + step, pairs = (ntt + 1) / 2, slice = (nr + pairs - 1) / pairs;
+        for (int64_t tt = 0; tt < ntt; tt += 2) {
+            int64_t p0 = tt / 2 * slice, pn = nr - p0 < slice ? nr - p0 : slice;
+            for (int i = 0; i < nw && next < nkb_all && pn > 0; i++)
+                prefetch_rows(w[i], r0 + p0, pn, next * 32, (nkb_all - next < step ? nkb_all - next : step) * 32);
+            const uint16_t *b0 = xp + (size_t)(tt * nkb_all + kb0) * TILE16, *b1 = b0 + (size_t)nkb_all * TILE16;
+            int nt = tt + 1 < ntt ? 2 : 1;
+            for (int i = 0; i < nw; i++)
+                for (int64_t rt = 0; rt < nrp / 16; rt += 2) {
+                    const uint16_t *a0 = panel[i] + (size_t)(rt * nkb) * TILE16, *a1 = a0 + (size_t)nkb * TILE16;
+                    float *c = acc[i] + (size_t)(rt * ntt + tt) * TILE;
+                    if (nt == 2) {
+                        c_load(2, c, ntt * TILE, kb0 == 0);
+                        k_steps(2, a0, a1, b0, b1, nkb);
+                        c_store(2, c, ntt * TILE);
+                    } else {
+                        c_load(1, c, ntt * TILE, kb0 == 0);
+                        k_steps(1, a0, a1, b0, b1, nkb);
+                        c_store(1, c, ntt * TILE);
+                    }
+                }
+        }
+    }
+}
+
 void amx_matmul_rows(amx_epilogue ep, const wtensor *const *w, int64_t r0, int64_t nr, const uint16_t *xp, int64_t n,
                      void *scratch, float *y, int64_t ldy) {
     int nw = ep == AMX_SWIGLU ? 2 : 1;
-    int64_t K = w[0]->cols, nkb_all = (K + 31) / 32, nrp = (nr + 31) / 32 * 32, ntt = (n + 15) / 16;
+    int64_t ntt = (n + 15) / 16;
     uint16_t *panel[2];
     float *acc[2];
     for (int i = 0; i < nw; i++) {
@@ -362,25 +429,10 @@ void amx_matmul_rows(amx_epilogue ep, const wtensor *const *w, int64_t r0, int64
         acc[i] = (float *)((uint16_t *)scratch + (size_t)nw * panel_elems()) + (size_t)i * acc_elems(n);
     }
     tiles_config();
-    for (int64_t kb0 = 0; kb0 < nkb_all; kb0 += AMX_KC / 32) {
-        int64_t nkb = nkb_all - kb0 < AMX_KC / 32 ? nkb_all - kb0 : AMX_KC / 32;
-        for (int i = 0; i < nw; i++) panel_fns[w[i]->fmt](w[i], r0, nr, nrp, kb0, nkb, panel[i]);
-        /* token-tile pairs outermost: their B tiles (2 x nkb KiB) stay in L1 across the row tiles */
-        int64_t next = kb0 + AMX_KC / 32, pairs = (ntt + 1) / 2, slice = (nr + pairs - 1) / pairs;
-        for (int64_t tt = 0; tt < ntt; tt += 2) {
-            int64_t p0 = tt / 2 * slice, pn = nr - p0 < slice ? nr - p0 : slice;
-            for (int i = 0; i < nw && next < nkb_all && pn > 0; i++)
-                prefetch_rows(w[i], r0 + p0, pn, next * 32, (nkb_all - next < AMX_KC / 32 ? nkb_all - next : AMX_KC / 32) * 32);
-            const uint16_t *b0 = xp + (size_t)(tt * nkb_all + kb0) * TILE16, *b1 = b0 + (size_t)nkb_all * TILE16;
-            for (int i = 0; i < nw; i++)
-                for (int64_t rt = 0; rt < nrp / 16; rt += 2) {
-                    const uint16_t *a0 = panel[i] + (size_t)(rt * nkb) * TILE16, *a1 = a0 + (size_t)nkb * TILE16;
-                    float *c = acc[i] + (size_t)(rt * ntt + tt) * TILE;
-                    if (tt + 1 < ntt) tile_product(2, a0, a1, b0, b1, nkb, c, ntt * TILE, kb0 == 0);
-                    else tile_product(1, a0, a1, b0, b1, nkb, c, ntt * TILE, kb0 == 0);
-                }
-        }
-    }
+    if (ntt <= 2)
+        for (int i = 0; i < nw; i++) rows_few(w[i], r0, nr, xp, ntt, panel[i], acc[i]);
+    else
+        rows_many(nw, w, r0, nr, xp, ntt, panel, acc);
     _tile_release();
     store_tiles(acc[0], nw == 2 ? acc[1] : NULL, nr, n, y, ldy);
 }
