@@ -33,6 +33,9 @@ typedef __m256i VI;
 #define VI_LOADU(p) _mm256_loadu_si256((const __m256i *)(p))
 #define VI_TOF(a) _mm256_cvtepi32_ps(a)
 #define VI_U8(p) _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p)))
+#define VLUT_BITS 3
+#define QPT 3 /* prompt tile 4x3: 12 sums + 3 inputs + a weight fit the 16 registers */
+#define VLUT(idx, tab) _mm256_permutevar8x32_ps(tab, idx)
 #define VI_SHUFB(a, c) _mm256_shuffle_epi8(a, c)
 #define QB 8
 static inline __m256i bcast8(const void *p) {

@@ -25,6 +25,8 @@ typedef __m512i VI;
 #define VI_LOADU(p) _mm512_loadu_si512(p)
 #define VI_TOF(a) _mm512_cvtepi32_ps(a)
 #define VI_U8(p) _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p)))
+#define VLUT_BITS 4
+#define VLUT(idx, tab) _mm512_permutexvar_ps(idx, tab)
 #define VI_SHUFB(a, c) _mm512_shuffle_epi8(a, c)
 #define QB 16
 #define VI_BCASTQ(p) _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(p)))

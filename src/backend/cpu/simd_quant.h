@@ -7,38 +7,46 @@
  * vector VI (VL int32 lanes) and VMUL, VI_SET1, VI_AND, VI_SRLI, VI_SRLV,
  * VI_LOADU, VI_TOF (int32 -> float), VI_U8 (VL bytes zero-extended to VL
  * int32), VI_SHUFB (byte shuffle inside each 128-bit lane), VI_BCASTQ (the QB
- * bytes at p in every 128-bit lane, QB >= VL*6/8) and vdeint (2*VL floats
- * split into the even- and the odd-indexed ones).
+ * bytes at p in every 128-bit lane, QB >= VL*6/8), vdeint (2*VL floats split
+ * into the even- and the odd-indexed ones), and VLUT(idx, tab): lane i =
+ * tab[idx_i mod 2^VLUT_BITS], the higher bits of idx ignored (vpermps).
  *
- * Unpacking VL values to float: Q8 zero-extends VL bytes; any width b
- * broadcasts the VL*b/8 bytes (+ slack) of the values to every lane, shuffles
- * the two bytes that hold value i into int32 lane i, shifts it down by its
- * bit offset and masks b bits. The slack bytes are read but never used, so
- * a row's last groups, whose reads would run past the row, are copied into a
- * zero-padded buffer first. Decode Q4 is special (below).
+ * Unpacking VL values: Q8 zero-extends VL bytes; any width b broadcasts the
+ * VL*b/8 bytes (+ slack) of the values to every lane, shuffles the two bytes
+ * that hold value i into int32 lane i and shifts it down by its bit offset.
+ * The slack bytes are read but never used, so a row's last groups, whose
+ * reads would run past the row, are copied into a zero-padded buffer first.
+ * Widths up to VLUT_BITS (AVX-512: Q2..Q4, AVX2: Q2, Q3) then need no mask
+ * and no conversion: VLUT looks the value up in the group's table of
+ * scale*q + bias (one FMA per group builds it; q repeats mod 2^bits so
+ * bits above the value do not matter). Wider values are masked and converted.
  *
  * Decode (n == 1) is memory-bound, so the work per weight is kept minimal:
- *     y[r] = sum_g scale[r][g] * (sum_{k in g} q[r][k] x[k]) + sum_g bias[r][g] * sx[g]
- * with sx[g] = sum_{k in g} x[k] computed once per call: one convert and one
- * FMA per value, one FMA per group for the scale, a vector dot product over
- * groups for the biases. DR rows are in flight, prefetching the next tile's
- * rows into L2 as the float path does. For Q4, VI_U8 of VL bytes gives the
- * even values in the low nibbles and the odd ones in the high nibbles; the
- * input is split the same way once per call (q4 order: each block of 2*VL
- * values as its VL even- then its VL odd-indexed ones), so no shuffle runs
- * per weight. The input is handled in segments of QSEG columns so its copy
- * and sums fit on the stack.
+ * unpack, look up (or convert and FMA with scale and bias), FMA with x.
+ * (Applying the scale once per group to sum_k q x and the bias to sum_k x
+ * saves an FMA per vector but cancels badly for 8 bits, whose biases are
+ * about -128 scales: the quantized golden tests fail it.) QDR rows are in
+ * flight, prefetching a later tile's rows and scales into L2 as the float
+ * path does. For Q4, VI_U8 of VL bytes gives the even values in the low
+ * nibbles and the odd ones in the high nibbles; the input is split the same
+ * way once per call (q4 order: each block of 2*VL values as its VL even-
+ * then its VL odd-indexed ones), so no shuffle runs per weight. The input is
+ * handled in segments of QSEG columns so its copy fits on the stack.
  *
- * Prompts (n > 1) are compute-bound: a panel of QPR rows x QKC columns is
+ * Prompts (n > 1) are compute-bound: a panel of QRS rows x QKC columns is
  * dequantized once (w = scale*q + bias, natural order, into L1) and used by
  * every token, in register tiles of QPR rows x QPT tokens whose accumulators
- * persist across column panels in a small stack array. Dequantizing costs
- * a few operations per weight, spread over up to QNT tokens.
+ * persist across column panels in a small stack array; a tile's inputs stay
+ * in L1 while the panel's row blocks pass them. Dequantizing costs a few
+ * operations per weight, spread over up to QNT tokens.
  */
 
 #define QSEG 4096 /* decode: input columns per segment (multiple of 128) */
 #ifndef QDR
 #define QDR 4 /* decode: rows in flight */
+#endif
+#ifndef QNA
+#define QNA (QDR >= 4 ? 1 : 4 / QDR) /* decode: accumulators per row */
 #endif
 #ifndef QPF
 #define QPF 1 /* decode: prefetch distance in tiles */
@@ -54,21 +62,25 @@
 #define QPT 4 /* prompt tile tokens */
 #endif
 #ifndef QRS
-#define QRS 16 /* prompt panel rows (a multiple of QPR) */
+#define QRS 8 /* prompt panel rows (a multiple of QPR) */
 #endif
 #define QTAIL 160 /* padded copy of one group: up to 128 values of 8 bits + slack */
 
-/* The per-lane constants of the generic unpack for values v..v+VL-1 of a
- * group (v a multiple of VL, so the values start on a byte boundary). */
+#define QLUT(bits) ((bits) <= VLUT_BITS) /* values looked up in a table of the group's weights */
+
+/* The per-lane constants of the unpack for values v..v+VL-1 of a group (v a
+ * multiple of VL, so the values start on a byte boundary). */
 typedef struct qconst {
     VI ctl;  /* bytes (o>>3, o>>3 + 1) into lane i, o = i*bits; zero above */
     VI sh;   /* o & 7 */
     VI mask; /* (1 << bits) - 1 */
+    V iota;  /* i mod 2^bits: the q of table entry i */
 } qconst;
 
 static inline __attribute__((always_inline)) qconst qconst_make(int bits) {
     uint8_t ctl[4 * VL];
     int32_t sh[VL];
+    float iota[VL];
     for (int i = 0; i < VL; i++) {
         int o = i * bits;
         /* for 8 bits, o>>3 + 1 of the last lane is past the loaded bytes: pshufb
@@ -77,22 +89,35 @@ static inline __attribute__((always_inline)) qconst qconst_make(int bits) {
         ctl[4 * i + 1] = (uint8_t)((o >> 3) + 1);
         ctl[4 * i + 2] = ctl[4 * i + 3] = 0x80;
         sh[i] = o & 7;
+        iota[i] = (float)(i & ((1 << bits) - 1));
     }
-    qconst c = {VI_LOADU(ctl), VI_LOADU(sh), VI_SET1((1 << bits) - 1)};
+    qconst c = {VI_LOADU(ctl), VI_LOADU(sh), VI_SET1((1 << bits) - 1), VLOADF(iota)};
     return c;
 }
 
-/* Values j*VL .. j*VL+VL-1 of a group whose packed bytes start at gp, as float.
- * q4 (4 bits, decode only): vector j holds the values of the q4 order. */
+/* Values j*VL .. j*VL+VL-1 of a group whose packed bytes start at gp, each in
+ * the low bits of its lane (higher bits: other values). q4 (4 bits, decode
+ * only): vector j holds the values of the q4 order. */
+static inline __attribute__((always_inline)) VI qidx(const int bits, const int q4, const unsigned char *gp, int j,
+                                                    const qconst *c) {
+    if (bits == 4 && q4) {
+        VI v = VI_U8(gp + (j >> 1) * VL);
+        return (j & 1) ? VI_SRLI(v, 4) : v;
+    }
+    return VI_SRLV(VI_SHUFB(VI_BCASTQ(gp + j * VL * bits / 8), c->ctl), c->sh);
+}
+
+/* The same values as float q (widths not looked up in a table). */
 static inline __attribute__((always_inline)) V qvec(const int bits, const int q4, const unsigned char *gp, int j,
                                                    const qconst *c) {
     if (bits == 8) return VI_TOF(VI_U8(gp + j * VL));
-    if (bits == 4 && q4) {
-        VI v = VI_U8(gp + (j >> 1) * VL);
-        return VI_TOF((j & 1) ? VI_SRLI(v, 4) : VI_AND(v, VI_SET1(15)));
-    }
-    VI v = VI_BCASTQ(gp + j * VL * bits / 8);
-    return VI_TOF(VI_AND(VI_SRLV(VI_SHUFB(v, c->ctl), c->sh), c->mask));
+    if (bits == 4 && q4 && (j & 1)) return VI_TOF(qidx(bits, q4, gp, j, c)); /* high nibbles: nothing above */
+    return VI_TOF(VI_AND(qidx(bits, q4, gp, j, c), c->mask));
+}
+
+/* The table of a group's weights for VLUT: entry i = scale * (i mod 2^bits) + bias. */
+static inline __attribute__((always_inline)) V qtable(float scale, float bias, const qconst *c) {
+    return VFMA(VSET1(scale), c->iota, VSET1(bias));
 }
 
 /* The number of a row's last groups whose unpack reads past the row's end
@@ -113,56 +138,61 @@ static inline void qsb_row(wfmt f, const unsigned char *row, int64_t g0, int64_t
 
 /* ------------------------------------------------------------ decode -- */
 
-/* One group of QDR rows: acc[r] += scale[r] * sum_k q[r][k] x[k]. pf: the
- * prefetch distance, a constant (0: none) so the test folds away. */
+/* One group of QDR rows: acc[r] += sum_k w[r][k] x[k], w = scale * q + bias
+ * (table widths look w up; others convert q and dequantize with one FMA).
+ * sc, bi: the group's scale and bias of row 0; row r's are sbstride further.
+ * pf: the prefetch distance; prefetch: a constant, 0 where pf is of no use. */
 static inline __attribute__((always_inline)) void qdec_group(const int bits, const int group,
                                                             const unsigned char *const *gp, const float *xg,
-                                                            const float *sc, int64_t scstride, size_t pf,
-                                                            const qconst *c, V *acc) {
+                                                            const float *sc, const float *bi, int64_t sbstride,
+                                                            const int prefetch, size_t pf, const qconst *c,
+                                                            V *acc) {
     const int nj = group / VL, gb = group * bits / 8;
 #pragma GCC unroll 4
     for (int r = 0; r < QDR; r++) {
-        for (int l = 0; pf && l < gb; l += 64) __builtin_prefetch(gp[r] + pf + l, 0, 2);
-        V ag = VMUL(qvec(bits, 1, gp[r], 0, c), VLOADF(xg));
+        V *a = acc + r * QNA; /* QNA independent sums, so one row is not bound by FMA latency */
+        for (int l = 0; prefetch && l < gb; l += 64) __builtin_prefetch(gp[r] + pf + l, 0, 2);
+        V tab = qtable(sc[r * sbstride], bi[r * sbstride], c), s = VSET1(sc[r * sbstride]),
+          b = VSET1(bi[r * sbstride]);
 #pragma GCC unroll 8
-        for (int j = 1; j < nj; j++) ag = VFMA(qvec(bits, 1, gp[r], j, c), VLOADF(xg + j * VL), ag);
-        acc[r] = VFMA(VSET1(sc[r * scstride]), ag, acc[r]);
+        for (int j = 0; j < nj; j++) {
+            V wv = QLUT(bits) ? VLUT(qidx(bits, 1, gp[r], j, c), tab) : VFMA(qvec(bits, 1, gp[r], j, c), s, b);
+            a[j % QNA] = VFMA(wv, VLOADF(xg + j * VL), a[j % QNA]);
+        }
     }
 }
 
 /* QDR rows (indices ri) over the columns [k0, k0+kn) of one segment: out[r] =
  * the segment's part of y[r]. xs: the segment's input (q4 order for 4 bits);
- * sx: its per-group sums; groups from gtail on (row-global) need a padded copy. */
+ * groups from gtail on (row-global) need a padded copy. */
 static inline __attribute__((always_inline)) void qdec_tile(const int bits, const int group, const wtensor *w,
                                                            const int64_t *ri, int64_t k0, int64_t kn, int64_t gtail,
-                                                           const float *xs, const float *sx, const qconst *c,
-                                                           float *out /* [QDR] */) {
+                                                           const float *xs, const qconst *c, float *out /* [QDR] */) {
     const int gb = group * bits / 8;
     const int64_t g0 = k0 / group, ng = kn / group;
     const unsigned char *q[QDR];
-    float sc[QDR][QSEG / 32] __attribute__((aligned(64))); /* the segment's scales as float32 */
-    float bs[QDR];
-    for (int r = 0; r < QDR; r++) {
-        const unsigned char *srow = (const unsigned char *)w->scales + (size_t)ri[r] * w->sb_row_bytes;
-        const unsigned char *brow = (const unsigned char *)w->biases + (size_t)ri[r] * w->sb_row_bytes;
-        q[r] = (const unsigned char *)w->data + (size_t)ri[r] * w->row_bytes + (size_t)g0 * gb;
-        qsb_row(w->sfmt, srow, g0, ng, sc[r]);
-        V a = VZERO();
-        int64_t g = 0;
-        for (; g + VL <= ng; g += VL) a = VFMA(vload(w->sfmt, brow, g0 + g), VLOADF(sx + g), a);
-        bs[r] = VREDUCE(a);
-        for (; g < ng; g++) bs[r] += weight_at(w->sfmt, brow, g0 + g) * sx[g];
+    float sc[QDR][QSEG / 32], bi[QDR][QSEG / 32]; /* the segment's scales and biases as float32 */
+    /* a later tile's scales and biases: read at its start, they would stall it on DRAM */
+    size_t sbpf = (size_t)(ri[0] + QPF * QDR) * w->sb_row_bytes + (size_t)g0 * wfmt_size(w->sfmt);
+    for (size_t o = 0; o < QDR * w->sb_row_bytes; o += 64) {
+        __builtin_prefetch((const unsigned char *)w->scales + sbpf + o, 0, 2);
+        __builtin_prefetch((const unsigned char *)w->biases + sbpf + o, 0, 2);
     }
-    V acc[QDR];
-#pragma GCC unroll 4
-    for (int r = 0; r < QDR; r++) acc[r] = VZERO();
+    for (int r = 0; r < QDR; r++) {
+        q[r] = (const unsigned char *)w->data + (size_t)ri[r] * w->row_bytes + (size_t)g0 * gb;
+        qsb_row(w->sfmt, (const unsigned char *)w->scales + (size_t)ri[r] * w->sb_row_bytes, g0, ng, sc[r]);
+        qsb_row(w->sfmt, (const unsigned char *)w->biases + (size_t)ri[r] * w->sb_row_bytes, g0, ng, bi[r]);
+    }
+    V acc[QDR * QNA];
+#pragma GCC unroll 8
+    for (int i = 0; i < QDR * QNA; i++) acc[i] = VZERO();
     int64_t nfast = gtail - g0 < ng ? gtail - g0 : ng;
     size_t pf = QPF * QDR * w->row_bytes; /* a later tile's rows */
     for (int64_t g = 0; g < nfast; g++) {
         const unsigned char *gp[QDR];
 #pragma GCC unroll 4
         for (int r = 0; r < QDR; r++) gp[r] = q[r] + (size_t)g * gb;
-        qdec_group(bits, group, gp, xs + g * group, &sc[0][g], QSEG / 32, pf, c, acc);
+        qdec_group(bits, group, gp, xs + g * group, &sc[0][g], &bi[0][g], QSEG / 32, 1, pf, c, acc);
     }
     for (int64_t g = nfast > 0 ? nfast : 0; g < ng; g++) {
         unsigned char tb[QDR][QTAIL];
@@ -172,9 +202,12 @@ static inline __attribute__((always_inline)) void qdec_tile(const int bits, cons
             memcpy(tb[r], q[r] + (size_t)g * gb, (size_t)gb);
             gp[r] = tb[r];
         }
-        qdec_group(bits, group, gp, xs + g * group, &sc[0][g], QSEG / 32, 0, c, acc);
+        qdec_group(bits, group, gp, xs + g * group, &sc[0][g], &bi[0][g], QSEG / 32, 0, 0, c, acc);
     }
-    for (int r = 0; r < QDR; r++) out[r] = VREDUCE(acc[r]) + bs[r];
+    for (int r = 0; r < QDR; r++) {
+        for (int i = 1; i < QNA; i++) acc[r * QNA] = VADD(acc[r * QNA], acc[r * QNA + i]);
+        out[r] = VREDUCE(acc[r * QNA]);
+    }
 }
 
 static inline __attribute__((always_inline)) void qdecode(const int bits, const int group, const wtensor *w,
@@ -182,7 +215,6 @@ static inline __attribute__((always_inline)) void qdecode(const int bits, const 
     const qconst c = qconst_make(bits);
     const int64_t K = w->cols, G = K / group, gtail = G - qtail_groups(bits, 1, group, G);
     float xq[QSEG] __attribute__((aligned(64))); /* the segment's input in q4 order (4 bits) */
-    float sx[QSEG / 32];                         /* its per-group sums */
     for (int64_t k0 = 0; k0 < K; k0 += QSEG) {
         int64_t kn = K - k0 < QSEG ? K - k0 : QSEG;
         const float *xs = x + k0;
@@ -190,17 +222,12 @@ static inline __attribute__((always_inline)) void qdecode(const int bits, const 
             for (int64_t k = 0; k < kn; k += 2 * VL) vdeint(xs + k, xq + k, xq + k + VL);
             xs = xq;
         }
-        for (int64_t g = 0; g < kn / group; g++) {
-            V a = VLOADF(x + k0 + g * group);
-            for (int j = 1; j < group / VL; j++) a = VADD(a, VLOADF(x + k0 + g * group + j * VL));
-            sx[g] = VREDUCE(a);
-        }
         for (int64_t r = r0; r < r1; r += QDR) {
             int nr = r1 - r < QDR ? (int)(r1 - r) : QDR;
             int64_t ri[QDR];
             for (int i = 0; i < QDR; i++) ri[i] = r + (i < nr ? i : nr - 1);
             float out[QDR];
-            qdec_tile(bits, group, w, ri, k0, kn, gtail, xs, sx, &c, out);
+            qdec_tile(bits, group, w, ri, k0, kn, gtail, xs, &c, out);
             for (int i = 0; i < nr; i++) y[r + i] = (k0 ? y[r + i] : 0.0f) + out[i];
         }
     }
@@ -228,9 +255,15 @@ static inline __attribute__((always_inline)) void qpanel_row(const int bits, con
             memcpy(tb, gp, (size_t)gb);
             gp = tb;
         }
-        V s = VSET1(sc[g]), b = VSET1(bi[g]);
+        if (QLUT(bits)) {
+            V tab = qtable(sc[g], bi[g], c);
 #pragma GCC unroll 8
-        for (int j = 0; j < nj; j++) VSTOREF(p + g * group + j * VL, VFMA(qvec(bits, 0, gp, j, c), s, b));
+            for (int j = 0; j < nj; j++) VSTOREF(p + g * group + j * VL, VLUT(qidx(bits, 0, gp, j, c), tab));
+        } else {
+            V s = VSET1(sc[g]), b = VSET1(bi[g]);
+#pragma GCC unroll 8
+            for (int j = 0; j < nj; j++) VSTOREF(p + g * group + j * VL, VFMA(qvec(bits, 0, gp, j, c), s, b));
+        }
     }
 }
 
