@@ -120,9 +120,16 @@ static void check_matmul(backend *ref, backend *amx, int nw, const wfmt *fmt, wf
 }
 
 /* SwiGLU on AMX against silu(g) * u of AMX's own gate and up products (the same
- * bf16 sums, so only the fused epilogue's exp and rounding differ: 1e-5). */
-static void check_swiglu(backend *amx, wfmt f, wfmt sfmt, int group, int64_t rows, int64_t K, int64_t n) {
+ * bf16 sums, so only the fused epilogue's exp and rounding differ: 1e-5).
+ * gate_scale multiplies a BF16 gate's weights: 1e18 takes |g| far past exp's range. */
+static void check_swiglu(backend *amx, wfmt f, wfmt sfmt, int group, int64_t rows, int64_t K, int64_t n,
+                         float gate_scale) {
     wtensor gate = random_weight(f, sfmt, group, rows, K), up = random_weight(f, sfmt, group, rows, K);
+    for (int64_t i = 0; f == WF_BF16 && i < rows * K; i++) {
+        uint16_t h;
+        memcpy(&h, (const char *)gate.data + 2 * i, 2);
+        put(WF_BF16, (void *)gate.data, i, bf16_to_f32(h) * gate_scale);
+    }
     float *x = random_x(n * K), *g = malloc(sizeof(float) * (size_t)(n * rows));
     float *u = malloc(sizeof(float) * (size_t)(n * rows)), *o = malloc(sizeof(float) * (size_t)(n * rows));
     for (int64_t i = 0; i < n * K; i++) x[i] *= 4.0f; /* wider gate values: both tails of silu */
@@ -194,9 +201,10 @@ int main(void) {
     /* q/k/v-like: three weights of mixed formats in one call, a bias on the second */
     check_matmul(ref, amx, 3, (wfmt[]){WF_Q4, WF_BF16, WF_Q8}, WF_BF16, 64, 100, 320, 19);
     check_matmul(ref, amx, 3, (wfmt[]){WF_F16, WF_Q3, WF_F32}, WF_F16, 32, 33, 96, 45);
-    check_swiglu(amx, WF_BF16, WF_F32, 0, 77, 200, 21);
-    check_swiglu(amx, WF_Q4, WF_BF16, 64, 300, 640, 40);
-    check_swiglu(amx, WF_Q6, WF_F16, 32, 17, 96, 3);
+    check_swiglu(amx, WF_BF16, WF_F32, 0, 77, 200, 21, 1);
+    check_swiglu(amx, WF_BF16, WF_F32, 0, 40, 64, 17, 1e18f);
+    check_swiglu(amx, WF_Q4, WF_BF16, 64, 300, 640, 40, 1);
+    check_swiglu(amx, WF_Q6, WF_F16, 32, 17, 96, 3, 1);
     check_threshold(f32);
     backend_free(amx);
     backend_free(ref);

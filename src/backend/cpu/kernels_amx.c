@@ -12,8 +12,10 @@
  *      once per call by amx_pack_x.
  *   C: 16 rows x 16 tokens, float32 sums; four at a time (2 row tiles x 2
  *      token tiles) so each loaded A and B tile serves two products.
- * C tiles accumulate across the panel's column steps in a per-thread buffer
- * and are transposed into y (y's rows are tokens) at the end.
+ * Up to 32 tokens the C tiles stay in the tile registers over all of K
+ * (rows_few); beyond, they go through a per-thread buffer between the
+ * panel's column steps (rows_many). Either way they are transposed into y
+ * (y's rows are tokens) at the end.
  *
  * Arithmetic: products of bf16-rounded operands (round to nearest even),
  * float32 sums. Against the float32 reference (kernels_scalar.c) a K-term
@@ -159,7 +161,8 @@ static inline int fmt_bits(wfmt f) {
  * mantissa bits of 1.0, f = 1 + q/256 exactly, and
  *     scale*q + bias = (256*scale) * f + (bias - 256*scale)
  * in one fma; 256*scale is exact and the rounding of (bias - 256*scale)
- * moves w by under 2^-24 * (|bias| + 256|scale|), far below bf16's 2^-9 |w|. */
+ * moves w by under 2^-24 * (|bias| + 256|scale|): thousands of times less
+ * than bf16's rounding (2^-9) of the group's larger weights. */
 static inline __attribute__((always_inline)) void panel_any(wfmt f, const wtensor *w, int64_t r0, int64_t nr,
                                                            int64_t nrp, int64_t kb0, int64_t nkb, uint16_t *panel) {
     const int bits = fmt_bits(f), quant = wfmt_is_quant(f);
@@ -200,7 +203,7 @@ static inline __attribute__((always_inline)) void panel_any(wfmt f, const wtenso
             }
             for (int i = 0; i < 16; i++) {
                 __m512i v = _mm512_setzero_si512();
-                if (i >= nv) {
+                if (i >= nv) { /* padding rows stay 0 */
                 } else if (f == WF_BF16) {
                     v = _mm512_maskz_loadu_epi16(left >= 32 ? ~0u : (__mmask32)((1u << left) - 1), row[i] + 2 * k);
                 } else if (f == WF_F32) {
@@ -308,8 +311,11 @@ static inline __attribute__((always_inline)) void k_steps(int nt, const uint16_t
 /* --------------------------------------------------------- epilogues -- */
 
 /* exp(x), float32, within a few ulp: 2^n * e^r with |r| <= ln2/2 (Cody-Waite),
- * a degree-7 Taylor polynomial for e^r; scalef gives inf/0 outside the range. */
+ * a degree-7 Taylor polynomial for e^r; scalef gives inf/0 outside the range.
+ * |x| is clamped to 100 first (already inf/0 in float32), where the
+ * reduction stays exact; NaN comes out as exp(-100) (silu's g carries it). */
 static inline __m512 exp_v(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-100.0f)), _mm512_set1_ps(100.0f));
     __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
     r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860682030941723212e-6f), r);
