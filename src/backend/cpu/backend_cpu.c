@@ -18,6 +18,7 @@ struct backend {
     int amx;
     int64_t amx_min;
     int64_t amx_runs;            /* matmuls that took the AMX path (backend_amx_runs) */
+    /* grown by the calling thread, like the pool one call at a time */
     uint16_t *amx_x;             /* activations packed for AMX, amx_x_elems(n, K) */
     size_t amx_x_cap;            /* elements */
     unsigned char *amx_scratch;  /* [threads x amx_stride] bytes: panels and result tiles */
@@ -89,7 +90,8 @@ moe_status backend_new(int n_threads, const char *isa, backend **out) {
     const cpu_kernels *k = cpu_kernels_pick(isa);
     if (!k) return moe_err(MOE_EUNSUPPORTED, "instruction set \"%s\" is unknown or not supported by this CPU", isa);
     int want_auto = !isa || !*isa || strcmp(isa, "auto") == 0;
-    int amx = (want_auto || strcmp(isa, "amx") == 0) && k == cpu_kernels_avx512() && amx_usable();
+    /* AMX on top of auto's pick (an AVX-512 table wherever AMX is usable) or of "amx"'s */
+    int amx = (want_auto || strcmp(isa, "amx") == 0) && amx_usable();
     int64_t amx_min = AMX_MIN_TOKENS;
     const char *env = getenv("MOE_AMX_MIN_TOKENS");
     if (amx && env && *env) {
