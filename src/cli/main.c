@@ -11,6 +11,7 @@ static const struct {
 } k_cmds[] = {
     {"generate", cmd_generate, "generate text (or token ids) from a prompt"},
     {"chat", cmd_chat, "an interactive chat through the model's chat template"},
+    {"serve", cmd_serve, "an OpenAI- and Anthropic-compatible HTTP server"},
     {"tokenize", cmd_tokenize, "text to token ids"},
     {"detokenize", cmd_detokenize, "token ids to text"},
     {"perplexity", cmd_perplexity, "how well a model predicts a text file"},
