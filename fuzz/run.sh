@@ -11,11 +11,11 @@ out=$root/build-fuzz
 cd "$root"
 
 CC=${CC:-clang} cmake -S . -B "$out" -DMOE_FUZZ=ON -DMOE_TESTS=OFF -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build "$out" -j2 --target fuzz_safetensors fuzz_config fuzz_jinja fuzz_tokenizer
+cmake --build "$out" -j2 --target fuzz_safetensors fuzz_config fuzz_jinja fuzz_tokenizer fuzz_server
 
 mkdir -p "$out/crashes"
 pids=()
-names=(safetensors config jinja tokenizer)
+names=(safetensors config jinja tokenizer server)
 # the tokenizer fuzzer also encodes and decodes through the bundled models' tokenizers
 export MOE_FUZZ_TOKENIZERS="$root/models/tiny-mixtral/tokenizer.json:$root/models/tiny-qwen-moe/tokenizer.json"
 for n in "${names[@]}"; do
