@@ -166,6 +166,54 @@ static void test_matmul_quant_large(const cpu_kernels *k) {
         }
 }
 
+/* The avx512vnni table rounds the decode input to int8 per block of 32
+ * (scale d = max|x| / 127), so each product may be off by |w| d / 2: its
+ * Q4/Q8 decode is held to sum_k |w[k]| d[k] / 2 (+ float rounding) around the
+ * exact sum, and must not be exact (it rounds); prompts are the float path's. */
+static void test_matmul_vnni(const cpu_kernels *k) {
+    static const struct { int group; int64_t cols; } shapes[] = {{32, 32}, {64, 192}, {128, 384}, {32, 96},
+                                                                   {128, 4096 + 640}, {64, 14336}, {32, 4096 + 32},
+                                                                   {128, 16384 + 128}};
+    const cpu_kernels *fl = cpu_kernels_pick("avx512");
+    const int64_t rows = 7;
+    double worst_frac = 0;
+    for (int f = WF_Q4; f <= WF_Q8; f += WF_Q8 - WF_Q4)
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+            wfmt sfmt = (wfmt)((f + (int)s) % 3);
+            int64_t cols = shapes[s].cols;
+            wtensor w = make_qweights((wfmt)f, sfmt, shapes[s].group, rows, cols);
+            float *x = malloc(sizeof(float) * (size_t)(3 * cols)), *y = malloc(sizeof(float) * (size_t)(3 * rows));
+            float *y0 = malloc(sizeof(float) * (size_t)(3 * rows));
+            for (int64_t j = 0; j < 3 * cols; j++) x[j] = frand() * (j % 7 == 0 ? 4.0f : 1.0f);
+            k->matmul[f](&w, 0, rows, x, cols, 1, y, rows);
+            double worst = 0, total = 0;
+            for (int64_t r = 0; r < rows; r++) {
+                double exact = 0, bound = 0;
+                for (int64_t c = 0; c < cols; c++) {
+                    double wv = wtensor_at(&w, r, c), mx = 0;
+                    for (int64_t j = c / 32 * 32; j < c / 32 * 32 + 32; j++) mx = fmax(mx, fabs((double)x[j]));
+                    exact += wv * x[c];
+                    bound += fabs(wv) * (mx / 127 / 2 * 1.001 + 1e-6 * fabs((double)x[c]));
+                }
+                double e = fabs(y[r] - exact);
+                total += e;
+                if (e / bound > worst) worst = e / bound;
+            }
+            if (worst > worst_frac) worst_frac = worst;
+            CHECK(worst <= 1, "%s %s group %d scales %s cols %lld: error %.3g of the int8 rounding bound", k->name,
+                  wfmt_name((wfmt)f), shapes[s].group, wfmt_name(sfmt), (long long)cols, worst);
+            CHECK(total > 0, "%s %s cols %lld: decode is exact, so the input was not rounded", k->name,
+                  wfmt_name((wfmt)f), (long long)cols);
+            k->matmul[f](&w, 0, rows, x, cols, 3, y, rows); /* prompts: the float kernel's results */
+            fl->matmul[f](&w, 0, rows, x, cols, 3, y0, rows);
+            CHECK(memcmp(y, y0, sizeof(float) * (size_t)(3 * rows)) == 0, "%s %s prompt differs from avx512",
+                  k->name, wfmt_name((wfmt)f));
+            free(x); free(y); free(y0);
+            free_q(&w);
+        }
+    printf("%s: decode error at most %.2f of the int8 rounding bound\n", k->name, worst_frac);
+}
+
 static void test_matmul(const cpu_kernels *k) {
     const cpu_kernels *ref = cpu_kernels_scalar();
     for (int f = 0; f <= WF_BF16; f++)
@@ -244,6 +292,9 @@ int main(void) {
         tested++;
     }
     CHECK(tested > 0 || !__builtin_cpu_supports("avx2"), "no SIMD kernel was tested on a CPU with AVX2");
+    const cpu_kernels *vn = cpu_kernels_pick("avx512vnni");
+    if (vn) test_matmul_vnni(vn);
+    else printf("avx512vnni: not supported by this CPU, skipped\n");
     CHECK(cpu_kernels_pick("no-such-isa") == NULL, "unknown ISA names are refused");
     TEST_DONE();
 }

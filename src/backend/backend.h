@@ -57,7 +57,10 @@ typedef struct backend backend;
  * (MOE_ISA in the environment also picks). "amx" is avx512 plus AMX-BF16 tiles
  * for matmuls of at least 8 tokens (MOE_AMX_MIN_TOKENS overrides): products
  * of bf16-rounded weights and activations, float32 sums; "auto" takes it where
- * the CPU and OS allow. */
+ * the CPU and OS allow. "avx512vnni" (opt-in, never chosen by "auto") is avx512
+ * whose Q4/Q8 matrix x vector rounds the vector to int8 per block of 32 (scale
+ * max|x|/127) for VNNI dot products: faster decode, an input error of up to
+ * half a step in every product. */
 moe_status backend_new(int n_threads, const char *isa, backend **out);
 void backend_free(backend *be);
 int backend_threads(const backend *be);

@@ -69,8 +69,9 @@ const cpu_kernels *cpu_kernels_pick(const char *name) {
     int has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                  __builtin_cpu_supports("avx512vl");
     int has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    int hasvnni = __builtin_cpu_supports("avx512vnni");
 #else
-    int has512 = 0, has2 = 0;
+    int has512 = 0, has2 = 0, hasvnni = 0;
 #endif
     if (want_auto) {
         if (has512 && cpu_kernels_avx512()) return cpu_kernels_avx512();
@@ -80,6 +81,7 @@ const cpu_kernels *cpu_kernels_pick(const char *name) {
     if (strcmp(name, "scalar") == 0) return cpu_kernels_scalar();
     if (strcmp(name, "avx2") == 0) return has2 ? cpu_kernels_avx2() : NULL;
     if (strcmp(name, "avx512") == 0) return has512 ? cpu_kernels_avx512() : NULL;
+    if (strcmp(name, "avx512vnni") == 0) return has512 && hasvnni ? cpu_kernels_avx512_vnni() : NULL;
     if (strcmp(name, "amx") == 0) return has512 && amx_usable() ? cpu_kernels_avx512() : NULL;
     return NULL;
 }

@@ -76,7 +76,9 @@ typedef struct cpu_kernels {
 const cpu_kernels *cpu_kernels_scalar(void);
 const cpu_kernels *cpu_kernels_avx2(void);   /* NULL when not compiled in */
 const cpu_kernels *cpu_kernels_avx512(void); /* NULL when not compiled in */
-/* By name ("scalar", "avx2", "avx512", "auto"); NULL when unknown or the CPU lacks it.
+/* avx512 whose Q4/Q8 decode rounds the input to int8 (VNNI, simd_vnni.h); NULL when not compiled in */
+const cpu_kernels *cpu_kernels_avx512_vnni(void);
+/* By name ("scalar", "avx2", "avx512", "avx512vnni", "auto"); NULL when unknown or the CPU lacks it.
  * "amx" gives the avx512 table, which the AMX prompt path builds on, when amx_usable(). */
 const cpu_kernels *cpu_kernels_pick(const char *name);
 

@@ -41,7 +41,9 @@
  * operations per weight, spread over up to QNT tokens.
  */
 
+#ifndef QSEG
 #define QSEG 4096 /* decode: input columns per segment (multiple of 128) */
+#endif
 #ifndef QDR
 #define QDR 4 /* decode: rows in flight */
 #endif
@@ -132,7 +134,11 @@ static inline int64_t qtail_groups(int bits, int q4, int group, int64_t groups) 
 /* Scales or biases [g0, g0+ng) of a row (format f) as float32 into out. */
 static inline void qsb_row(wfmt f, const unsigned char *row, int64_t g0, int64_t ng, float *out) {
     int64_t g = 0;
-    for (; g + VL <= ng; g += VL) VSTOREF(out + g, vload(f, row, g0 + g));
+    switch (f) { /* once, not per vector */
+    case WF_BF16: for (; g + VL <= ng; g += VL) VSTOREF(out + g, vload(WF_BF16, row, g0 + g)); break;
+    case WF_F16: for (; g + VL <= ng; g += VL) VSTOREF(out + g, vload(WF_F16, row, g0 + g)); break;
+    default: for (; g + VL <= ng; g += VL) VSTOREF(out + g, vload(WF_F32, row, g0 + g)); break;
+    }
     for (; g < ng; g++) out[g] = weight_at(f, row, g0 + g);
 }
 
