@@ -187,6 +187,20 @@ int32_t moe_sampler_sample(moe_sampler *s, float *logits, int vocab,
  * a token budget) are the caller's. */
 moe_status moe_generate_next(moe_seq *s, moe_sampler *smp, int32_t *token);
 
+/* Batched decoding: runs the pending token of each of seqs[0..n) (the one
+ * moe_generate_next sampled and has not yet run) through the model in one
+ * forward pass, so the weights are read once for all n: the matmuls run on
+ * the n stacked tokens, attention per sequence on its own cache. The next
+ * moe_generate_next on each then samples at once. The sequences must be
+ * distinct, on one model, each with a pending token; n <= seqs[0]'s n_batch
+ * (whose working buffers the batch uses). The first call with a larger n
+ * allocates [n x vocab] logits once in seqs[0]. Each sequence ends as after
+ * its own evaluation of that token, up to float rounding: the matmul kernels
+ * may sum a batch in another order than one token. MOE_ERANGE when a
+ * sequence's context is full, MOE_EINVAL on bad arguments; on failure
+ * nothing was run. */
+moe_status moe_seq_eval_pending(moe_seq *const *seqs, size_t n);
+
 /* Timing of the work a sequence did so far (seconds, tokens). */
 typedef struct moe_seq_stats {
     double prompt_seconds;  int64_t prompt_tokens;  /* tokens given to moe_seq_eval */

@@ -157,7 +157,8 @@ void moe_seq_free(moe_seq *s) {
         }
     free(s->cache);
     void *bufs[] = {s->history, s->x, s->h, s->q, s->att, s->k, s->v, s->ga, s->moe_acc, s->xe, s->ye,
-                    s->router, s->sel, s->selw, s->etok, s->ew, s->att_scratch, s->positions, s->logits};
+                    s->router, s->sel, s->selw, s->etok, s->ew, s->att_scratch, s->positions, s->logits,
+                    s->batch_logits, s->batch_tokens};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     free(s);
 }
@@ -241,6 +242,48 @@ moe_status moe_seq_eval(moe_seq *s, const int32_t *tokens, size_t n, float *logi
     }
     if (n == 0) return MOE_OK;
     return eval(s, tokens, n, logits, all, 0);
+}
+
+moe_status moe_seq_eval_pending(moe_seq *const *seqs, size_t n) {
+    if (!seqs || n == 0) return moe_err(MOE_EINVAL, "moe_seq_eval_pending: no sequences");
+    moe_seq *lead = seqs[0];
+    if (!lead) return moe_err(MOE_EINVAL, "moe_seq_eval_pending: sequence 0 is NULL");
+    if (n > (size_t)lead->n_batch)
+        return moe_err(MOE_EINVAL, "moe_seq_eval_pending: %zu sequences, at most n_batch (%d)", n, lead->n_batch);
+    for (size_t i = 0; i < n; i++) {
+        const moe_seq *s = seqs[i];
+        if (!s || s->m != lead->m) return moe_err(MOE_EINVAL, "moe_seq_eval_pending: sequence %zu is NULL or on another model", i);
+        if (!s->has_pending) return moe_err(MOE_EINVAL, "moe_seq_eval_pending: sequence %zu has no pending token", i);
+        for (size_t j = 0; j < i; j++)
+            if (seqs[j] == s) return moe_err(MOE_EINVAL, "moe_seq_eval_pending: sequence %zu is also sequence %zu", i, j);
+        if (s->pos >= s->n_ctx)
+            return moe_err(MOE_ERANGE, "context full: sequence %zu holds %lld tokens, n_ctx %d", i, (long long)s->pos, s->n_ctx);
+    }
+    int64_t V = lead->m->cfg.pub.vocab_size;
+    if (lead->batch_rows < (int64_t)n) { /* once per larger batch, not per token */
+        float *b = realloc(lead->batch_logits, (size_t)n * (size_t)V * sizeof *b);
+        if (b) lead->batch_logits = b;
+        int32_t *t = b ? realloc(lead->batch_tokens, n * sizeof *t) : NULL;
+        if (t) lead->batch_tokens = t;
+        if (!b || !t) return moe_err(MOE_ENOMEM, "out of memory for the logits of %zu sequences", n);
+        lead->batch_rows = (int64_t)n;
+    }
+    int32_t *tokens = lead->batch_tokens;
+    for (size_t i = 0; i < n; i++) tokens[i] = seqs[i]->pending;
+    double t0 = now_s();
+    moe_status st = model_forward_batch(seqs, tokens, (int64_t)n, lead->batch_logits);
+    if (st) return st;
+    double dt = now_s() - t0;
+    for (size_t i = 0; i < n; i++) {
+        moe_seq *s = seqs[i];
+        s->history[s->pos - 1] = tokens[i];
+        memcpy(s->logits, lead->batch_logits + (int64_t)i * V, sizeof(float) * (size_t)V);
+        s->has_pending = 0;
+        s->has_logits = 1;
+        s->stats.decode_seconds += dt;
+        s->stats.decode_tokens += 1;
+    }
+    return MOE_OK;
 }
 
 moe_status moe_generate_next(moe_seq *s, moe_sampler *smp, int32_t *token) {

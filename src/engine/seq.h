@@ -35,6 +35,9 @@ struct moe_seq {
     float *att_scratch;       /* [threads x (max cap + hd)] */
     int64_t *positions;       /* [nb] */
     float *logits;            /* [V] the last position's logits */
+    float *batch_logits;      /* [batch_rows x V] moe_seq_eval_pending's, when this sequence leads a batch */
+    int32_t *batch_tokens;    /* [batch_rows] */
+    int64_t batch_rows;
     int has_logits;
     int32_t pending;          /* sampled but not yet run through the model */
     int has_pending;

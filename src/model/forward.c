@@ -94,7 +94,9 @@ static void clip(float *x, int64_t n, float c) {
     for (int64_t i = 0; i < n; i++) x[i] = x[i] > c ? c : x[i] < -c ? -c : x[i];
 }
 
-static void attention_block(moe_seq *s, int l, int64_t n) {
+/* s's buffers hold the n rows; row t belongs to sequence owner[t] (all to s
+ * when owner is NULL), whose cache it is stored in and attends over. */
+static void attention_block(moe_seq *s, moe_seq *const *owner, int l, int64_t n) {
     const moe_model *m = s->m;
     const model_config *mc = &m->cfg;
     const moe_config *c = &mc->pub;
@@ -120,25 +122,31 @@ static void attention_block(moe_seq *s, int l, int64_t n) {
     }
     be_rope(be, s->q, n, nh, hd, s->positions, m->inv_freq);
     be_rope(be, s->k, n, nkv, hd, s->positions, m->inv_freq);
-    const kv_cache *kv = &s->cache[l].kv; /* float32 or quantized: the backend stores and reads either */
-    be_kv_store(be, kv, s->k, s->v, n, s->positions);
-    be_attention(be, s->q, n, s->positions[0], kv, nh, L->window, 1.0f / sqrtf((float)hd), s->att_scratch, s->att);
+    /* each run of rows of one sequence attends over that sequence's own cache */
+    for (int64_t r0 = 0, r1; r0 < n; r0 = r1) {
+        moe_seq *o = owner ? owner[r0] : s;
+        for (r1 = r0 + 1; r1 < n && (owner ? owner[r1] : s) == o;) r1++;
+        const kv_cache *kv = &o->cache[l].kv; /* float32 or quantized: the backend stores and reads either */
+        be_kv_store(be, kv, s->k + r0 * kvd, s->v + r0 * kvd, r1 - r0, s->positions + r0);
+        be_attention(be, s->q + r0 * qd, r1 - r0, s->positions[r0], kv, nh, L->window, 1.0f / sqrtf((float)hd),
+                     o->att_scratch, s->att + r0 * qd);
+    }
     be_matmul(be, &L->wo, s->att, n, L->bo, s->h);
     for (int64_t i = 0; i < n * H; i++) s->x[i] += s->h[i];
 }
 
-static moe_status forward(moe_seq *s, const int32_t *tokens, int64_t n, float *logits, int all) {
+/* The layers over n rows in s's buffers (s->positions set), row t of
+ * sequence owner[t] (NULL: all of s): the matmuls run on all rows at once,
+ * attention per sequence. */
+static void layers(moe_seq *s, moe_seq *const *owner, const int32_t *tokens, int64_t n) {
     const moe_model *m = s->m;
     const moe_config *c = &m->cfg.pub;
     backend *be = m->be;
     int64_t H = c->hidden_size;
-    for (int64_t t = 0; t < n; t++) {
-        s->positions[t] = s->pos + t;
-        be_get_row(&m->embed, tokens[t], s->x + t * H);
-    }
+    for (int64_t t = 0; t < n; t++) be_get_row(&m->embed, tokens[t], s->x + t * H);
     for (int l = 0; l < c->n_layers; l++) {
         const layer *L = &m->layers[l];
-        attention_block(s, l, n);
+        attention_block(s, owner, l, n);
         be_rmsnorm(be, s->x, L->ffn_norm, n, H, c->rms_norm_eps, s->h);
         if (L->is_moe) {
             moe_ffn(s, L, s->h, n, s->moe_acc);
@@ -148,6 +156,15 @@ static moe_status forward(moe_seq *s, const int32_t *tokens, int64_t n, float *l
             for (int64_t i = 0; i < n * H; i++) s->x[i] += s->h[i];
         }
     }
+}
+
+static moe_status forward(moe_seq *s, const int32_t *tokens, int64_t n, float *logits, int all) {
+    const moe_model *m = s->m;
+    const moe_config *c = &m->cfg.pub;
+    backend *be = m->be;
+    int64_t H = c->hidden_size;
+    for (int64_t t = 0; t < n; t++) s->positions[t] = s->pos + t;
+    layers(s, NULL, tokens, n);
     s->pos += n;
     if (!logits) return MOE_OK;
     const float *xs = all ? s->x : s->x + (n - 1) * H;
@@ -163,4 +180,19 @@ moe_status model_forward(moe_seq *s, const int32_t *tokens, int64_t n, float *lo
     moe_status st = forward(s, tokens, n, logits, all);
     pthread_mutex_unlock(&s->m->lock);
     return st;
+}
+
+moe_status model_forward_batch(moe_seq *const *seqs, const int32_t *tokens, int64_t n, float *logits) {
+    moe_seq *s = seqs[0]; /* its buffers hold the stacked rows */
+    if (n < 1 || n > s->n_batch) return moe_err(MOE_EINVAL, "forward: batch of %lld sequences (1..%d)", (long long)n, s->n_batch);
+    const moe_model *m = s->m;
+    const moe_config *c = &m->cfg.pub;
+    pthread_mutex_lock(&s->m->lock);
+    for (int64_t t = 0; t < n; t++) s->positions[t] = seqs[t]->pos;
+    layers(s, seqs, tokens, n);
+    for (int64_t t = 0; t < n; t++) seqs[t]->pos++;
+    be_rmsnorm(m->be, s->x, m->final_norm, n, c->hidden_size, c->rms_norm_eps, s->h);
+    be_matmul(m->be, &m->lm_head, s->h, n, NULL, logits);
+    pthread_mutex_unlock(&s->m->lock);
+    return MOE_OK;
 }

@@ -53,5 +53,10 @@ struct moe_model {
  * [V] of the last token; NULL to skip the head. Defined in forward.c. */
 struct moe_seq;
 moe_status model_forward(struct moe_seq *s, const int32_t *tokens, int64_t n, float *logits, int all);
+/* One token for each of n distinct sequences (tokens[t] appended to seqs[t],
+ * whose positions advance by one) in one pass: the matmuls on the n stacked
+ * tokens in seqs[0]'s buffers (n <= its n_batch), attention per sequence on
+ * its own cache. logits: [n x vocab]. */
+moe_status model_forward_batch(struct moe_seq *const *seqs, const int32_t *tokens, int64_t n, float *logits);
 
 #endif

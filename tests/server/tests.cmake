@@ -23,3 +23,12 @@ add_executable(test_server_parse ${CMAKE_CURRENT_LIST_DIR}/test_server_parse.c $
 target_link_libraries(test_server_parse PRIVATE moe PkgConfig::JANSSON)
 add_test(NAME server_parse COMMAND test_server_parse)
 set_tests_properties(server_parse PROPERTIES LABELS "unit;server")
+
+# batched decoding (moe_seq_eval_pending, how the server runs its slots) against decoding alone
+add_executable(test_seq_batch ${CMAKE_CURRENT_LIST_DIR}/test_seq_batch.c)
+target_link_libraries(test_seq_batch PRIVATE moe m)
+target_include_directories(test_seq_batch PRIVATE ${PROJECT_SOURCE_DIR}/include)
+foreach(m tiny-mixtral tiny-qwen-moe)
+  add_test(NAME seq_batch_${m} COMMAND test_seq_batch ${PROJECT_SOURCE_DIR}/models/${m})
+  set_tests_properties(seq_batch_${m} PROPERTIES LABELS "unit;server")
+endforeach()
