@@ -60,7 +60,7 @@ void metrics_prefill(metrics *m, int64_t tokens, double seconds) {
 }
 
 void metrics_decode(metrics *m, int64_t tokens, double seconds) {
-    LOCKED(m, m->gen_tokens += tokens; m->gen_seconds += seconds);
+    LOCKED(m, m->gen_tokens += tokens; m->gen_seconds += seconds; m->decode_rounds++);
 }
 
 void metrics_queue(metrics *m, int depth) { LOCKED(m, m->queue_depth = depth); }
@@ -114,6 +114,8 @@ void metrics_render(metrics *m, sbuf *o) {
     sbuf_printf(o, "moe_prompt_tokens_processed_total %lld\n", (long long)s.prompt_processed);
     metric(o, "moe_generation_tokens_total", "counter", "tokens generated");
     sbuf_printf(o, "moe_generation_tokens_total %lld\n", (long long)s.gen_tokens);
+    metric(o, "moe_decode_rounds_total", "counter", "decoding passes; generation tokens / rounds = the mean batch of slots");
+    sbuf_printf(o, "moe_decode_rounds_total %lld\n", (long long)s.decode_rounds);
     metric(o, "moe_prompt_seconds_total", "counter", "time spent processing prompts");
     sbuf_printf(o, "moe_prompt_seconds_total %.6f\n", s.prompt_seconds);
     metric(o, "moe_generation_seconds_total", "counter", "time spent generating");

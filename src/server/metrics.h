@@ -25,6 +25,7 @@ typedef struct metrics {
     int64_t prompt_cached;              /* of those, found in a slot's cache */
     int64_t prompt_processed;           /* tokens run through the model as prompt */
     int64_t gen_tokens;                 /* tokens generated */
+    int64_t decode_rounds;              /* decoding passes (one per round, all slots' tokens batched) */
     double prompt_seconds, gen_seconds; /* time spent on each */
     int queue_depth;                    /* requests waiting for a slot */
     int n_slots;
@@ -42,6 +43,7 @@ void metrics_request(metrics *m, met_route r, int status);
 void metrics_cancelled(metrics *m);
 void metrics_admit(metrics *m, int64_t prompt_tokens, int64_t cached);
 void metrics_prefill(metrics *m, int64_t tokens, double seconds);
+/* One decoding round: `tokens` slots each got a token in one pass. */
 void metrics_decode(metrics *m, int64_t tokens, double seconds);
 void metrics_queue(metrics *m, int depth);
 void metrics_slot(metrics *m, int slot, int busy, int64_t tokens);

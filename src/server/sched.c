@@ -24,6 +24,7 @@ typedef struct slot {
     size_t n_prompt;       /* prompt tokens in ids */
     size_t n_fed;          /* of those, in the cache */
     int decoding;          /* the prompt is in; generating */
+    int pending;           /* a sampled token waits in the sequence, not yet run */
     moe_sampler *smp;
     moe_detok *dt;
     moe_stop *stop;        /* the request's stop strings */
@@ -48,6 +49,8 @@ struct sched {
     metrics *met;
     int n_slots, n_ctx;
     slot *slots;           /* [n_slots] */
+    slot **who;            /* [n_slots] the slots generating this round */
+    moe_seq **run;         /* [n_slots] their sequences with a token to run */
     int32_t eos[16];       /* tokens that end an answer */
     int n_eos;
     uint64_t admissions, seed_state;
@@ -215,7 +218,7 @@ static void admit(sched *s, slot *l, job *j) {
     l->used = ++s->admissions;
     l->n_prompt = l->n_ids;
     l->n_fed = common;
-    l->decoding = 0;
+    l->decoding = l->pending = 0;
     l->in_tool = l->stopped = 0;
     l->mark_out = 0;
     l->strip = s->env->strip_space && j->rq.kind == REQ_CHAT && !j->rq.prefill;
@@ -338,11 +341,12 @@ static void prefill(sched *s, slot *l) {
     l->decoding = 1;
 }
 
-/* One token of the answer. */
-static void decode(sched *s, slot *l) {
+/* The slot's next token, sampled from the logits its last evaluation left
+ * (decode_all ran the previous token already, batched with the other slots'). */
+static void sample(sched *s, slot *l) {
     int32_t t;
-    double t0 = now_s();
     moe_status st = moe_generate_next(l->seq, l->smp, &t);
+    l->pending = 0;
     if (st == MOE_ERANGE) { /* the context is full */
         finish(s, l, FIN_LENGTH);
         return;
@@ -352,12 +356,12 @@ static void decode(sched *s, slot *l) {
         finish(s, l, FIN_ERROR);
         return;
     }
-    metrics_decode(s->met, 1, now_s() - t0);
     l->usage.completion++;
     if (is_eos(s, t)) {
         finish(s, l, FIN_EOS);
         return;
     }
+    l->pending = 1; /* t waits in the sequence, to be run with the next batch */
     l->ids[l->n_ids++] = t;
     size_t n;
     const char *p = moe_detok_push(l->dt, t, &n);
@@ -366,10 +370,26 @@ static void decode(sched *s, slot *l) {
     else if (l->usage.completion >= l->max_gen || l->n_ids >= (size_t)s->n_ctx) finish(s, l, FIN_LENGTH);
 }
 
-static void step(sched *s, slot *l) {
-    if (job_cancelled(l->j)) finish(s, l, FIN_CANCELLED);
-    else if (!l->decoding) prefill(s, l);
-    else decode(s, l);
+/* One token for every slot that is generating: the tokens sampled last
+ * time run through the model together (one pass, the weights read once for
+ * all), then each slot samples its next. A batch that fails (it should not)
+ * leaves the tokens pending, and each slot's moe_generate_next runs its own. */
+static void decode_all(sched *s) {
+    slot **who = s->who;
+    moe_seq **run = s->run;
+    int n = 0;
+    for (int i = 0; i < s->n_slots; i++) {
+        slot *l = &s->slots[i];
+        if (l->j && l->decoding) who[n++] = l;
+    }
+    if (!n) return;
+    double t0 = now_s();
+    int k = 0;
+    for (int i = 0; i < n; i++)
+        if (who[i]->pending) run[k++] = who[i]->seq;
+    if (k) moe_seq_eval_pending(run, (size_t)k);
+    for (int i = 0; i < n; i++) sample(s, who[i]);
+    metrics_decode(s->met, n, now_s() - t0);
 }
 
 /* Moves queued jobs into idle slots; called with s->mu held. */
@@ -402,6 +422,20 @@ static int busy_slots(const sched *s) {
     return n;
 }
 
+/* One round: cancelled jobs end, each prompt advances by a batch, every
+ * answer by a token. */
+static void round_all(sched *s) {
+    for (int i = 0; i < s->n_slots; i++) {
+        slot *l = &s->slots[i];
+        if (l->j && job_cancelled(l->j)) finish(s, l, FIN_CANCELLED);
+    }
+    for (int i = 0; i < s->n_slots; i++) {
+        slot *l = &s->slots[i];
+        if (l->j && !l->decoding) prefill(s, l);
+    }
+    decode_all(s);
+}
+
 static void *worker(void *arg) {
     sched *s = arg;
     pthread_mutex_lock(&s->mu);
@@ -410,8 +444,7 @@ static void *worker(void *arg) {
         if (s->stopping) break;
         admit_queued(s);
         pthread_mutex_unlock(&s->mu);
-        for (int i = 0; i < s->n_slots; i++)
-            if (s->slots[i].j) step(s, &s->slots[i]);
+        round_all(s);
         pthread_mutex_lock(&s->mu);
     }
     /* shutting down: end what is running and what waits */
@@ -450,7 +483,9 @@ moe_status sched_new(moe_model *m, const prompt_env *env, const sched_params *p,
     pthread_cond_init(&s->cv, NULL);
     moe_status st = MOE_OK;
     s->slots = calloc((size_t)p->n_slots, sizeof *s->slots);
-    if (!s->slots) st = MOE_ENOMEM;
+    s->who = calloc((size_t)p->n_slots, sizeof *s->who);
+    s->run = calloc((size_t)p->n_slots, sizeof *s->run);
+    if (!s->slots || !s->who || !s->run) st = MOE_ENOMEM;
     moe_seq_params qp;
     moe_seq_params_defaults(&qp);
     qp.n_ctx = p->n_ctx;
@@ -521,6 +556,8 @@ void sched_free(sched *s) {
         sbuf_free(&l->hist);
     }
     free(s->slots);
+    free(s->who);
+    free(s->run);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
     free(s);

@@ -5,8 +5,10 @@
  * the idle slot whose cache shares the longest prefix with its prompt
  * (a conversation's next turn finds its own slot), or to the least recently
  * used one; only the tokens after the shared prefix are processed. Busy slots
- * advance in turns: a prompt by one batch of up to n_batch tokens, an answer
- * by one token; jobs beyond N wait in a FIFO queue. */
+ * advance in rounds: a prompt by one batch of up to 256 tokens, every answer
+ * by one token, the answers' tokens run through the model together in one
+ * pass (moe_seq_eval_pending: the weights read once for all slots); jobs
+ * beyond N wait in a FIFO queue. */
 #ifndef MOE_SERVER_SCHED_H
 #define MOE_SERVER_SCHED_H
 

@@ -298,7 +298,11 @@ async function testConcurrent(port) {
   };
   const alone = [];
   for (const p of prompts) alone.push(await run(p, 'chat'));
+  const m0 = await metrics(port);
   const together = await Promise.all(prompts.map((p, i) => run(p, kinds[i % kinds.length])));
+  const m1 = await metrics(port);
+  log(`concurrent: ${m1.moe_generation_tokens_total - m0.moe_generation_tokens_total} tokens in ` +
+      `${m1.moe_decode_rounds_total - m0.moe_decode_rounds_total} decoding passes`);
   for (let i = 0; i < prompts.length; i++)
     eq(together[i], alone[i], `concurrent: client ${i} (${kinds[i % kinds.length]}) gets its single-client answer`);
   check(await until(port, (m) => m.moe_slots_busy === 0 && m.moe_queue_depth === 0), 'concurrent: all slots free afterwards');
