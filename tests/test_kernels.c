@@ -128,7 +128,8 @@ static void test_matmul_quant(const cpu_kernels *k) {
  * has rounding errors of its own, so both are held to the exact (double)
  * sum: |y - exact| <= 1e-6 * sum_k |w x| (float32 summation gives ~5e-8). */
 static void test_matmul_quant_large(const cpu_kernels *k) {
-    static const struct { int group; int64_t cols; } shapes[] = {{128, 4096}, {128, 4096 + 640}, {64, 14336}, {32, 4096 + 32}};
+    static const struct { int group; int64_t cols; } shapes[] = {
+        {128, 4096}, {128, 4096 + 640}, {64, 14336}, {32, 4096 + 32}};
     static const int64_t ns[] = {1, 32, 33};
     const int64_t rows = 7;
     for (int f = WF_Q2; f < WF_COUNT; f++)

@@ -42,7 +42,8 @@ static inline void vdeint(const float *p, float *even, float *odd) {
 #include "simd_tmpl.h"
 #include "kv_tmpl.h"
 
-static const cpu_kernels k_avx512 = {"avx512", {mm_f32, mm_f16, mm_bf16, mm_q2, mm_q3, mm_q4, mm_q5, mm_q6, mm_q8}, dot_v, axpy_v,
+static const cpu_kernels k_avx512 = {
+    "avx512", {mm_f32, mm_f16, mm_bf16, mm_q2, mm_q3, mm_q4, mm_q5, mm_q6, mm_q8}, dot_v, axpy_v,
     .kv_dot = {kv_dot8_v, kv_dot4_v}, .kv_axpy = {kv_axpy8_v, kv_axpy4_v}};
 const cpu_kernels *cpu_kernels_avx512(void) { return &k_avx512; }
 

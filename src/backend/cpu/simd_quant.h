@@ -31,7 +31,8 @@
  * nibbles and the odd ones in the high nibbles; the input is split the same
  * way once per call (q4 order: each block of 2*VL values as its VL even-
  * then its VL odd-indexed ones), so no shuffle runs per weight. The input is
- * handled in segments of QSEG columns so its copy fits on the stack.
+ * handled in segments of QSEG columns so its copy fits on the stack. (An
+ * opt-in int8-input decode of Q4/Q8 for VNNI CPUs is in simd_vnni.h.)
  *
  * Prompts (n > 1) are compute-bound: a panel of QRS rows x QKC columns is
  * dequantized once (w = scale*q + bias, natural order, into L1) and used by
@@ -41,6 +42,7 @@
  * operations per weight, spread over up to QNT tokens.
  */
 
+/* Tiling constants; the #ifndef ones can be set with -D to tune another CPU. */
 #ifndef QSEG
 #define QSEG 4096 /* decode: input columns per segment (multiple of 128) */
 #endif

@@ -7,8 +7,8 @@
  * operations per 16 Q4 weights (unpack, table lookup, FMA), ~9 weights a
  * cycle, little more than the memory delivers, so memory and compute do not
  * overlap well and Q4 decode stays below the read bandwidth. Here one
- * vpdpbusd multiplies 64 weight bytes by 64 input bytes: ~28 Q4 weights a
- * cycle. The price is numerics: the input vector is rounded to int8, per
+ * vpdpbusd multiplies 64 weight bytes by 64 input bytes: ~30 Q4 weights a
+ * cycle in the inner loop, ~20 with each tile's setup. The price is numerics: the input vector is rounded to int8, per
  * block of QVB values with scale d = max|x| / 127, so every product carries
  * an input error of at most d/2. The result is (to float rounding) exactly
  * sum_k w[k] * x~[k] with x~ the rounded input, never a difference of large
@@ -44,7 +44,7 @@ typedef struct vn_seg {
 /* Lane j of the result = op over the 16 lanes of v[j] (op: max, or sum if
  * !is_max), for 16 vectors at once: a transposing butterfly of 15 ops and
  * 30 shuffles, where 16 separate reductions take 64 shuffles (port 5 is what
- * preparing the input runs out of). v is clobbered. */
+ * preparing the input runs out of). */
 static inline __attribute__((always_inline)) __m512 vn_reduce16(__m512 *v, const int is_max) {
 #define VN_OP(a, b) (is_max ? _mm512_max_ps(a, b) : _mm512_add_ps(a, b))
     /* the butterfly leaves lane 4i+j holding v[4j+i]: pair the inputs transposed */
@@ -54,7 +54,8 @@ static inline __attribute__((always_inline)) __m512 vn_reduce16(__m512 *v, const
         u[k] = VN_OP(_mm512_shuffle_f32x4(VN_T(2 * k), VN_T(2 * k + 1), 0x44),
                      _mm512_shuffle_f32x4(VN_T(2 * k), VN_T(2 * k + 1), 0xee));
     for (int k = 0; k < 4; k++) /* 128-bit quarters */
-        u[k] = VN_OP(_mm512_shuffle_f32x4(u[2 * k], u[2 * k + 1], 0x88), _mm512_shuffle_f32x4(u[2 * k], u[2 * k + 1], 0xdd));
+        u[k] = VN_OP(_mm512_shuffle_f32x4(u[2 * k], u[2 * k + 1], 0x88),
+                     _mm512_shuffle_f32x4(u[2 * k], u[2 * k + 1], 0xdd));
     for (int k = 0; k < 2; k++) { /* 64-bit pairs */
         __m512d a = _mm512_castps_pd(u[2 * k]), b = _mm512_castps_pd(u[2 * k + 1]);
         u[k] = VN_OP(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
@@ -145,10 +146,9 @@ vn_chunk_rows(const int bits, const int masked, __mmask64 m, const unsigned char
 }
 
 /* QDR rows (indices ri) over the segment [k0, k0+kn): out[r] = its part of y[r]. */
-static inline __attribute__((always_inline, target("avx512vnni"))) void vn_tile(const int bits, const int group,
-                                                                               const wtensor *w, const int64_t *ri,
-                                                                               int64_t k0, int64_t kn,
-                                                                               const vn_seg *s, float *out /* [QDR] */) {
+static inline __attribute__((always_inline, target("avx512vnni"))) void
+vn_tile(const int bits, const int group, const wtensor *w, const int64_t *ri, int64_t k0, int64_t kn, const vn_seg *s,
+        float *out /* [QDR] */) {
     const int ch = vn_chunk(bits);
     const int64_t g0 = k0 / group, ng = kn / group, nb = kn / QVB, nfull = kn / ch, nch = (kn + ch - 1) / ch;
     const unsigned char *q[QDR];
@@ -183,7 +183,8 @@ static inline __attribute__((always_inline, target("avx512vnni"))) void vn_tile(
         /* the biases' part starts the row's sums: sum_g bias[g] * sg[g] */
         acc[r] = _mm512_setzero_ps();
         int64_t g = 0;
-        for (; g + 16 <= ng; g += 16) acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(bi + g), _mm512_loadu_ps(s->sg + g), acc[r]);
+        for (; g + 16 <= ng; g += 16)
+            acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(bi + g), _mm512_loadu_ps(s->sg + g), acc[r]);
         bs[r] = 0;
         for (; g < ng; g++) bs[r] += bi[g] * s->sg[g];
     }
@@ -205,9 +206,8 @@ static inline __attribute__((always_inline, target("avx512vnni"))) void vn_tile(
 /* Rows go tile by tile, each through all its segments, so a tile streams its
  * rows' bytes in order (segment by segment over all rows would stride). The
  * input is prepared for VN_NSEG segments at a time, up front. */
-static inline __attribute__((always_inline, target("avx512vnni"))) void vn_decode(const int bits, const int group,
-                                                                                 const wtensor *w, int64_t r0,
-                                                                                 int64_t r1, const float *x, float *y) {
+static inline __attribute__((always_inline, target("avx512vnni"))) void
+vn_decode(const int bits, const int group, const wtensor *w, int64_t r0, int64_t r1, const float *x, float *y) {
     const int64_t K = w->cols;
     vn_seg s[VN_NSEG];
     for (int64_t p0 = 0; p0 < K; p0 += VN_NSEG * QSEG) {
