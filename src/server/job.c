@@ -56,7 +56,7 @@ void job_emit(job *j, const char *text, size_t n) {
     if (!n) return;
     pthread_mutex_lock(&j->mu);
     sbuf_add(&j->out, text, n);
-    pthread_cond_broadcast(&j->cv);
+    if (j->rq.stream) pthread_cond_broadcast(&j->cv); /* a whole answer's waiter wants only the end */
     pthread_mutex_unlock(&j->mu);
 }
 

@@ -18,6 +18,8 @@ const { spawn } = require('child_process');
 const fs = require('fs');
 const http = require('http');
 const path = require('path');
+// Debian 12's node 18 has no global File, which the clients look for only for uploads
+if (typeof File === 'undefined') globalThis.File = require('buffer').File;
 const { OpenAI } = require('openai');
 const { Anthropic } = require('@anthropic-ai/sdk');
 
