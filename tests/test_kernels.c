@@ -91,7 +91,7 @@ static void check_close(const cpu_kernels *k, const wtensor *w, int64_t n, const
     for (int64_t i = 0; i < n * cols; i++) x[i] = frand();
     int64_t r0 = rows > 3 ? irand(0, 2) : 0; /* a row range that starts off the tile grid */
     ref->matmul[w->fmt](w, r0, rows, x, cols, n, y0, rows);
-    mm_fn mm = k->matmul[w->fmt] ? k->matmul[w->fmt] : ref->matmul[w->fmt];
+    mm_fn mm = cpu_kernels_mm(k, w->fmt);
     mm(w, r0, rows, x, cols, n, y1, rows);
     double worst = 0;
     for (int64_t i = 0; i < n * rows; i++) {

@@ -71,16 +71,26 @@ static void make(const char *name, const char *config, enum variant v, char *dir
 #define CFG(extra) "{\"model_type\":\"mistral\",\"vocab_size\":50,\"hidden_size\":16,\"num_hidden_layers\":2," \
                    "\"num_attention_heads\":2,\"num_key_value_heads\":1,\"intermediate_size\":24" extra "}"
 
-static void expect(const char *name, const char *config, enum variant v, moe_status want, const char *m1, const char *m2) {
-    char dir[400];
-    make(name, config, v, dir, sizeof dir);
+/* Loading the model in `dir` must give `want`; a failure leaves *out NULL
+ * and a one-line message holding m1 and m2. */
+static void expect_load(const char *name, const char *dir, moe_status want, const char *m1, const char *m2) {
     moe_model *m = (moe_model *)1;
     moe_status st = moe_model_load(dir, NULL, &m);
     CHECK(st == want, "%s: got %s (%s), want %s", name, moe_status_name(st), moe_errmsg(), moe_status_name(want));
+    if (st == MOE_OK) {
+        moe_model_free(m);
+        return;
+    }
     CHECK(m == NULL, "%s: *out is NULL after a failure", name);
     CHECK(strstr(moe_errmsg(), m1) && strstr(moe_errmsg(), m2), "%s: message \"%s\" should name \"%s\" and \"%s\"", name,
           moe_errmsg(), m1, m2);
     CHECK(!strchr(moe_errmsg(), '\n'), "%s: one line", name);
+}
+
+static void expect(const char *name, const char *config, enum variant v, moe_status want, const char *m1, const char *m2) {
+    char dir[400];
+    make(name, config, v, dir, sizeof dir);
+    expect_load(name, dir, want, m1, m2);
 }
 
 /* ------------------------------------------------ quantized models -- */
@@ -125,13 +135,7 @@ static void expect_quant(const char *src, const char *name, const char *config, 
     FILE *c = fopen(path, "w");
     fputs(config, c);
     fclose(c);
-    moe_model *m = (moe_model *)1;
-    moe_status st = moe_model_load(dir, NULL, &m);
-    CHECK(st == want, "%s: got %s (%s), want %s", name, moe_status_name(st), moe_errmsg(), moe_status_name(want));
-    CHECK(want == MOE_OK || m == NULL, "%s: *out is NULL after a failure", name);
-    CHECK(want == MOE_OK || (strstr(moe_errmsg(), m1) && strstr(moe_errmsg(), m2)),
-          "%s: message \"%s\" should name \"%s\" and \"%s\"", name, moe_errmsg(), m1, m2);
-    if (st == MOE_OK) moe_model_free(m);
+    expect_load(name, dir, want, m1, m2);
 }
 
 /* Bad MLX-quantized models, made from a good fixture (argv[2]). */

@@ -92,7 +92,6 @@ def pack_bits(q, bits):
 
 def dequantize(q, scales, biases, group):
     """float32 w = scale*q + bias, per group (two roundings, no FMA)."""
-    shape = list(q.shape)
     s = scales.float().repeat_interleave(group, dim=-1)
     b = biases.float().repeat_interleave(group, dim=-1)
     return (s * q.float()) + b
@@ -379,7 +378,7 @@ def write_quant_case(spec, seed, cdir, seqs, info):
     m, li = gf.load_model(rdir, info)
     res = gf.compute_refs(m, seqs, spec)
     res["load_info"] = li
-    return res, qcfg
+    return res
 
 
 def process_qcase(spec, out_root, report, max_seeds):
@@ -393,7 +392,7 @@ def process_qcase(spec, out_root, report, max_seeds):
     best = None
     for a in range(max_seeds):
         seed = spec["seed"] + 1000 * a
-        res, _ = write_quant_case(spec, seed, cdir, seqs, info)
+        res = write_quant_case(spec, seed, cdir, seqs, info)
         score = min(res["min_gap"] / gf.GAP_GOOD, res["router_gap"] / gf.RGAP_GOOD)
         gf.log("  %s seed %d: min greedy gap %.4g, min router gap %.4g" % (name, seed, res["min_gap"], res["router_gap"]))
         if best is None or score > best[0]:
@@ -401,7 +400,7 @@ def process_qcase(spec, out_root, report, max_seeds):
         if score >= 1:
             break
     if best[1] != seed:
-        res, _ = write_quant_case(spec, best[1], cdir, seqs, info)
+        res = write_quant_case(spec, best[1], cdir, seqs, info)
     shutil.rmtree(os.path.join(cdir, "deq"))
     files = []
     for i, lg in enumerate(res["logits"]):

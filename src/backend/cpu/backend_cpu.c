@@ -235,7 +235,7 @@ static void mm_item(void *ctx, int64_t item, int tid) {
     int i = 0;
     while (item >= j->first_item[i + 1]) i++;
     const wtensor *w = j->w[i];
-    mm_fn mm = j->k->matmul[w->fmt] ? j->k->matmul[w->fmt] : cpu_kernels_scalar()->matmul[w->fmt];
+    mm_fn mm = cpu_kernels_mm(j->k, w->fmt);
     int64_t it = item - j->first_item[i];
     int64_t rc = it / j->n_tok_chunks, tc = it % j->n_tok_chunks;
     int64_t r0 = rc * j->row_chunk[i], r1 = r0 + j->row_chunk[i] < w->rows ? r0 + j->row_chunk[i] : w->rows;
@@ -302,7 +302,7 @@ static void sw_item(void *ctx, int64_t item, int tid) {
     const wtensor *w[2] = {j->gate, j->up};
     float *y[2] = {g, u};
     for (int i = 0; i < 2; i++) {
-        mm_fn mm = j->k->matmul[w[i]->fmt] ? j->k->matmul[w[i]->fmt] : cpu_kernels_scalar()->matmul[w[i]->fmt];
+        mm_fn mm = cpu_kernels_mm(j->k, w[i]->fmt);
         wtensor v = wtensor_rows(w[i], r0, nr); /* so the block's row r0 lands in column 0 of y */
         mm(&v, 0, nr, j->x + t0 * v.cols, v.cols, nt, y[i], nr);
     }

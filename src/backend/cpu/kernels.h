@@ -74,6 +74,10 @@ typedef struct cpu_kernels {
 } cpu_kernels;
 
 const cpu_kernels *cpu_kernels_scalar(void);
+/* The matmul of table k for format f, or the scalar one where k has none. */
+static inline mm_fn cpu_kernels_mm(const cpu_kernels *k, wfmt f) {
+    return k->matmul[f] ? k->matmul[f] : cpu_kernels_scalar()->matmul[f];
+}
 const cpu_kernels *cpu_kernels_avx2(void);   /* NULL when not compiled in */
 const cpu_kernels *cpu_kernels_avx512(void); /* NULL when not compiled in */
 /* avx512 whose Q4/Q8 decode rounds the input to int8 (VNNI, simd_vnni.h); NULL when not compiled in */

@@ -5,14 +5,10 @@
 static void mm_scalar(const wtensor *w, int64_t r0, int64_t r1, const float *x, int64_t ldx, int64_t n, float *y,
                       int64_t ldy) {
     for (int64_t r = r0; r < r1; r++) {
-        const unsigned char *row = (const unsigned char *)w->data + (size_t)r * w->row_bytes;
         for (int64_t t = 0; t < n; t++) {
             const float *xt = x + t * ldx;
             float acc = 0;
-            if (wfmt_is_quant(w->fmt))
-                for (int64_t k = 0; k < w->cols; k++) acc += wtensor_at(w, r, k) * xt[k];
-            else
-                for (int64_t k = 0; k < w->cols; k++) acc += weight_at(w->fmt, row, k) * xt[k];
+            for (int64_t k = 0; k < w->cols; k++) acc += wtensor_at(w, r, k) * xt[k];
             y[t * ldy + r] = acc;
         }
     }
