@@ -101,6 +101,12 @@ const moe_config *moe_model_config(const moe_model *m);
 int64_t moe_model_kv_bytes(const moe_model *m, int n_ctx);
 /* Number of worker threads the model's kernels use. */
 int moe_model_threads(const moe_model *m);
+/* How many times the router chose each expert of MoE layer `layer` (one count
+ * per token and top-k slot) in every forward pass on m since it was loaded or
+ * the counts were last reset: counts[n_experts]. MOE_EINVAL when `layer` is not
+ * a MoE layer. Read it when no forward pass is running on m. */
+moe_status moe_model_expert_counts(const moe_model *m, int layer, int64_t *counts);
+void moe_model_reset_expert_counts(moe_model *m);
 
 /* ------------------------------------------------------------- sequence -- */
 

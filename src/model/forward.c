@@ -26,8 +26,9 @@ static void swiglu_mlp(moe_seq *s, const expert *e, const float *x, int64_t n, f
     be_matmul(be, &e->down, s->ga, n, NULL, out);
 }
 
-/* Router probabilities -> top-k experts and weights per token. */
-static void route(moe_seq *s, int64_t n) {
+/* Router probabilities -> top-k experts and weights per token; counts[E]
+ * (the layer's routing counts) += each choice. */
+static void route(moe_seq *s, int64_t n, int64_t *counts) {
     const model_config *mc = &s->m->cfg;
     int E = mc->pub.n_experts, K = mc->pub.n_experts_per_tok;
     for (int64_t t = 0; t < n; t++) {
@@ -46,6 +47,7 @@ static void route(moe_seq *s, int64_t n) {
                 if (!taken && (best < 0 || p[e] > p[best])) best = e;
             }
             sel[k] = best;
+            counts[best]++;
             wsum += (w[k] = p[best]);
         }
         if (mc->norm_topk_prob)
@@ -53,13 +55,14 @@ static void route(moe_seq *s, int64_t n) {
     }
 }
 
-static void moe_ffn(moe_seq *s, const layer *L, const float *h, int64_t n, float *out) {
+static void moe_ffn(moe_seq *s, int l, const float *h, int64_t n, float *out) {
+    const layer *L = &s->m->layers[l];
     const moe_config *c = &s->m->cfg.pub;
     backend *be = s->m->be;
     int64_t H = c->hidden_size;
     int K = c->n_experts_per_tok;
     be_matmul(be, &L->router, h, n, NULL, s->router);
-    route(s, n);
+    route(s, n, s->m->route_counts + (size_t)l * (size_t)c->n_experts);
     memset(out, 0, sizeof(float) * (size_t)(n * H));
     for (int e = 0; e < c->n_experts; e++) {
         int64_t m = 0;
@@ -149,7 +152,7 @@ static void layers(moe_seq *s, moe_seq *const *owner, const int32_t *tokens, int
         attention_block(s, owner, l, n);
         be_rmsnorm(be, s->x, L->ffn_norm, n, H, c->rms_norm_eps, s->h);
         if (L->is_moe) {
-            moe_ffn(s, L, s->h, n, s->moe_acc);
+            moe_ffn(s, l, s->h, n, s->moe_acc);
             for (int64_t i = 0; i < n * H; i++) s->x[i] += s->moe_acc[i];
         } else {
             swiglu_mlp(s, &L->mlp, s->h, n, s->h);

@@ -433,6 +433,8 @@ static moe_status load(moe_model *m, const moe_load_params *p) {
     for (int i = 0; i < half; i++) /* as transformers: 1 / theta^(2i/d), in float32 */
         m->inv_freq[i] = (float)(1.0 / pow((double)(float)c->rope_theta, (double)(float)(2.0f * i / c->head_dim)));
     count_params(m);
+    if (c->n_experts > 0 && !(m->route_counts = calloc((size_t)c->n_layers * (size_t)c->n_experts, sizeof *m->route_counts)))
+        return moe_err(MOE_ENOMEM, "out of memory");
     return backend_new(p ? p->n_threads : 0, NULL, &m->be);
 }
 
@@ -465,6 +467,7 @@ void moe_model_free(moe_model *m) {
     free(m->owned);
     free(m->layers);
     free(m->inv_freq);
+    free(m->route_counts);
     for (int i = 0; i < m->n_shards; i++) st_file_close(m->shards[i]);
     free(m->shards);
     config_free(&m->cfg);
@@ -474,3 +477,16 @@ void moe_model_free(moe_model *m) {
 
 const moe_config *moe_model_config(const moe_model *m) { return &m->cfg.pub; }
 int moe_model_threads(const moe_model *m) { return backend_threads(m->be); }
+
+moe_status moe_model_expert_counts(const moe_model *m, int layer, int64_t *counts) {
+    const moe_config *c = &m->cfg.pub;
+    if (layer < 0 || layer >= c->n_layers || !m->layers[layer].is_moe)
+        return moe_err(MOE_EINVAL, "layer %d is not a MoE layer", layer);
+    memcpy(counts, m->route_counts + (size_t)layer * (size_t)c->n_experts, sizeof *counts * (size_t)c->n_experts);
+    return MOE_OK;
+}
+
+void moe_model_reset_expert_counts(moe_model *m) {
+    if (m->route_counts)
+        memset(m->route_counts, 0, sizeof *m->route_counts * (size_t)m->cfg.pub.n_layers * (size_t)m->cfg.pub.n_experts);
+}

@@ -41,6 +41,7 @@ struct moe_model {
     float *final_norm;             /* [H] */
     layer *layers;                 /* [n_layers] */
     float *inv_freq;               /* [hd/2] RoPE frequencies */
+    int64_t *route_counts;         /* [n_layers x E] times each expert was chosen (forward.c counts) */
     void **owned;                  /* float32 copies of small vectors, freed with the model */
     int n_owned, cap_owned;
     backend *be;

@@ -1,0 +1,107 @@
+/* xstore.h — the expert store: every MoE layer's experts rewritten as
+ * contiguous, 4 KiB-aligned records in one pack file, so that bringing an
+ * expert into memory is one read that bypasses the page cache.
+ *
+ * A record holds one expert's gate, up and down weights (values, and for
+ * quantized formats their scales and biases), each part 64-byte aligned
+ * inside the record. The pack's header names the model it was built from (a
+ * fingerprint of config.json and of each safetensors file's name, size and
+ * modification time) and carries a checksum of itself and of every record,
+ * so a stale, truncated or corrupted pack is detected: xs_open refuses it
+ * (and xs_open_or_build rebuilds it); a record whose bytes fail their
+ * checksum on a read is reported, never handed out.
+ *
+ * The pack lives in a cache directory: <cache_root>/<model dir's base
+ * name>-<16 hex digits of a hash of its real path>/experts.pack, where
+ * cache_root is --cache-dir, else $MOE_CACHE_DIR, else $XDG_CACHE_HOME/moe,
+ * else ~/.cache/moe. The same directory holds the expert cache's saved state
+ * (warm starts, xcache.c).
+ *
+ * Thread-safety: after open, xs_read may be called from many threads at once
+ * (it uses pread); everything else is read-only.
+ */
+#ifndef MOE_EXPERTS_XSTORE_H
+#define MOE_EXPERTS_XSTORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../model/model.h"
+
+#define XS_ALIGN 4096
+
+/* Where one tensor of a record lies, relative to the record's first byte. */
+typedef struct xs_part {
+    wfmt fmt, sfmt;          /* value format; scales/biases format (quantized only) */
+    int64_t rows, cols;
+    int group;               /* quantized only, else 0 */
+    uint64_t data_off;       /* [rows x row_bytes] */
+    uint64_t scales_off, biases_off; /* [rows x sb_row_bytes] each, quantized only */
+    uint64_t row_bytes, sb_row_bytes;
+} xs_part;
+
+/* One expert: gate, up, down at `offset` in the pack, `bytes` long (a
+ * multiple of XS_ALIGN; the parts' bytes plus padding), and the checksum of
+ * those bytes. */
+typedef struct xs_record {
+    uint64_t offset, bytes, checksum;
+    xs_part part[3];         /* gate, up, down */
+} xs_record;
+
+typedef struct xstore xstore;
+
+/* The cache directory of the model in `model_dir` under cache_root (NULL:
+ * the default root above) into buf[cap]; it is created (with parents) when
+ * create != 0. */
+moe_status xs_cache_dir(const char *model_dir, const char *cache_root, int create, char *buf, size_t cap);
+
+/* Writes the pack of model m to `path` (through path.tmp, renamed into place
+ * only when complete and synced, so a crash never leaves a half pack under
+ * the real name). Reads the experts through m's mapped files and drops them
+ * from memory as it goes (madvise / posix_fadvise), so RSS stays small for a
+ * model larger than memory. progress(ctx, done, total) in bytes, may be NULL.
+ * Fails with MOE_EINVAL for a model without MoE layers, MOE_EIO for write
+ * errors (no space: the message says how much is needed). */
+moe_status xs_build(const moe_model *m, const char *path, void (*progress)(void *, uint64_t, uint64_t), void *ctx);
+
+/* Opens the pack at `path` for model m and checks it against m: magic,
+ * version, fingerprint, layer and expert counts, every record's parts equal
+ * in format and shape to m's expert weights, record offsets and sizes inside
+ * the file, the header's checksum, the file's size. MOE_EFORMAT with a
+ * message saying what is wrong ("stale: built from another model", "truncated",
+ * "corrupt header") when it does not match; MOE_EIO when it cannot be read.
+ * The file is opened with O_DIRECT where the filesystem allows it (else
+ * plain reads, with posix_fadvise to drop the pages after each read). */
+moe_status xs_open(const moe_model *m, const char *path, xstore **out);
+
+/* xs_open, and when the pack is missing or fails its checks, xs_build then
+ * xs_open again. *built says whether it was (re)built (may be NULL). A
+ * message on stderr says why a pack is rebuilt. */
+moe_status xs_open_or_build(const moe_model *m, const char *path, void (*progress)(void *, uint64_t, uint64_t), void *ctx,
+                            int *built, xstore **out);
+void xs_close(xstore *x);
+
+/* The record of expert e of layer l (a MoE layer; NULL otherwise). */
+const xs_record *xs_record_of(const xstore *x, int l, int e);
+/* The largest record of layer l in bytes (a multiple of XS_ALIGN): the size
+ * of a cache slot for that layer. 0 for a layer without experts. */
+uint64_t xs_slot_bytes(const xstore *x, int l);
+/* Sum over MoE layers of all their records' bytes. */
+uint64_t xs_total_bytes(const xstore *x);
+const char *xs_path(const xstore *x);
+
+/* Reads expert e of layer l into buf (XS_ALIGN-aligned, at least
+ * xs_slot_bytes(x, l) bytes) and verifies its checksum. MOE_EIO on a read
+ * error or a short read (a pack truncated after it was opened), MOE_EFORMAT
+ * when the checksum does not match; the message names the pack, layer and
+ * expert. Thread-safe. */
+moe_status xs_read(xstore *x, int l, int e, void *buf);
+
+/* Points *out's three weights at the parts of record r held in buf (what
+ * xs_read filled). */
+void xs_bind(const xs_record *r, const void *buf, expert *out);
+
+/* The 64-bit checksum the pack uses, over n bytes (n a multiple of 8). */
+uint64_t xs_checksum(const void *p, size_t n);
+
+#endif
