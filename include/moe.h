@@ -275,6 +275,50 @@ const char *moe_stop_feed(moe_stop *s, const char *text, size_t len, size_t *emi
 const char *moe_stop_flush(moe_stop *s, size_t *emit_len);
 void moe_stop_reset(moe_stop *s);
 
+/* ------------------------------------------------------- expert store -- */
+
+/* A MoE model's experts rewritten into one pack file, one contiguous 4 KiB-
+ * aligned record per expert (gate, up and down weights), so that offloading
+ * reads an expert with one read past the page cache. The pack lives in the
+ * model's cache directory, <root>/<model dir's name>-<hash of its path>/
+ * experts.pack, and names the model it was built from (config.json and each
+ * safetensors file's name, size and modification time): a pack of a changed
+ * model is stale and rebuilt. */
+typedef struct moe_pack_params {
+    const char *cache_dir; /* root of the cache directories; NULL: $MOE_CACHE_DIR,
+                              else $XDG_CACHE_HOME/moe, else ~/.cache/moe */
+    int force;             /* rebuild even when a valid pack exists */
+    int check;             /* read every record back and verify its checksum; without
+                              force the existing pack only (nothing is built: a missing
+                              or invalid pack is the error) */
+    int n_threads;         /* threads reading records back for check; <= 0: 1 */
+    /* called as the pack is written (bytes done, total); may be NULL */
+    void (*progress)(void *ctx, uint64_t done, uint64_t total);
+    void *progress_ctx;
+} moe_pack_params;
+
+/* What moe_pack did. */
+typedef struct moe_pack_result {
+    char path[4200];      /* the pack file */
+    int built;            /* 1: written by this call; 0: an existing valid pack */
+    uint64_t bytes;       /* the file's size */
+    int64_t records;      /* experts in it: moe_layers x experts */
+    int moe_layers, experts;
+    int direct;           /* 1: it is read with O_DIRECT (past the page cache) */
+} moe_pack_result;
+
+void moe_pack_params_defaults(moe_pack_params *p);
+/* Builds the expert pack of the model in model_dir unless a valid one is
+ * there already (or with p->check, verifies it), creating the cache
+ * directory with its parents. `p` may be NULL (defaults); *out is filled on
+ * success and, as far as known, on failure (path). Failures: MOE_EINVAL (a
+ * model without MoE layers, no cache directory), MOE_EIO (cannot create or
+ * write; not enough disk space: the message says how much is needed),
+ * MOE_EFORMAT (check: a missing, stale, truncated or corrupt pack, or the
+ * first record whose checksum fails, by layer and expert), and the model's
+ * own load errors. A failed build leaves any previous pack as it was. */
+moe_status moe_pack(const char *model_dir, const moe_pack_params *p, moe_pack_result *out);
+
 /* ---------------------------------------------------------- synthetic -- */
 
 typedef struct moe_synth_params {
