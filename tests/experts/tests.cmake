@@ -1,4 +1,4 @@
-# The expert store (src/experts/xstore.c) and moe_pack (label unit).
+# The expert store (src/experts/xstore.c) and moe pack (labels unit, cli).
 #   xstore_checksum     xs_checksum: every flipped bit seen, lengths, word order
 #   xstore_pack_<case>  every fixture (and tiny-qwen-moe) packed, opened, and every record read
 #                       back equal to the model's own expert weights; dense fixtures refused
@@ -8,6 +8,8 @@
 #   xstore_shm          a pack on /dev/shm (tmpfs), with and without O_DIRECT
 #   xstore_errors       cannot create, a failing write, a second writer, dense models, the
 #                       cache directory, moe_pack
+#   cli_pack            moe pack: written, up to date, --check ok / a bad record, --force, a
+#                       corrupt pack rebuilt, a dense model refused
 add_executable(test_xstore ${CMAKE_CURRENT_LIST_DIR}/test_xstore.c)
 target_link_libraries(test_xstore PRIVATE moe PkgConfig::JANSSON m Threads::Threads)
 target_include_directories(test_xstore PRIVATE ${PROJECT_SOURCE_DIR}/include ${PROJECT_SOURCE_DIR})
@@ -36,3 +38,7 @@ add_test(NAME xstore_shm COMMAND test_xstore shm ${CMAKE_CURRENT_SOURCE_DIR}/gol
 add_test(NAME xstore_errors COMMAND test_xstore errors ${xs_out}/errors ${xs_quant} ${xs_dense})
 list(APPEND xs_tests xstore_stale xstore_corrupt xstore_shm xstore_errors)
 set_tests_properties(${xs_tests} PROPERTIES LABELS unit)
+
+add_test(NAME cli_pack COMMAND ${CMAKE_COMMAND} -DMOE=$<TARGET_FILE:moe_cli> -DTOOL=$<TARGET_FILE:test_xstore>
+         -DMODEL=${xs_quant} -DDENSE=${xs_dense} -DOUT=${xs_out}/cli -P ${CMAKE_CURRENT_LIST_DIR}/pack_cli.cmake)
+set_tests_properties(cli_pack PROPERTIES LABELS cli)
