@@ -11,13 +11,15 @@ out=$root/build-fuzz
 cd "$root"
 
 CC=${CC:-clang} cmake -S . -B "$out" -DMOE_FUZZ=ON -DMOE_TESTS=OFF -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build "$out" -j2 --target fuzz_safetensors fuzz_config fuzz_jinja fuzz_tokenizer fuzz_server
+cmake --build "$out" -j2 --target fuzz_safetensors fuzz_config fuzz_jinja fuzz_tokenizer fuzz_server fuzz_xstore
 
 mkdir -p "$out/crashes"
 pids=()
-names=(safetensors config jinja tokenizer server)
+names=(safetensors config jinja tokenizer server xstore)
 # the tokenizer fuzzer also encodes and decodes through the bundled models' tokenizers
 export MOE_FUZZ_TOKENIZERS="$root/models/tiny-mixtral/tokenizer.json:$root/models/tiny-qwen-moe/tokenizer.json"
+# the expert pack fuzzer checks packs against this model
+export MOE_FUZZ_XSTORE_MODEL="$root/tests/golden-quant/mixtral-q4-g32/model"
 for n in "${names[@]}"; do
   mkdir -p "$out/corpus/$n"
   cp "$root/fuzz/corpus/$n"/* "$out/corpus/$n/"
