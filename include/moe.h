@@ -330,6 +330,14 @@ typedef struct moe_synth_params {
                            random values, so the files are as large as a real one's */
     int group_size;     /* with bits: 32, 64 (default when 0) or 128 */
     uint64_t seed;
+    double skew;        /* MoE shapes: routing skew s in 0..4, default 1 (0
+                           when the struct is zeroed). The expert of
+                           popularity rank r in a layer is chosen for a share
+                           of the tokens ~ 1/r^s (Zipf; at most 90% of them),
+                           each layer ranking its experts in its own order;
+                           0: every expert equally often. Carried by the
+                           embedding and router weights: the files are as
+                           large, the forward pass the same */
     /* called as bytes are written; may be NULL */
     void (*progress)(void *ctx, uint64_t done, uint64_t total);
     void *progress_ctx;

@@ -6,14 +6,21 @@
 
 static void help(FILE *f) {
     fprintf(f, "usage: moe synth --like NAME [--layers N] [--dtype bf16|f16|f32] [--bits 4|8 [--group-size 64]]\n"
-               "                 [--seed S] -o DIR\n"
+               "                 [--skew S] [--seed S] -o DIR\n"
                "  --like NAME   one of:");
     for (const char *const *s = moe_synth_shapes(); *s; s++) fprintf(f, " %s", *s);
-    fprintf(f, "\n  --layers N    fewer layers than the real model (default: all)\n"
+    fprintf(f, "\n                (test-moe is no real model: a tiny MoE for tests, hidden 64,\n"
+               "                16 experts, top-2, 4 layers)\n"
+               "  --layers N    fewer layers than the real model (default: all)\n"
                "  --dtype T     weight dtype (default bf16; with --bits, of scales, biases and norms)\n"
                "  --bits B      the quantized mlx-community layout (as moe quantize writes) with random\n"
                "                B-bit values: 4 or 8 (also 2, 3, 5, 6); split into 5 GiB shards\n"
                "  --group-size G  weights per scale and bias with --bits: 32, 64 (default) or 128\n"
+               "  --skew S      MoE shapes: routing skew, 0 to 4 (default 1). In each layer the expert\n"
+               "                of popularity rank r is chosen for a share of the tokens ~ 1/r^S\n"
+               "                (Zipf, at most 90%% of them), each layer with its own ranking;\n"
+               "                0: every expert equally likely. Set through the embedding and the\n"
+               "                routers' weights: same sizes, same forward pass\n"
                "  -o DIR        output directory (created)\n");
 }
 
@@ -31,6 +38,7 @@ int cmd_synth(int argc, char **argv) {
         else if (!strcmp(a, "--layers")) { CLI_VALUE(); if (cli_int(a, v, 1, 4096, &ll)) return 1; p.n_layers = (int)ll; }
         else if (!strcmp(a, "--bits")) { CLI_VALUE(); if (cli_int(a, v, 1, 64, &ll)) return 1; p.bits = (int)ll; }
         else if (!strcmp(a, "--group-size")) { CLI_VALUE(); if (cli_int(a, v, 1, 1 << 20, &ll)) return 1; p.group_size = (int)ll; }
+        else if (!strcmp(a, "--skew")) { CLI_VALUE(); if (cli_float(a, v, 0, 4, &p.skew)) return 1; }
         else if (!strcmp(a, "--seed")) { CLI_VALUE(); if (cli_int(a, v, 0, INT64_MAX, &ll)) return 1; p.seed = (uint64_t)ll; }
         else return cli_fail("synth: unknown option %s (moe synth --help lists them)", a);
     }
