@@ -64,33 +64,48 @@ size_t wtensor_bytes(const wtensor *w) {
 
 const cpu_kernels *cpu_kernels_pick(const char *name) {
     int want_auto = !name || !*name || strcmp(name, "auto") == 0;
+    if (!want_auto && strcmp(name, "scalar") == 0) return cpu_kernels_scalar();
 #if defined(__x86_64__)
     __builtin_cpu_init();
     int has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                  __builtin_cpu_supports("avx512vl");
     int has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     int hasvnni = __builtin_cpu_supports("avx512vnni");
-#else
-    int has512 = 0, has2 = 0, hasvnni = 0;
-#endif
     if (want_auto) {
         if (has512 && cpu_kernels_avx512()) return cpu_kernels_avx512();
         if (has2 && cpu_kernels_avx2()) return cpu_kernels_avx2();
         return cpu_kernels_scalar();
     }
-    if (strcmp(name, "scalar") == 0) return cpu_kernels_scalar();
     if (strcmp(name, "avx2") == 0) return has2 ? cpu_kernels_avx2() : NULL;
     if (strcmp(name, "avx512") == 0) return has512 ? cpu_kernels_avx512() : NULL;
     if (strcmp(name, "avx512vnni") == 0) return has512 && hasvnni ? cpu_kernels_avx512_vnni() : NULL;
     if (strcmp(name, "amx") == 0) return has512 && amx_usable() ? cpu_kernels_avx512() : NULL;
+#elif defined(__aarch64__)
+    /* NEON (Advanced SIMD) is part of every AArch64 CPU */
+    if (want_auto || strcmp(name, "neon") == 0) return cpu_kernels_neon();
+#else
+    if (want_auto) return cpu_kernels_scalar();
+#endif
     return NULL;
+}
+
+const char *cpu_kernels_names(void) {
+#if defined(__x86_64__)
+    return "auto, scalar, avx2, avx512, avx512vnni, amx";
+#elif defined(__aarch64__)
+    return "auto, scalar, neon";
+#else
+    return "auto, scalar";
+#endif
 }
 
 moe_status backend_new(int n_threads, const char *isa, backend **out) {
     *out = NULL;
     if (!isa || !*isa) isa = getenv("MOE_ISA");
     const cpu_kernels *k = cpu_kernels_pick(isa);
-    if (!k) return moe_err(MOE_EUNSUPPORTED, "instruction set \"%s\" is unknown or not supported by this CPU", isa);
+    if (!k)
+        return moe_err(MOE_EUNSUPPORTED, "instruction set \"%s\" unknown or not supported by this CPU (this build: %s)",
+                       isa, cpu_kernels_names());
     int want_auto = !isa || !*isa || strcmp(isa, "auto") == 0;
     /* AMX on top of auto's pick (an AVX-512 table wherever AMX is usable) or of "amx"'s */
     int amx = (want_auto || strcmp(isa, "amx") == 0) && amx_usable();

@@ -1,6 +1,7 @@
 /* kernels.h — per-ISA CPU kernels, one table per instruction set, indexed
- * by weight format. The scalar table is the reference; the AVX2 and AVX-512
- * tables are tested against it (tests/test_kernels.c). */
+ * by weight format. The scalar table is the reference; the AVX2, AVX-512
+ * and NEON tables are tested against it (tests/test_kernels.c; NEON under
+ * qemu-aarch64, tools/test_neon.sh). */
 #ifndef MOE_CPU_KERNELS_H
 #define MOE_CPU_KERNELS_H
 
@@ -78,13 +79,20 @@ const cpu_kernels *cpu_kernels_scalar(void);
 static inline mm_fn cpu_kernels_mm(const cpu_kernels *k, wfmt f) {
     return k->matmul[f] ? k->matmul[f] : cpu_kernels_scalar()->matmul[f];
 }
-const cpu_kernels *cpu_kernels_avx2(void);   /* NULL when not compiled in */
-const cpu_kernels *cpu_kernels_avx512(void); /* NULL when not compiled in */
-/* avx512 whose Q4/Q8 decode rounds the input to int8 (VNNI, simd_vnni.h); NULL when not compiled in */
+/* The SIMD tables, each defined only in builds for its architecture (x86-64:
+ * kernels_avx2.c, kernels_avx512.c; AArch64: kernels_neon.c); cpu_kernels_pick
+ * is the portable way to them. */
+const cpu_kernels *cpu_kernels_avx2(void);
+const cpu_kernels *cpu_kernels_avx512(void);
+/* avx512 whose Q4/Q8 decode rounds the input to int8 (VNNI, simd_vnni.h) */
 const cpu_kernels *cpu_kernels_avx512_vnni(void);
-/* By name ("scalar", "avx2", "avx512", "avx512vnni", "auto"); NULL when unknown or the CPU lacks it.
+const cpu_kernels *cpu_kernels_neon(void);
+/* By name ("scalar", "auto", and on x86-64 "avx2", "avx512", "avx512vnni", "amx", on AArch64 "neon");
+ * NULL when unknown, not built for this architecture, or the CPU lacks it.
  * "amx" gives the avx512 table, which the AMX prompt path builds on, when amx_usable(). */
 const cpu_kernels *cpu_kernels_pick(const char *name);
+/* The names cpu_kernels_pick knows in this build, comma-separated (for messages). */
+const char *cpu_kernels_names(void);
 
 /* ------------------------------------------- AMX-BF16 prompt matmul --
  * kernels_amx.c: matmuls of many tokens on AMX tiles, in bf16 products with

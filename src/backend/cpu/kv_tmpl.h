@@ -1,8 +1,8 @@
 /* kv_tmpl.h — attention kernels over a quantized KV cache (kv_cache in
- * backend.h), written once and compiled per instruction set: kernels_avx2.c
- * and kernels_avx512.c include it after simd_tmpl.h, whose vector vocabulary
- * (V, VL, VZERO, VSET1, VFMA, VLOADF, VSTOREF, VREDUCE) it uses, and put
- * kv_dot8_v / kv_dot4_v / kv_axpy8_v / kv_axpy4_v in their tables.
+ * backend.h), written once and compiled per instruction set: kernels_avx2.c,
+ * kernels_avx512.c and kernels_neon.c include it after simd_tmpl.h, whose
+ * vector vocabulary (V, VL, VZERO, VSET1, VFMA, VLOADF, VSTOREF, VREDUCE) it
+ * uses, and put kv_dot8_v / kv_dot4_v / kv_axpy8_v / kv_axpy4_v in their tables.
  *
  * Keys: the scalar reference dequantizes each element before the product;
  * here the affine form is factored out of the sum, per group g
@@ -11,7 +11,7 @@
  * is applied to a whole vector of partial sums (one reduction per head).
  * Values: a group is dequantized in registers, y += a * (scale * vq + bias).
  * Groups that are not a whole number of vectors (head dims 8, 16, 24 on
- * AVX-512) finish in scalar code.
+ * AVX-512) finish in scalar code. The widening loads are the one part per ISA.
  */
 #include <stdint.h>
 #include <string.h>
@@ -33,15 +33,32 @@ static inline __attribute__((always_inline)) __m128i kv_bytes4(const unsigned ch
 #define KV_WIDEN(b) _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b))
 #define KV_BYTES(p) _mm_loadl_epi64((const __m128i *)(p))
 #define KV_HALF(p) kv_bytes4(p)
+#elif VL == 4 && defined(__ARM_NEON)
+/* 4 values: the 4 or 2 bytes in lane 0, widened to 16 then 32 bits */
+static inline __attribute__((always_inline)) uint8x8_t kv_bytes(const unsigned char *p, int n) {
+    uint32_t w = 0;
+    memcpy(&w, p, (size_t)n);
+    return vreinterpret_u8_u32(vdup_n_u32(w));
+}
+static inline __attribute__((always_inline)) V kv_widen(uint8x8_t b) {
+    return vcvtq_f32_u32(vmovl_u16(vget_low_u16(vmovl_u8(b))));
+}
+static inline __attribute__((always_inline)) V kv_load8(const unsigned char *p) { return kv_widen(kv_bytes(p, 4)); }
+static inline __attribute__((always_inline)) V kv_load4(const unsigned char *p) {
+    uint8x8_t x = kv_bytes(p, 2);
+    return kv_widen(vzip1_u8(vand_u8(x, vdup_n_u8(0x0f)), vshr_n_u8(x, 4))); /* lo0 hi0 lo1 hi1 */
+}
 #else
-#error "kv_tmpl.h: VL must be 8 or 16"
+#error "kv_tmpl.h: VL must be 8 or 16 (x86), or 4 (NEON)"
 #endif
 
+#if VL >= 8
 static inline __attribute__((always_inline)) V kv_load8(const unsigned char *p) { return KV_WIDEN(KV_BYTES(p)); }
 static inline __attribute__((always_inline)) V kv_load4(const unsigned char *p) {
     __m128i x = KV_HALF(p), m = _mm_set1_epi8(0x0f);
     return KV_WIDEN(_mm_unpacklo_epi8(_mm_and_si128(x, m), _mm_and_si128(_mm_srli_epi16(x, 4), m)));
 }
+#endif
 
 /* VL values of a packed row starting at value index j (a multiple of VL) */
 static inline __attribute__((always_inline)) V kv_load(int bits, const unsigned char *row, int j) {

@@ -9,15 +9,16 @@
  * int32), VI_SHUFB (byte shuffle inside each 128-bit lane), VI_BCASTQ (the QB
  * bytes at p in every 128-bit lane, QB >= VL*6/8), vdeint (2*VL floats split
  * into the even- and the odd-indexed ones), and VLUT(idx, tab): lane i =
- * tab[idx_i mod 2^VLUT_BITS], the higher bits of idx ignored (vpermps).
+ * tab[idx_i mod 2^VLUT_BITS], the higher bits of idx ignored (vpermps;
+ * VLUT_BITS 0: no table lookup, every width is masked and converted).
  *
  * Unpacking VL values: Q8 zero-extends VL bytes; any width b broadcasts the
  * VL*b/8 bytes (+ slack) of the values to every lane, shuffles the two bytes
  * that hold value i into int32 lane i and shifts it down by its bit offset.
  * The slack bytes are read but never used, so a row's last groups, whose
  * reads would run past the row, are copied into a zero-padded buffer first.
- * Widths up to VLUT_BITS (AVX-512: Q2..Q4, AVX2: Q2, Q3) then need no mask
- * and no conversion: VLUT looks the value up in the group's table of
+ * Widths up to VLUT_BITS (AVX-512: Q2..Q4, AVX2: Q2, Q3, NEON: none) then
+ * need no mask and no conversion: VLUT looks the value up in the group's table of
  * scale*q + bias (one FMA per group builds it; q repeats mod 2^bits so
  * bits above the value do not matter). Wider values are masked and converted.
  *
@@ -72,30 +73,43 @@
 
 #define QLUT(bits) ((bits) <= VLUT_BITS) /* values looked up in a table of the group's weights */
 
-/* The per-lane constants of the unpack for values v..v+VL-1 of a group (v a
- * multiple of VL, so the values start on a byte boundary). */
+/* Bit phases the values v..v+VL-1 of a group (v a multiple of VL) can start
+ * at: VL*bits is a whole number of bytes for VL >= 8, so they start on a
+ * byte boundary; with 4 lanes (NEON), 3 and 5 bits, every other vector starts
+ * at bit 4 of a byte and has its own unpack constants. */
+#define QPHASES (VL % 8 ? 2 : 1) /* also spelt out in qconst_make */
+
+/* The per-lane constants of the unpack for values v..v+VL-1 of a group,
+ * by phase p (the values start at bit 4p of their first byte). */
 typedef struct qconst {
-    VI ctl;  /* bytes (o>>3, o>>3 + 1) into lane i, o = i*bits; zero above */
-    VI sh;   /* o & 7 */
-    VI mask; /* (1 << bits) - 1 */
-    V iota;  /* i mod 2^bits: the q of table entry i */
+    VI ctl[QPHASES]; /* bytes (o>>3, o>>3 + 1) into lane i, o = 4p + i*bits; zero above */
+    VI sh[QPHASES];  /* o & 7 */
+    VI mask;         /* (1 << bits) - 1 */
+    V iota;          /* i mod 2^bits: the q of table entry i */
 } qconst;
 
 static inline __attribute__((always_inline)) qconst qconst_make(int bits) {
-    uint8_t ctl[4 * VL];
-    int32_t sh[VL];
+    uint8_t ctl[QPHASES][4 * VL];
+    int32_t sh[QPHASES][VL];
     float iota[VL];
     for (int i = 0; i < VL; i++) {
-        int o = i * bits;
-        /* for 8 bits, o>>3 + 1 of the last lane is past the loaded bytes: pshufb
-         * wraps it to byte 0, which the mask then drops */
-        ctl[4 * i] = (uint8_t)(o >> 3);
-        ctl[4 * i + 1] = (uint8_t)((o >> 3) + 1);
-        ctl[4 * i + 2] = ctl[4 * i + 3] = 0x80;
-        sh[i] = o & 7;
+        for (int p = 0; p < QPHASES; p++) {
+            int o = 4 * p + i * bits;
+            /* for 8 bits, o>>3 + 1 of the last lane is past the loaded bytes: pshufb
+             * wraps it to byte 0, which the mask then drops */
+            ctl[p][4 * i] = (uint8_t)(o >> 3);
+            ctl[p][4 * i + 1] = (uint8_t)((o >> 3) + 1);
+            ctl[p][4 * i + 2] = ctl[p][4 * i + 3] = 0x80;
+            sh[p][i] = o & 7;
+        }
         iota[i] = (float)(i & ((1 << bits) - 1));
     }
-    qconst c = {VI_LOADU(ctl), VI_LOADU(sh), VI_SET1((1 << bits) - 1), VLOADF(iota)};
+#if VL % 8
+    qconst c = {{VI_LOADU(ctl[0]), VI_LOADU(ctl[1])}, {VI_LOADU(sh[0]), VI_LOADU(sh[1])}, VI_SET1((1 << bits) - 1),
+                VLOADF(iota)};
+#else
+    qconst c = {{VI_LOADU(ctl[0])}, {VI_LOADU(sh[0])}, VI_SET1((1 << bits) - 1), VLOADF(iota)};
+#endif
     return c;
 }
 
@@ -108,7 +122,8 @@ static inline __attribute__((always_inline)) VI qidx(const int bits, const int q
         VI v = VI_U8(gp + (j >> 1) * VL);
         return (j & 1) ? VI_SRLI(v, 4) : v;
     }
-    return VI_SRLV(VI_SHUFB(VI_BCASTQ(gp + j * VL * bits / 8), c->ctl), c->sh);
+    const int p = QPHASES > 1 ? (j * VL * bits) % 8 / 4 : 0;
+    return VI_SRLV(VI_SHUFB(VI_BCASTQ(gp + j * VL * bits / 8), c->ctl[p]), c->sh[p]);
 }
 
 /* The same values as float q (widths not looked up in a table). */
