@@ -1,7 +1,13 @@
-/* test_kernels.c — every SIMD kernel against the scalar reference on random
- * shapes with ragged tails, for every weight format; the half-precision
- * converters against the CPU's own F16C instructions over all 65536 values. */
+/* test_kernels.c — every SIMD kernel table of this architecture (x86-64:
+ * avx2, avx512, avx512vnni; AArch64: neon) against the scalar reference on
+ * random shapes with ragged tails, for every weight format and both
+ * quantized KV cache widths; the half-precision converters against the CPU's
+ * own instructions (F16C, or AArch64's FCVT) over all 65536 values; the
+ * choice of table by name and MOE_ISA. Portable C apart from those
+ * instructions, so tools/test_neon.sh cross-builds it for AArch64. */
+#if defined(__x86_64__)
 #include <immintrin.h>
+#endif
 #include <math.h>
 #include <stdlib.h>
 
@@ -255,13 +261,82 @@ static void test_vec(const cpu_kernels *k) {
     }
 }
 
-__attribute__((target("f16c"))) static void test_half(void) {
+/* The quantized KV cache kernels (kv_dot, kv_axpy, 8 and 4 bits) on random
+ * even head dims and groups (kv_group's, or another even divisor), rows of
+ * random bytes; qsum as attention computes it. */
+static void test_kv_kernels(const cpu_kernels *k) {
+    const cpu_kernels *ref = cpu_kernels_scalar();
+    int bad = 0;
+    for (int it = 0; it < 400; it++) {
+        int bits = it % 2 ? 4 : 8, hd = 2 * irand(1, 160);
+        int group = kv_group(hd);
+        if (it % 3 == 1) /* another even divisor of hd */
+            for (int gdiv = irand(1, 6); gdiv > 1; gdiv--)
+                if (hd % gdiv == 0 && (hd / gdiv) % 2 == 0) { group = hd / gdiv; break; }
+        int ng = hd / group;
+        unsigned char *row = malloc((size_t)hd); /* [hd*bits/8] (hd bytes is enough for both) */
+        float *q = malloc((size_t)hd * sizeof *q), *qsum = calloc((size_t)ng, sizeof *qsum);
+        float *sc = malloc((size_t)ng * sizeof *sc), *bi = malloc((size_t)ng * sizeof *bi);
+        float *y0 = malloc((size_t)hd * sizeof *y0), *y1 = malloc((size_t)hd * sizeof *y1);
+        for (int j = 0; j < hd; j++) {
+            row[j] = (unsigned char)irand(0, 255);
+            q[j] = frand();
+            qsum[j / group] += q[j];
+            y0[j] = y1[j] = frand();
+        }
+        for (int g = 0; g < ng; g++) {
+            sc[g] = (0.01f + fabsf(frand())) / (float)(1 << bits);
+            bi[g] = 2.0f * frand();
+        }
+        int s = kv_slot(bits);
+        float mag = 0, a = frand(); /* sum |q_j * x_j|: the scale of the dot's rounding */
+        for (int j = 0; j < hd; j++)
+            mag += fabsf(q[j] * (sc[j / group] * (float)quant_at(row, bits, j) + bi[j / group]));
+        float want = ref->kv_dot[s](q, qsum, row, sc, bi, hd, group), got = k->kv_dot[s](q, qsum, row, sc, bi, hd, group);
+        if (!(fabsf(got - want) <= 2e-6f * mag + 1e-6f) && bad++ < 5)
+            CHECK(0, "%s kv_dot bits %d hd %d group %d: %.9g vs %.9g", k->name, bits, hd, group, (double)got,
+                  (double)want);
+        ref->kv_axpy[s](y0, a, row, sc, bi, hd, group);
+        k->kv_axpy[s](y1, a, row, sc, bi, hd, group);
+        for (int j = 0; j < hd; j++)
+            if (!(fabsf(y1[j] - y0[j]) <= 1e-6f * (1.0f + fabsf(y0[j]))) && bad++ < 5)
+                CHECK(0, "%s kv_axpy bits %d hd %d group %d [%d]: %.9g vs %.9g", k->name, bits, hd, group, j,
+                      (double)y1[j], (double)y0[j]);
+        free(row), free(q), free(qsum), free(sc), free(bi), free(y0), free(y1);
+    }
+    CHECK(bad == 0, "%s: %d KV kernel mismatches", k->name, bad);
+}
+
+/* The CPU's own half-precision conversions (round to nearest even), where it has them. */
+#if defined(__x86_64__)
+#define HW_HALF "F16C"
+__attribute__((target("f16c"))) static float hw_f16_to_f32(uint16_t h) { return _cvtsh_ss(h); }
+__attribute__((target("f16c"))) static uint16_t hw_f32_to_f16(float f) {
+    return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
+}
+#elif defined(__aarch64__)
+#define HW_HALF "FCVT"
+static float hw_f16_to_f32(uint16_t h) {
+    __fp16 x;
+    memcpy(&x, &h, 2);
+    return (float)x;
+}
+static uint16_t hw_f32_to_f16(float f) {
+    __fp16 x = (__fp16)f;
+    uint16_t h;
+    memcpy(&h, &x, 2);
+    return h;
+}
+#endif
+
+static void test_half(void) {
+#ifdef HW_HALF
     int bad = 0;
     for (uint32_t h = 0; h < 65536; h++) {
-        float a = f16_to_f32((uint16_t)h), b = _cvtsh_ss((unsigned short)h);
+        float a = f16_to_f32((uint16_t)h), b = hw_f16_to_f32((uint16_t)h);
         if (memcmp(&a, &b, 4) != 0 && !(isnan(a) && isnan(b))) bad++;
     }
-    CHECK(bad == 0, "f16_to_f32 differs from F16C for %d values", bad);
+    CHECK(bad == 0, "f16_to_f32 differs from " HW_HALF " for %d values", bad);
     bad = 0;
     for (int i = 0; i < 200000; i++) {
         g_rng = g_rng * 6364136223846793005ull + 1442695040888963407ull;
@@ -269,33 +344,90 @@ __attribute__((target("f16c"))) static void test_half(void) {
         float f;
         memcpy(&f, &u, 4);
         if (isnan(f)) continue;
-        uint16_t a = f32_to_f16(f), b = _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
+        uint16_t a = f32_to_f16(f), b = hw_f32_to_f16(f);
         if (a != b) bad++;
     }
-    CHECK(bad == 0, "f32_to_f16 differs from F16C for %d values", bad);
+    CHECK(bad == 0, "f32_to_f16 differs from " HW_HALF " for %d values", bad);
+#endif
     CHECK(bf16_to_f32(0x3f80) == 1.0f, "bf16 1.0");
     CHECK(f32_to_bf16(1.0f) == 0x3f80, "bf16 of 1.0");
     CHECK(f32_to_bf16(1.00390625f) == 0x3f80, "bf16 ties to even (down)");
     CHECK(f32_to_bf16(1.01171875f) == 0x3f82, "bf16 ties to even (up)");
 }
 
+/* The float32 tables of this architecture, and whether the CPU must have the first. */
+#if defined(__x86_64__)
+static const char *const g_isas[] = {"avx2", "avx512"};
+#define MUST_HAVE_SIMD __builtin_cpu_supports("avx2")
+#elif defined(__aarch64__)
+static const char *const g_isas[] = {"neon"};
+#define MUST_HAVE_SIMD 1 /* NEON is part of AArch64 */
+#else
+static const char *const g_isas[] = {NULL};
+#define MUST_HAVE_SIMD 0
+#endif
+
+/* The tables by name and through MOE_ISA: auto, scalar and this
+ * architecture's names work, another architecture's are refused with the
+ * names this build knows. */
+static void test_pick(void) {
+    const cpu_kernels *a = cpu_kernels_pick("auto");
+    CHECK(a && cpu_kernels_pick(NULL) == a, "auto picks a table");
+    CHECK(cpu_kernels_pick("scalar") == cpu_kernels_scalar(), "scalar by name");
+    CHECK(cpu_kernels_pick("no-such-isa") == NULL, "unknown ISA names are refused");
+#if defined(__aarch64__)
+    CHECK(a == cpu_kernels_neon() && strcmp(a->name, "neon") == 0, "auto picks neon on AArch64");
+    CHECK(cpu_kernels_pick("avx512") == NULL && cpu_kernels_pick("avx2") == NULL && cpu_kernels_pick("amx") == NULL,
+          "x86 ISAs are refused on AArch64");
+    const char *other = "avx512";
+#else
+    CHECK(cpu_kernels_pick("neon") == NULL, "neon is refused off AArch64");
+    const char *other = "neon";
+#endif
+    const char *env = getenv("MOE_ISA");
+    char saved[64] = "";
+    if (env) snprintf(saved, sizeof saved, "%s", env);
+    const char *names[] = {"scalar", g_isas[0], other};
+    for (int i = 0; i < 3; i++) {
+        if (!names[i] || (i < 2 && !cpu_kernels_pick(names[i]))) continue;
+        setenv("MOE_ISA", names[i], 1);
+        backend *be = NULL;
+        moe_status st = backend_new(1, NULL, &be);
+        if (i < 2) {
+            CHECK(st == MOE_OK && be && strcmp(backend_isa(be), names[i]) == 0, "MOE_ISA=%s", names[i]);
+        } else {
+            CHECK(st == MOE_EUNSUPPORTED && !be, "MOE_ISA=%s is refused", names[i]);
+            CHECK(strstr(moe_errmsg(), cpu_kernels_names()) != NULL, "the message lists this build's ISAs: %s",
+                  moe_errmsg());
+        }
+        backend_free(be);
+    }
+    if (env) setenv("MOE_ISA", saved, 1);
+    else unsetenv("MOE_ISA");
+}
+
 int main(void) {
     test_half();
     test_quant_layout();
-    const cpu_kernels *ks[] = {cpu_kernels_pick("avx2"), cpu_kernels_pick("avx512")};
+    test_pick();
     int tested = 0;
-    for (int i = 0; i < 2; i++) {
-        if (!ks[i]) { printf("%s: not supported by this CPU, skipped\n", i ? "avx512" : "avx2"); continue; }
-        test_matmul(ks[i]);
-        test_matmul_quant(ks[i]);
-        test_matmul_quant_large(ks[i]);
-        test_vec(ks[i]);
+    for (size_t i = 0; i < sizeof g_isas / sizeof g_isas[0] && g_isas[i]; i++) {
+        const cpu_kernels *k = cpu_kernels_pick(g_isas[i]);
+        if (!k) { printf("%s: not supported by this CPU, skipped\n", g_isas[i]); continue; }
+        int before = g_checks, failed = g_failures;
+        test_matmul(k);
+        test_matmul_quant(k);
+        test_matmul_quant_large(k);
+        test_vec(k);
+        test_kv_kernels(k);
+        printf("%s: %d checks against scalar, %d failed\n", k->name, g_checks - before, g_failures - failed);
         tested++;
     }
-    CHECK(tested > 0 || !__builtin_cpu_supports("avx2"), "no SIMD kernel was tested on a CPU with AVX2");
+    CHECK(tested > 0 || !MUST_HAVE_SIMD, "no SIMD kernel was tested on a CPU that has one");
     const cpu_kernels *vn = cpu_kernels_pick("avx512vnni");
     if (vn) test_matmul_vnni(vn);
+#if defined(__x86_64__)
     else printf("avx512vnni: not supported by this CPU, skipped\n");
-    CHECK(cpu_kernels_pick("no-such-isa") == NULL, "unknown ISA names are refused");
+#endif
     TEST_DONE();
 }

@@ -2,8 +2,6 @@
  * backend.h):
  *   store      a row written into a slot comes back within scale/2 per
  *              element, group by group, 8 and 4 bits, ring slots reused;
- *   kernels    every SIMD kv_dot / kv_axpy against the scalar reference on
- *              random ragged head dims and groups;
  *   attention  be_attention over a quantized cache, every ISA, 1 and 2
  *              threads, windows and ring wrap-around: equal (to rounding) to
  *              attention over the float cache of the dequantized rows, and
@@ -13,7 +11,9 @@
  *              stated factor, logits differ from float32's by a small
  *              non-zero amount (more at 4 bits), reset and truncate work on
  *              quantized slots, unsupported kv_bits are refused.
- *   usage: test_kv MODEL_DIR...  */
+ *   usage: test_kv MODEL_DIR...
+ * (The kv_dot / kv_axpy kernels of every ISA against the scalar ones are in
+ * tests/test_kernels.c, which also runs for NEON under qemu.) */
 #include <math.h>
 #include <stdlib.h>
 
@@ -124,54 +124,6 @@ static void test_store(backend *be) {
     double fb = (double)kv_row_bytes(&f), qb = (double)kv_row_bytes(&q) + 2.0 * sizeof(float) * (double)kv_sb_row_floats(&q);
     CHECK(q.group == 64 && fb / qb > 3.5, "head dim 128: %.0f -> %.0f bytes a row (%.2fx)", fb, qb, fb / qb);
     CHECK(kv_group(8) == 8 && kv_group(24) == 24 && kv_group(32) == 32 && kv_group(96) == 32 && kv_group(256) == 64, "group sizes");
-}
-
-/* ------------------------------------------------------------ kernels -- */
-
-static void test_kernels(void) {
-    const char *names[] = {"avx2", "avx512"};
-    const cpu_kernels *ref = cpu_kernels_scalar();
-    for (int ki = 0; ki < 2; ki++) {
-        const cpu_kernels *k = cpu_kernels_pick(names[ki]);
-        if (!k) { printf("%s: not on this CPU, skipped\n", names[ki]); continue; }
-        int bad = 0;
-        for (int it = 0; it < 400; it++) {
-            int bits = it % 2 ? 4 : 8, hd = 2 * irand(1, 160);
-            int group = kv_group(hd);
-            if (it % 3 == 1) /* another even divisor of hd */
-                for (int gdiv = irand(1, 6); gdiv > 1; gdiv--)
-                    if (hd % gdiv == 0 && (hd / gdiv) % 2 == 0) { group = hd / gdiv; break; }
-            int ng = hd / group;
-            unsigned char *row = malloc((size_t)hd); /* [hd*bits/8] (hd bytes is enough for both) */
-            float *q = malloc((size_t)hd * sizeof *q), *qsum = calloc((size_t)ng, sizeof *qsum);
-            float *sc = malloc((size_t)ng * sizeof *sc), *bi = malloc((size_t)ng * sizeof *bi);
-            float *y0 = malloc((size_t)hd * sizeof *y0), *y1 = malloc((size_t)hd * sizeof *y1);
-            for (int j = 0; j < hd; j++) {
-                row[j] = (unsigned char)irand(0, 255);
-                q[j] = frand();
-                qsum[j / group] += q[j];
-                y0[j] = y1[j] = frand();
-            }
-            for (int g = 0; g < ng; g++) {
-                sc[g] = (0.01f + fabsf(frand())) / (float)(1 << bits);
-                bi[g] = 2.0f * frand();
-            }
-            int s = kv_slot(bits);
-            float mag = 0, a = frand(); /* sum |q_j * x_j|: the scale of the dot's rounding */
-            for (int j = 0; j < hd; j++) mag += fabsf(q[j] * (sc[j / group] * (float)quant_at(row, bits, j) + bi[j / group]));
-            float want = ref->kv_dot[s](q, qsum, row, sc, bi, hd, group), got = k->kv_dot[s](q, qsum, row, sc, bi, hd, group);
-            if (!(fabsf(got - want) <= 2e-6f * mag + 1e-6f) && bad++ < 5)
-                CHECK(0, "%s kv_dot bits %d hd %d group %d: %.9g vs %.9g", names[ki], bits, hd, group, (double)got, (double)want);
-            ref->kv_axpy[s](y0, a, row, sc, bi, hd, group);
-            k->kv_axpy[s](y1, a, row, sc, bi, hd, group);
-            for (int j = 0; j < hd; j++)
-                if (!(fabsf(y1[j] - y0[j]) <= 1e-6f * (1.0f + fabsf(y0[j]))) && bad++ < 5)
-                    CHECK(0, "%s kv_axpy bits %d hd %d group %d [%d]: %.9g vs %.9g", names[ki], bits, hd, group, j,
-                          (double)y1[j], (double)y0[j]);
-            free(row), free(q), free(qsum), free(sc), free(bi), free(y0), free(y1);
-        }
-        CHECK(bad == 0, "%s: %d kernel mismatches", names[ki], bad);
-    }
 }
 
 /* ---------------------------------------------------------- attention -- */
@@ -399,7 +351,6 @@ int main(int argc, char **argv) {
     CHECK(backend_new(1, "scalar", &be) == MOE_OK, "backend");
     test_store(be);
     backend_free(be);
-    test_kernels();
     test_attention();
     for (int i = 1; i < argc; i++) test_model(argv[i]);
     TEST_DONE();
