@@ -2,7 +2,11 @@
  * is (bytes of weights read per token) / (this number). Each thread sums its
  * slice of a buffer much larger than the caches, repeatedly; the best pass is
  * reported in GB/s (1e9 bytes).   usage: membw [MiB=1024] [threads=all] [passes=5] */
+#if defined(__x86_64__)
 #include <immintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+#endif
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -13,7 +17,9 @@
 
 typedef struct { const float *p; size_t n; double sum; pthread_barrier_t *bar; } job;
 
-__attribute__((target("avx2"))) static double sum_avx2(const float *p, size_t n) {
+/* The sum of p[0..n), n a multiple of 32, in four independent vector sums. */
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) static double sum_simd(const float *p, size_t n) {
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     for (size_t i = 0; i + 32 <= n; i += 32) {
         a0 = _mm256_add_ps(a0, _mm256_load_ps(p + i));
@@ -25,11 +31,30 @@ __attribute__((target("avx2"))) static double sum_avx2(const float *p, size_t n)
     _mm256_storeu_ps(t, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
     return t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
 }
+#elif defined(__aarch64__)
+static double sum_simd(const float *p, size_t n) {
+    float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t i = 0; i + 16 <= n; i += 16) {
+        a0 = vaddq_f32(a0, vld1q_f32(p + i));
+        a1 = vaddq_f32(a1, vld1q_f32(p + i + 4));
+        a2 = vaddq_f32(a2, vld1q_f32(p + i + 8));
+        a3 = vaddq_f32(a3, vld1q_f32(p + i + 12));
+    }
+    return vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
+}
+#else
+static double sum_simd(const float *p, size_t n) {
+    float a[4] = {0, 0, 0, 0};
+    for (size_t i = 0; i < n; i += 4)
+        for (int l = 0; l < 4; l++) a[l] += p[i + l];
+    return a[0] + a[1] + a[2] + a[3];
+}
+#endif
 
 static void *run(void *arg) {
     job *j = arg;
     pthread_barrier_wait(j->bar);
-    j->sum += sum_avx2(j->p, j->n);
+    j->sum += sum_simd(j->p, j->n);
     pthread_barrier_wait(j->bar);
     return NULL;
 }
