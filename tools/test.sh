@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # tools/test.sh — the whole test suite: installs what the build needs, builds
-# with -Wall -Wextra -Werror and runs every test; fuzzes the file parsers
-# briefly (MOE_FUZZ_SECONDS, default 30; 0 skips); then builds and runs every
-# test again under AddressSanitizer + UndefinedBehaviorSanitizer.
+# with -Wall -Wextra -Werror and runs every test; cross-builds the NEON
+# kernels' test for AArch64 and runs it under qemu (tools/test_neon.sh);
+# fuzzes the file parsers briefly (MOE_FUZZ_SECONDS, default 30; 0 skips);
+# then builds and runs every test again under AddressSanitizer +
+# UndefinedBehaviorSanitizer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/deps.sh --test
@@ -12,6 +14,9 @@ echo "== release build and tests"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DCMAKE_C_FLAGS=-Werror >/dev/null
 cmake --build build -j"$jobs"
 ctest --test-dir build --output-on-failure -j"$jobs"
+
+echo "== NEON kernels under qemu-aarch64"
+bash tools/test_neon.sh
 
 secs=${MOE_FUZZ_SECONDS:-30}
 if [ "$secs" != 0 ]; then
