@@ -53,6 +53,30 @@ const char *cli_default_model(void);
  * NULL on a read error or out of memory. */
 char *cli_read_all(FILE *f, size_t *len);
 
+/* The whole file at `path` in a malloc'd, NUL-terminated buffer ([*len]
+ * bytes); NULL, after reporting "<path>: cannot read", when it cannot be. */
+char *cli_read_file(const char *path, size_t *len);
+
+/* A text as moe perplexity and moe profile run it (textwin.c): tokenized
+ * whole without special tokens and cut into windows of at most ctx tokens,
+ * each with BOS in front when the model has one (the tokenizer's, else
+ * config.json's), to be run from an empty cache. */
+typedef struct cli_text {
+    int32_t *ids;      /* [n] the text's tokens */
+    size_t n;
+    int32_t bos;       /* -1: none */
+    size_t per;        /* text tokens per window: ctx - 1 with BOS, else ctx */
+    size_t windows;    /* windows in all: ceil(n / per) */
+    int32_t *window;   /* [ctx] the window cli_text_window last filled */
+} cli_text;
+/* Tokenizes text[len] with the tokenizer of model directory dir (c: that
+ * model's config; ctx >= 2), keeping the first `max` tokens (0: all). 0 on
+ * success; else reports, returns 1 and *t holds nothing to close. */
+int cli_text_open(cli_text *t, const char *text, size_t len, const char *dir, const moe_config *c, int ctx, size_t max);
+/* Fills t->window with window i (< t->windows); returns its length, BOS included. */
+size_t cli_text_window(cli_text *t, size_t i);
+void cli_text_close(cli_text *t);
+
 /* Monotonic clock, seconds. */
 double cli_now(void);
 

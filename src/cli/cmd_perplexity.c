@@ -38,42 +38,35 @@ int cmd_perplexity(int argc, char **argv) {
     }
     if (!file) return cli_fail("perplexity: -f FILE is required (see moe perplexity --help)");
     size_t len = 0;
-    FILE *f = fopen(file, "rb");
-    char *text = f ? cli_read_all(f, &len) : NULL;
-    if (f) fclose(f);
-    if (!text) return cli_fail("%s: cannot read", file);
+    char *text = cli_read_file(file, &len);
+    if (!text) return 1;
     moe_model *m = NULL;
-    moe_tokenizer *tok = NULL;
     moe_seq *s = NULL;
-    int32_t *ids = NULL, *chunk = NULL;
+    cli_text t = {0};
     float *logits = NULL;
-    size_t n = 0;
     int rc = 1;
     moe_status st = MOE_OK;
     if (cli_load(dir, (int)threads, &m)) goto done;
-    if ((st = moe_tokenizer_load(dir, &tok)) || (st = moe_tokenize(tok, text, len, 0, &ids, &n))) goto done;
     const moe_config *c = moe_model_config(m);
+    if (cli_text_open(&t, text, len, dir, c, (int)ctx, 0)) goto done;
     int V = c->vocab_size;
-    int32_t bos = moe_tokenizer_bos(tok) >= 0 ? moe_tokenizer_bos(tok) : c->bos_token_id;
-    size_t per = bos >= 0 ? (size_t)ctx - 1 : (size_t)ctx; /* scored tokens per chunk */
     moe_seq_params qp;
     moe_seq_params_defaults(&qp);
     qp.n_ctx = (int)ctx;
     qp.kv_bits = (int)kv_bits;
-    chunk = malloc((size_t)ctx * sizeof *chunk);
     logits = malloc((size_t)ctx * (size_t)V * sizeof *logits);
-    if (!chunk || !logits) { rc = cli_fail("out of memory"); goto done; }
+    if (!logits) { rc = cli_fail("out of memory"); goto done; }
     if ((st = moe_seq_new(m, &qp, &s))) goto done;
     double nll = 0, t0 = cli_now();
-    size_t scored = 0, n_chunks = 0;
-    for (size_t off = 0; off < n; off += per) {
-        size_t k = n - off < per ? n - off : per, lead = bos >= 0;
-        if (lead) chunk[0] = bos;
-        memcpy(chunk + lead, ids + off, k * sizeof *chunk);
+    size_t scored = 0, evaluated = 0;
+    for (size_t w = 0; w < t.windows; w++) {
+        const int32_t *chunk = t.window;
+        size_t k = cli_text_window(&t, w);
         moe_seq_reset(s);
-        if ((st = moe_seq_eval(s, chunk, k + lead, logits, 1))) goto done;
+        if ((st = moe_seq_eval(s, chunk, k, logits, 1))) goto done;
+        evaluated += k;
         /* position p predicts chunk[p + 1]; without BOS the first token is not scored */
-        for (size_t p = 0; p + 1 < k + lead; p++) {
+        for (size_t p = 0; p + 1 < k; p++) {
             const float *l = logits + p * (size_t)V;
             float mx = l[0];
             for (int j = 1; j < V; j++) mx = l[j] > mx ? l[j] : mx;
@@ -82,23 +75,20 @@ int cmd_perplexity(int argc, char **argv) {
             nll += log(sum) + mx - l[chunk[p + 1]];
             scored++;
         }
-        n_chunks++;
-        fprintf(stderr, "\rchunk %zu of %zu, perplexity so far %.4f", n_chunks, (n + per - 1) / per,
+        fprintf(stderr, "\rchunk %zu of %zu, perplexity so far %.4f", w + 1, t.windows,
                 scored ? exp(nll / (double)scored) : 0.0);
     }
     fprintf(stderr, "\n");
     if (!scored) { rc = cli_fail("perplexity: %s has too few tokens to score", file); goto done; }
     printf("perplexity %.4f over %zu tokens (%zu chunks of up to %lld, %.1f tok/s)\n", exp(nll / (double)scored), scored,
-           n_chunks, ctx, (double)(scored + n_chunks) / (cli_now() - t0));
+           t.windows, ctx, (double)evaluated / (cli_now() - t0));
     rc = 0;
 done:
     if (st) rc = cli_fail_status(st);
     free(text);
-    free(chunk);
     free(logits);
-    moe_free(ids);
+    cli_text_close(&t);
     moe_seq_free(s);
-    moe_tokenizer_free(tok);
     moe_model_free(m);
     return rc;
 }
