@@ -319,6 +319,22 @@ void moe_pack_params_defaults(moe_pack_params *p);
  * own load errors. A failed build leaves any previous pack as it was. */
 moe_status moe_pack(const char *model_dir, const moe_pack_params *p, moe_pack_result *out);
 
+/* ------------------------------------------------------ expert profiles -- */
+
+/* A profile (docs/PROFILE.md) says, per MoE layer, how often the router chose
+ * each expert over a calibration text: a JSON file that `moe profile` writes
+ * and offloading reads to pin each layer's hottest experts in its cache.
+ *
+ * Writes the routing counts m has now (moe_model_expert_counts: reset them,
+ * then run the text) as a profile at `path`, through path.tmp renamed into
+ * place. tokens: the token positions run since the reset (each MoE layer's
+ * counts must sum to tokens x n_experts_per_tok); text_name: what the text
+ * was (a file name, recorded as is; may be NULL). MOE_EINVAL when m has no
+ * MoE layer or its counts do not add up to tokens (not reset, or another
+ * forward pass ran on m), MOE_EIO when the file cannot be written. Call it
+ * when no forward pass is running on m. */
+moe_status moe_profile_write(const moe_model *m, const char *path, int64_t tokens, const char *text_name);
+
 /* ---------------------------------------------------------- synthetic -- */
 
 typedef struct moe_synth_params {

@@ -23,6 +23,7 @@ int cmd_chat(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_perplexity(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
+int cmd_profile(int argc, char **argv);
 int cmd_pack(int argc, char **argv);
 
 /* Prints "moe: <msg>" to stderr and returns 1 (the exit status). */

@@ -20,6 +20,7 @@ static const struct {
     {"bench", cmd_bench, "measure prompt and generation speed"},
     {"quantize", cmd_quantize, "quantize a float model to MLX's 4- or 8-bit layout (as mlx-lm)"},
     {"pack", cmd_pack, "write a MoE model's experts into the pack that offloading reads"},
+    {"profile", cmd_profile, "count how often each expert is chosen over a text (for offloading)"},
     {"synth", cmd_synth, "write a random model of a real model's shapes"},
 };
 
