@@ -11,11 +11,11 @@ out=$root/build-fuzz
 cd "$root"
 
 CC=${CC:-clang} cmake -S . -B "$out" -DMOE_FUZZ=ON -DMOE_TESTS=OFF -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build "$out" -j2 --target fuzz_safetensors fuzz_config fuzz_jinja fuzz_tokenizer fuzz_server fuzz_xstore
+cmake --build "$out" -j2 --target fuzz_safetensors fuzz_config fuzz_jinja fuzz_tokenizer fuzz_server fuzz_xstore fuzz_profile
 
 mkdir -p "$out/crashes"
 pids=()
-names=(safetensors config jinja tokenizer server xstore)
+names=(safetensors config jinja tokenizer server xstore profile)
 # the tokenizer fuzzer also encodes and decodes through the bundled models' tokenizers
 export MOE_FUZZ_TOKENIZERS="$root/models/tiny-mixtral/tokenizer.json:$root/models/tiny-qwen-moe/tokenizer.json"
 # the expert pack fuzzer checks packs against this model
