@@ -39,10 +39,11 @@ static int bench_pack(const char *dir, const char *path) {
     moe_load_params lp;
     moe_load_params_defaults(&lp);
     lp.n_threads = 1;
+    lp.offload = 0; /* it packs the mapped experts itself */
     moe_model *m;
     xstore *x;
     int built;
-    if (moe_model_load(dir, &lp, &m) || xs_open_or_build(m, path, NULL, NULL, &built, &x)) {
+    if (moe_model_load(dir, &lp, &m) || xs_open_or_build(m, path, NULL, NULL, &built, NULL, 0, &x)) {
         fprintf(stderr, "%s\n", moe_errmsg());
         return 1;
     }

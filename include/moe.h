@@ -49,18 +49,102 @@ const char *moe_status_name(moe_status st);
 
 typedef struct moe_model moe_model;
 
+/* Expert offloading (MoE models): instead of mapping every expert, each MoE
+ * layer keeps `capacity` experts resident in a cache fed from an expert
+ * store on disk (one contiguous record per expert, read past the page
+ * cache), so a model larger than memory runs. The store is built on first
+ * use (minutes for a large model; progress through `progress`) in the
+ * model's cache directory and rebuilt when the model changes. */
+typedef enum moe_miss_policy {
+    MOE_MISS_EXACT = 0, /* wait for the read: output identical to a full load */
+    MOE_MISS_SKIP = 1,  /* drop experts not resident (their weights go to the
+                           others where the family renormalises); the shared
+                           expert always runs; the read starts for later tokens */
+} moe_miss_policy;
+
+typedef enum moe_evict_policy {
+    MOE_EVICT_LFU = 0,  /* least frequently used, uses decaying with age (default) */
+    MOE_EVICT_LRU = 1,  /* least recently used */
+} moe_evict_policy;
+
 typedef struct moe_load_params {
-    int n_threads; /* worker threads for the kernels; <= 0: all online cores */
+    int n_threads;        /* worker threads for the kernels; <= 0: all online cores */
+    /* offloading: */
+    int offload;          /* -1 (default): when the model does not fit in available memory,
+                             or when capacity >= 0, expert_mem, profile or skip asks for it;
+                             0: never; 1: always (MoE models) */
+    int capacity;         /* experts resident per MoE layer; -1 (default): from expert_mem,
+                             else from available memory (cgroup limit, MemAvailable) less the
+                             other weights, a 4096-token KV cache and working room;
+                             0: no cache (every use read from disk: the baseline) */
+    int64_t expert_mem;   /* bytes for all layers' resident experts; 0: not set */
+    moe_miss_policy miss;
+    moe_evict_policy evict;
+    int prefetch;         /* 1 (default): while a layer runs, read what the next
+                             MoE layer's router would pick from the current state */
+    int warm;             /* 1 (default): save which experts are resident (and their use
+                             counts) when the model is freed, preload them at the next load */
+    const char *profile;  /* a `moe profile` JSON file: pin each layer's hottest experts
+                             (never evicted, loaded at start); NULL: none */
+    int pin;              /* experts pinned per layer from the profile; -1 (default): half
+                             the capacity (at most capacity - 1) */
+    const char *cache_dir;/* root of expert stores; NULL: $MOE_CACHE_DIR, else
+                             $XDG_CACHE_HOME/moe, else ~/.cache/moe */
+    int io_threads;       /* reader threads; <= 0: 4 */
+    /* building the store and preloading report (what, done, total) in bytes; may be NULL */
+    void (*progress)(void *ctx, const char *what, uint64_t done, uint64_t total);
+    void *progress_ctx;
 } moe_load_params;
 
 void moe_load_params_defaults(moe_load_params *p);
 
 /* Loads the model in directory `dir` (config.json + model.safetensors or the
  * shards listed in model.safetensors.index.json). Weights are memory-mapped,
- * not copied. On success *out owns the model (free with moe_model_free);
+ * not copied; with offloading, experts are read into the expert cache
+ * instead. On success *out owns the model (free with moe_model_free);
  * on failure *out is NULL and nothing is left open. `p` may be NULL. */
 moe_status moe_model_load(const char *dir, const moe_load_params *p, moe_model **out);
+/* Frees the model; with offloading and p->warm, first saves the expert
+ * cache's state for the next load (a failure to save is ignored). */
 void moe_model_free(moe_model *m);
+
+/* How a model was loaded with offloading (all zero without). */
+typedef struct moe_offload_info {
+    int enabled;
+    int capacity;           /* experts resident per MoE layer (0: no cache) */
+    int n_experts;          /* per MoE layer */
+    int pinned;             /* experts pinned per layer */
+    int auto_reason;        /* 1: turned on because the model does not fit in memory */
+    int64_t available_bytes;/* memory available at load */
+    int64_t cache_bytes;    /* all slots of all layers */
+    int64_t store_bytes;    /* the expert store on disk */
+    int built;              /* the store was (re)built by this load */
+    double build_seconds;   /* building it */
+    int64_t preloaded;      /* experts read at load (pinned + warm start) */
+    double preload_seconds;
+    char store_path[4096];
+    char note[256];         /* why the store was rebuilt, or that the warm state was unusable; "" */
+} moe_offload_info;
+void moe_model_offload_info(const moe_model *m, moe_offload_info *out);
+
+/* Expert cache counters of one MoE layer, or of all (layer -1), since the
+ * load or the last reset. Safe to call from any thread. MOE_EINVAL when the
+ * model is not offloaded or the layer is not a MoE layer. */
+typedef struct moe_expert_stats {
+    int64_t hits;            /* experts a batch needed that were resident (or being read ahead) */
+    int64_t misses;          /* experts read on demand (exact) */
+    int64_t skipped;         /* experts dropped (skip): a batch's choices of them ignored */
+    int64_t prefetched;      /* experts read ahead; */
+    int64_t prefetch_used;   /*   of those, used before being evicted */
+    int64_t predicted;       /* next-layer guesses; */
+    int64_t predicted_right; /*   of those, chosen by the router then */
+    int64_t evictions;
+    int64_t reads, bytes_read;
+    double read_seconds;     /* per layer: the reads' own time; total: wall time with a read in flight */
+    int capacity, resident, pinned;
+} moe_expert_stats;
+moe_status moe_model_expert_stats(const moe_model *m, int layer, moe_expert_stats *out);
+void moe_model_reset_expert_stats(moe_model *m);
 
 /* What a model is, as read from its config.json. All fields are plain values;
  * the struct lives as long as the model. */
@@ -305,6 +389,7 @@ typedef struct moe_pack_result {
     int64_t records;      /* experts in it: moe_layers x experts */
     int moe_layers, experts;
     int direct;           /* 1: it is read with O_DIRECT (past the page cache) */
+    char why[256];        /* when built: why ("no expert pack yet", or what was wrong with the old one) */
 } moe_pack_result;
 
 void moe_pack_params_defaults(moe_pack_params *p);

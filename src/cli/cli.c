@@ -1,12 +1,14 @@
 /* cli.c — helpers shared by the subcommands (see cli.h). */
 #include "cli.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -105,6 +107,11 @@ double cli_now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+int64_t cli_peak_rss(void) {
+    struct rusage ru;
+    return getrusage(RUSAGE_SELF, &ru) ? 0 : (int64_t)ru.ru_maxrss * 1024;
+}
+
 void cli_progress(void *state, uint64_t done, uint64_t total) {
     cli_progress_state *p = state;
     double now = cli_now();
@@ -112,7 +119,7 @@ void cli_progress(void *state, uint64_t done, uint64_t total) {
     if (done != total && now - p->last < 0.5) return;
     p->last = now;
     double secs = now - p->start, rate = secs > 0 ? (double)done / secs : 0;
-    fprintf(stderr, "\rwriting: %5.1f%% of %.2f GB", total ? 100.0 * (double)done / (double)total : 100.0, (double)total / 1e9);
+    fprintf(stderr, "\r%s: %5.1f%% of %.2f GB", p->what ? p->what : "writing", total ? 100.0 * (double)done / (double)total : 100.0, (double)total / 1e9);
     if (rate > 0) fprintf(stderr, ", %.0f MB/s, %.0f s %s   ", rate / 1e6, done == total ? secs : (double)(total - done) / rate,
                           done == total ? "in all" : "left");
     if (done == total) fputc('\n', stderr);
@@ -166,4 +173,133 @@ char *cli_read_all(FILE *f, size_t *len) {
     if (buf) buf[n] = 0;
     *len = n;
     return buf;
+}
+
+int cli_size(const char *opt, const char *s, int64_t *out) {
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    int shift = 0;
+    switch (toupper((unsigned char)*end)) {
+    case 'K': shift = 10, end++; break;
+    case 'M': shift = 20, end++; break;
+    case 'G': shift = 30, end++; break;
+    case 'T': shift = 40, end++; break;
+    }
+    if (shift && toupper((unsigned char)*end) == 'I') end++;
+    if (toupper((unsigned char)*end) == 'B') end++;
+    if (errno || end == s || *end || v == 0 || v > (1ull << 50) >> shift || s[0] == '-') {
+        cli_fail("%s: expected a size such as 1048576, 512K, 16M or 12G, got \"%s\"", opt, s);
+        return 1;
+    }
+    *out = (int64_t)(v << shift);
+    return 0;
+}
+
+void cli_model_opts_init(cli_model_opts *o) {
+    memset(o, 0, sizeof *o);
+    moe_load_params_defaults(&o->lp);
+}
+
+void cli_model_help(FILE *f) {
+    fprintf(f, "  -t N                threads (default: all cores)\n"
+               "expert offloading (MoE models; on by itself when the model does not fit in memory):\n"
+               "  --offload           always offload experts (--no-offload: never)\n"
+               "  --capacity N        experts kept in memory per MoE layer; 0: none (each use read from disk)\n"
+               "  --expert-mem SIZE   memory for resident experts, all layers (e.g. 12G); default: what is available\n"
+               "  --miss exact|skip   a missing expert: wait for its read (default), or skip it\n"
+               "  --evict lfu|lru     eviction: least frequently (decayed, default) or least recently used\n"
+               "  --profile FILE      pin each layer's hottest experts from a `moe profile` file\n"
+               "  --pin N             experts pinned per layer (default: half the capacity)\n"
+               "  --no-prefetch       do not read the next layer's likely experts ahead\n"
+               "  --no-warm           do not save / preload the resident experts across runs\n"
+               "  --cache-dir DIR     where expert stores live (default ~/.cache/moe)\n"
+               "  --io-threads N      reader threads (default 4)\n"
+               "  --stats             print the expert cache's hits, misses, reads at the end\n");
+}
+
+int cli_model_opt(cli_model_opts *o, int argc, char **argv, int *i) {
+    const char *a = argv[*i], *v;
+    long long ll;
+    moe_load_params *p = &o->lp;
+#define VAL()                                          \
+    do {                                               \
+        if (!(v = cli_value(argc, argv, i))) return -1; \
+    } while (0)
+    if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { VAL(); if (cli_int(a, v, 0, 4096, &ll)) return -1; p->n_threads = (int)ll; }
+    else if (!strcmp(a, "--offload")) p->offload = 1;
+    else if (!strcmp(a, "--no-offload")) p->offload = 0;
+    else if (!strcmp(a, "--capacity")) { VAL(); if (cli_int(a, v, 0, 1 << 20, &ll)) return -1; p->capacity = (int)ll; }
+    else if (!strcmp(a, "--expert-mem")) { VAL(); if (cli_size(a, v, &p->expert_mem)) return -1; }
+    else if (!strcmp(a, "--miss")) {
+        VAL();
+        if (!strcmp(v, "exact")) p->miss = MOE_MISS_EXACT;
+        else if (!strcmp(v, "skip")) p->miss = MOE_MISS_SKIP;
+        else { cli_fail("--miss: expected exact or skip, got \"%s\"", v); return -1; }
+    } else if (!strcmp(a, "--evict")) {
+        VAL();
+        if (!strcmp(v, "lfu")) p->evict = MOE_EVICT_LFU;
+        else if (!strcmp(v, "lru")) p->evict = MOE_EVICT_LRU;
+        else { cli_fail("--evict: expected lfu or lru, got \"%s\"", v); return -1; }
+    } else if (!strcmp(a, "--profile")) { VAL(); p->profile = v; }
+    else if (!strcmp(a, "--pin")) { VAL(); if (cli_int(a, v, 0, 1 << 20, &ll)) return -1; p->pin = (int)ll; }
+    else if (!strcmp(a, "--no-prefetch")) p->prefetch = 0;
+    else if (!strcmp(a, "--no-warm")) p->warm = 0;
+    else if (!strcmp(a, "--cache-dir")) { VAL(); p->cache_dir = v; }
+    else if (!strcmp(a, "--io-threads")) { VAL(); if (cli_int(a, v, 1, 256, &ll)) return -1; p->io_threads = (int)ll; }
+    else if (!strcmp(a, "--stats")) o->stats = 1;
+    else return 0;
+#undef VAL
+    return 1;
+}
+
+static void load_progress(void *ctx, const char *what, uint64_t done, uint64_t total) {
+    cli_model_opts *o = ctx;
+    if (o->prog.what != what) o->prog = (cli_progress_state){.what = what};
+    cli_progress(&o->prog, done, total);
+}
+
+int cli_load_model(const char *dir, cli_model_opts *o, moe_model **out) {
+    o->lp.progress = load_progress;
+    o->lp.progress_ctx = o;
+    moe_status st = moe_model_load(dir, &o->lp, out);
+    if (st) return cli_fail_status(st);
+    moe_offload_info in;
+    moe_model_offload_info(*out, &in);
+    if (!in.enabled) return 0;
+    if (*in.note) fprintf(stderr, "offload: %s%s\n", in.built ? "built the expert store: " : "", in.note);
+    fprintf(stderr, "offload: %d of %d experts per MoE layer in memory (%.2f GB of slots", in.capacity, in.n_experts,
+            (double)in.cache_bytes / 1e9);
+    if (in.pinned) fprintf(stderr, ", %d pinned", in.pinned);
+    fprintf(stderr, "); store %s (%.2f GB%s)", in.store_path, (double)in.store_bytes / 1e9, in.built ? ", built now" : "");
+    if (in.preloaded) fprintf(stderr, "; %lld experts preloaded in %.2f s", (long long)in.preloaded, in.preload_seconds);
+    if (in.auto_reason)
+        fprintf(stderr, "; on because the model does not fit in the %.2f GB available", (double)in.available_bytes / 1e9);
+    fputc('\n', stderr);
+    return 0;
+}
+
+static void stats_line(FILE *f, const char *name, const moe_expert_stats *k) {
+    int64_t used = k->hits + k->misses + k->skipped;
+    fprintf(f, "%-6s %9lld %9lld %9lld %6.1f%% %9lld %6.1f%% %10.1f %8.0f\n", name, (long long)k->hits, (long long)k->misses,
+            (long long)k->skipped, used ? 100.0 * (double)k->hits / (double)used : 0.0, (long long)k->prefetched,
+            k->predicted ? 100.0 * (double)k->predicted_right / (double)k->predicted : 0.0, (double)k->bytes_read / 1e6,
+            k->read_seconds > 0 ? (double)k->bytes_read / 1e6 / k->read_seconds : 0.0);
+}
+
+void cli_model_report(const moe_model *m, const cli_model_opts *o, FILE *f) {
+    moe_expert_stats k;
+    if (!o->stats || !m || moe_model_expert_stats(m, -1, &k)) return;
+    const moe_config *c = moe_model_config(m);
+    fprintf(f, "expert cache: %s misses, %s eviction\n", o->lp.miss == MOE_MISS_SKIP ? "skip" : "exact",
+            o->lp.evict == MOE_EVICT_LRU ? "LRU" : "LFU");
+    fprintf(f, "%-6s %9s %9s %9s %7s %9s %7s %10s %8s\n", "layer", "hits", "misses", "skipped", "hit", "prefetch",
+            "guess", "read MB", "MB/s");
+    for (int l = 0; l < c->n_layers; l++) {
+        moe_expert_stats kl;
+        char name[16];
+        snprintf(name, sizeof name, "%d", l);
+        if (!moe_model_expert_stats(m, l, &kl)) stats_line(f, name, &kl);
+    }
+    stats_line(f, "total", &k);
 }

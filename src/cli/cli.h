@@ -80,14 +80,39 @@ void cli_text_close(cli_text *t);
 
 /* Monotonic clock, seconds. */
 double cli_now(void);
+/* Peak resident memory of this process, bytes. */
+int64_t cli_peak_rss(void);
 
 /* A progress line on stderr for long writes ("writing: 42.0% of 3.84 GB,
  * 210 MB/s, 12 s left"), redrawn at most every half second: pass as a
  * progress callback with a cli_progress_state zeroed before the work. */
-typedef struct cli_progress_state { double start, last; } cli_progress_state;
+typedef struct cli_progress_state { double start, last; const char *what; /* NULL: "writing" */ } cli_progress_state;
 void cli_progress(void *state, uint64_t done, uint64_t total);
 
 /* Loads a model with n_threads (0 = all cores), reporting errors. */
 int cli_load(const char *dir, int n_threads, moe_model **out);
+
+/* The options of the model itself, the same in every command that runs
+ * one: threads and expert offloading (--capacity, --expert-mem, --miss, ...),
+ * and --stats. */
+typedef struct cli_model_opts {
+    moe_load_params lp;
+    int stats;                 /* print the expert cache's counters at the end */
+    cli_progress_state prog;
+} cli_model_opts;
+void cli_model_opts_init(cli_model_opts *o);
+/* In an option loop: 1 when argv[*i] is a model option (consumed with its
+ * value, *i advanced), 0 when it is not, -1 after reporting a bad value. */
+int cli_model_opt(cli_model_opts *o, int argc, char **argv, int *i);
+/* The help lines of those options. */
+void cli_model_help(FILE *f);
+/* Loads dir with o: progress while the expert store is built or experts
+ * preloaded, then a line saying how the model is offloaded, if it is. */
+int cli_load_model(const char *dir, cli_model_opts *o, moe_model **out);
+/* With --stats and an offloaded model: the expert cache's counters per
+ * layer and in total, on f. */
+void cli_model_report(const moe_model *m, const cli_model_opts *o, FILE *f);
+/* "12G", "512M", "16MiB", "1048576": bytes (K/M/G/T are powers of 1024); 0 on success. */
+int cli_size(const char *opt, const char *s, int64_t *out);
 
 #endif

@@ -27,9 +27,9 @@ static void help(FILE *f) {
                "  --ctx N           context size (default 4096)\n"
                "  --kv-bits N       KV cache: 32 = float32 (default), 8 or 4 bits a value\n"
                "  --temp T, --top-k K, --top-p P, --min-p P, --repeat-penalty R, --seed S   sampling, as in generate\n"
-               "  -t N              threads (default: all cores)\n"
                "Type a message and press Enter. Ctrl-C stops an answer; Ctrl-D ends the chat.\n",
             MOE_DEFAULT_MODEL);
+    cli_model_help(f);
 }
 
 /* Reads one line from stdin into *buf; 0 at end of input, -1 when interrupted. */
@@ -223,19 +223,23 @@ static moe_status answer(chat *c) {
 
 int cmd_chat(int argc, char **argv) {
     const char *dir = cli_default_model(), *system = NULL, *v;
-    long long threads = 0, ctx = 4096, max_answer = 1024, kv_bits = 0, ll;
+    cli_model_opts mo;
+    cli_model_opts_init(&mo);
+    long long ctx = 4096, max_answer = 1024, kv_bits = 0, ll;
     double d;
     moe_sampler_params sp;
     moe_sampler_params_defaults(&sp);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        int mr = cli_model_opt(&mo, argc, argv, &i);
+        if (mr < 0) return 1;
+        if (mr) continue;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { help(stdout); return 0; }
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { CLI_VALUE(); dir = v; }
         else if (!strcmp(a, "--system")) { CLI_VALUE(); system = v; }
         else if (!strcmp(a, "-n")) { CLI_VALUE(); if (cli_int(a, v, 1, 1 << 30, &max_answer)) return 1; }
         else if (!strcmp(a, "--ctx")) { CLI_VALUE(); if (cli_int(a, v, 16, 1 << 30, &ctx)) return 1; }
         else if (!strcmp(a, "--kv-bits")) { CLI_VALUE(); if (cli_int(a, v, 0, 64, &kv_bits)) return 1; }
-        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { CLI_VALUE(); if (cli_int(a, v, 0, 4096, &threads)) return 1; }
         else if (!strcmp(a, "--temp")) { CLI_VALUE(); if (cli_float(a, v, 0, 100, &d)) return 1; sp.temperature = (float)d; }
         else if (!strcmp(a, "--top-k")) { CLI_VALUE(); if (cli_int(a, v, 0, 1 << 30, &ll)) return 1; sp.top_k = (int)ll; }
         else if (!strcmp(a, "--top-p")) { CLI_VALUE(); if (cli_float(a, v, 1e-6, 1, &d)) return 1; sp.top_p = (float)d; }
@@ -247,7 +251,7 @@ int cmd_chat(int argc, char **argv) {
     chat c = {.max_answer = max_answer, .messages = json_array()};
     int rc = 1;
     moe_status st;
-    if (cli_load(dir, (int)threads, &c.m)) goto done;
+    if (cli_load_model(dir, &mo, &c.m)) goto done;
     moe_seq_params qp;
     moe_seq_params_defaults(&qp);
     qp.n_ctx = (int)ctx;
@@ -302,6 +306,7 @@ done:
     moe_sampler_free(c.smp);
     moe_seq_free(c.seq);
     moe_tokenizer_free(c.tok);
+    cli_model_report(c.m, &mo, stderr);
     moe_model_free(c.m);
     return rc;
 }

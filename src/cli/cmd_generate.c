@@ -24,16 +24,17 @@ static void help(FILE *f) {
                "  --seed S            random seed (default 0); same seed, same output\n"
                "  --ignore-eos        do not stop at end-of-sequence tokens\n"
                "  --ctx N             context size (default: prompt + n)\n"
-               "  --kv-bits N         KV cache: 32 = float32 (default), 8 or 4 bits a value\n"
-               "  -t N                threads (default: all cores)\n",
+               "  --kv-bits N         KV cache: 32 = float32 (default), 8 or 4 bits a value\n",
             MOE_DEFAULT_MODEL);
+    cli_model_help(f);
 }
 
 typedef struct gen_opts {
     const char *dir, *toks, *prompt;
     const char *stops[MAX_STOPS];
     size_t n_stops;
-    long long n_gen, threads, ctx, kv_bits;
+    long long n_gen, ctx, kv_bits;
+    cli_model_opts mo;
     int ignore_eos;
     moe_sampler_params sp;
 } gen_opts;
@@ -44,6 +45,9 @@ static int parse(int argc, char **argv, gen_opts *o) {
     double d;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        int mr = cli_model_opt(&o->mo, argc, argv, &i);
+        if (mr < 0) return 1;
+        if (mr) continue;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { help(stdout); return -1; }
         else if (!strcmp(a, "--ignore-eos")) o->ignore_eos = 1;
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { CLI_VALUE(); o->dir = v; }
@@ -56,7 +60,6 @@ static int parse(int argc, char **argv, gen_opts *o) {
             o->stops[o->n_stops++] = v;
         }
         else if (!strcmp(a, "-n")) { CLI_VALUE(); if (cli_int(a, v, 0, 1 << 30, &o->n_gen)) return 1; }
-        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { CLI_VALUE(); if (cli_int(a, v, 0, 4096, &o->threads)) return 1; }
         else if (!strcmp(a, "--ctx")) { CLI_VALUE(); if (cli_int(a, v, 1, 1 << 30, &o->ctx)) return 1; }
         else if (!strcmp(a, "--kv-bits")) { CLI_VALUE(); if (cli_int(a, v, 0, 64, &o->kv_bits)) return 1; }
         else if (!strcmp(a, "--temp")) { CLI_VALUE(); if (cli_float(a, v, 0, 100, &d)) return 1; o->sp.temperature = (float)d; }
@@ -85,6 +88,7 @@ static int show(moe_stop *stop, const char *text, size_t len) {
 int cmd_generate(int argc, char **argv) {
     gen_opts o = {.dir = cli_default_model(), .n_gen = 64};
     moe_sampler_params_defaults(&o.sp);
+    cli_model_opts_init(&o.mo);
     int rc = parse(argc, argv, &o);
     if (rc) return rc < 0 ? 0 : rc;
 
@@ -99,7 +103,7 @@ int cmd_generate(int argc, char **argv) {
     rc = 1;
     moe_status st = MOE_OK;
     if (o.toks && cli_parse_tokens(o.toks, &tokens, &n)) return 1;
-    if (cli_load(o.dir, (int)o.threads, &m)) goto done;
+    if (cli_load_model(o.dir, &o.mo, &m)) goto done;
     const moe_config *c = moe_model_config(m);
     int32_t eos[9];
     int n_eos = 0;
@@ -171,6 +175,7 @@ done:
     moe_sampler_free(smp);
     moe_seq_free(s);
     moe_tokenizer_free(tok);
+    cli_model_report(m, &o.mo, stderr);
     moe_model_free(m);
     return rc;
 }

@@ -7,22 +7,27 @@
 #include "cli.h"
 
 static void help(FILE *f) {
-    fprintf(f, "usage: moe logits [-m DIR] --tokens 1,2,3 [-o FILE] [--all] [--kv-bits N] [-t N]\n"
+    fprintf(f, "usage: moe logits [-m DIR] --tokens 1,2,3 [-o FILE] [--all] [--kv-bits N] [model options]\n"
                "  -m DIR        model directory (default %s)\n"
                "  --tokens IDS  comma-separated token ids\n"
                "  -o FILE       write here instead of stdout\n"
                "  --all         every position's logits [n x vocab], not just the last\n"
-               "  --kv-bits N   KV cache: 32 = float32 (default), 8 or 4 bits a value\n"
-               "  -t N          threads (default: all cores)\n",
+               "  --kv-bits N   KV cache: 32 = float32 (default), 8 or 4 bits a value\n",
             MOE_DEFAULT_MODEL);
+    cli_model_help(f);
 }
 
 int cmd_logits(int argc, char **argv) {
     const char *dir = cli_default_model(), *out = NULL, *toks = NULL, *v;
     int all = 0;
-    long long threads = 0, kv_bits = 0;
+    long long kv_bits = 0;
+    cli_model_opts mo;
+    cli_model_opts_init(&mo);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        int mr = cli_model_opt(&mo, argc, argv, &i);
+        if (mr < 0) return 1;
+        if (mr) continue;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { help(stdout); return 0; }
         else if (!strcmp(a, "--all")) all = 1;
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { if (!(v = cli_value(argc, argv, &i))) return 1; dir = v; }
@@ -30,8 +35,6 @@ int cmd_logits(int argc, char **argv) {
         else if (!strcmp(a, "--tokens")) { if (!(v = cli_value(argc, argv, &i))) return 1; toks = v; }
         else if (!strcmp(a, "--kv-bits")) {
             if (!(v = cli_value(argc, argv, &i)) || cli_int(a, v, 0, 64, &kv_bits)) return 1;
-        } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
-            if (!(v = cli_value(argc, argv, &i)) || cli_int(a, v, 0, 4096, &threads)) return 1;
         } else return cli_fail("logits: unknown option %s (moe logits --help lists them)", a);
     }
     if (!toks) return cli_fail("logits: --tokens is required (see moe logits --help)");
@@ -42,7 +45,7 @@ int cmd_logits(int argc, char **argv) {
     moe_seq *s = NULL;
     float *logits = NULL;
     int rc = 1;
-    if (cli_load(dir, (int)threads, &m)) goto done;
+    if (cli_load_model(dir, &mo, &m)) goto done;
     const moe_config *c = moe_model_config(m);
     moe_seq_params sp;
     moe_seq_params_defaults(&sp);
@@ -65,6 +68,7 @@ done:
     free(logits);
     free(tokens);
     moe_seq_free(s);
+    cli_model_report(m, &mo, stderr);
     moe_model_free(m);
     return rc;
 }

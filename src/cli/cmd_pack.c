@@ -36,7 +36,7 @@ int cmd_pack(int argc, char **argv) {
         else return cli_fail("pack: unknown option %s (moe pack --help lists them)", a);
     }
     if (!dir) return cli_fail("pack: -m is required (see moe pack --help)");
-    cli_progress_state ps = {0, 0};
+    cli_progress_state ps = {0};
     p.progress = cli_progress;
     p.progress_ctx = &ps;
     moe_pack_result r;
@@ -44,6 +44,7 @@ int cmd_pack(int argc, char **argv) {
     moe_status st = moe_pack(dir, &p, &r);
     if (st) return cli_fail_status(st);
     double secs = cli_now() - t0;
+    if (r.built && r.why[0]) fprintf(stderr, "moe: %s; %s\n", r.why, strstr(r.why, "no expert pack") ? "built it" : "rebuilt it");
     printf("%s\n", r.path);
     printf("%s: %.2f MB, %lld records (%d MoE layers x %d experts), %s reads",
            r.built ? "written" : "up to date", (double)r.bytes / 1e6, (long long)r.records, r.moe_layers, r.experts,

@@ -12,28 +12,32 @@
 #include "cli.h"
 
 static void help(FILE *f) {
-    fprintf(f, "usage: moe perplexity [-m DIR] -f FILE [--ctx N] [--kv-bits N] [-t N]\n"
+    fprintf(f, "usage: moe perplexity [-m DIR] -f FILE [--ctx N] [--kv-bits N] [model options]\n"
                "  -m DIR    model directory (default %s)\n"
                "  -f FILE   text to score\n"
                "  --ctx N   tokens per chunk including BOS (default 512)\n"
                "  --kv-bits N  KV cache: 32 = float32 (default), 8 or 4 bits a value\n"
-               "  -t N      threads (default: all cores)\n"
                "The text is tokenized without special tokens and cut into chunks of N-1 tokens;\n"
                "each chunk gets BOS in front and all its tokens are scored.\n",
             MOE_DEFAULT_MODEL);
+    cli_model_help(f);
 }
 
 int cmd_perplexity(int argc, char **argv) {
     const char *dir = cli_default_model(), *file = NULL, *v;
-    long long ctx = 512, threads = 0, kv_bits = 0;
+    long long ctx = 512, kv_bits = 0;
+    cli_model_opts mo;
+    cli_model_opts_init(&mo);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        int mr = cli_model_opt(&mo, argc, argv, &i);
+        if (mr < 0) return 1;
+        if (mr) continue;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { help(stdout); return 0; }
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { CLI_VALUE(); dir = v; }
         else if (!strcmp(a, "-f")) { CLI_VALUE(); file = v; }
         else if (!strcmp(a, "--ctx")) { CLI_VALUE(); if (cli_int(a, v, 2, 1 << 20, &ctx)) return 1; }
         else if (!strcmp(a, "--kv-bits")) { CLI_VALUE(); if (cli_int(a, v, 0, 64, &kv_bits)) return 1; }
-        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { CLI_VALUE(); if (cli_int(a, v, 0, 4096, &threads)) return 1; }
         else return cli_fail("perplexity: unknown option %s (moe perplexity --help lists them)", a);
     }
     if (!file) return cli_fail("perplexity: -f FILE is required (see moe perplexity --help)");
@@ -46,7 +50,7 @@ int cmd_perplexity(int argc, char **argv) {
     float *logits = NULL;
     int rc = 1;
     moe_status st = MOE_OK;
-    if (cli_load(dir, (int)threads, &m)) goto done;
+    if (cli_load_model(dir, &mo, &m)) goto done;
     const moe_config *c = moe_model_config(m);
     if (cli_text_open(&t, text, len, dir, c, (int)ctx, 0)) goto done;
     int V = c->vocab_size;
@@ -89,6 +93,7 @@ done:
     free(logits);
     cli_text_close(&t);
     moe_seq_free(s);
+    cli_model_report(m, &mo, stderr);
     moe_model_free(m);
     return rc;
 }

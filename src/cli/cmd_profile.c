@@ -10,7 +10,7 @@
 #include "cli.h"
 
 static void help(FILE *f) {
-    fprintf(f, "usage: moe profile [-m DIR] -f TEXT -o FILE [--ctx N] [--max-tokens N] [-t N]\n"
+    fprintf(f, "usage: moe profile [-m DIR] -f TEXT -o FILE [--ctx N] [--max-tokens N] [model options]\n"
                "  Runs TEXT through a MoE model and writes, per MoE layer, how often the router\n"
                "  chose each expert: a profile (docs/PROFILE.md), from which offloading pins each\n"
                "  layer's hottest experts in memory (--profile FILE).\n"
@@ -19,10 +19,10 @@ static void help(FILE *f) {
                "  -o FILE         the profile to write (JSON)\n"
                "  --ctx N         tokens per window including BOS (default 512)\n"
                "  --max-tokens N  only the first N tokens of the text (default: all of it)\n"
-               "  -t N            threads (default: all cores)\n"
                "The text is tokenized without special tokens and cut into windows of N-1 tokens,\n"
                "each run with BOS in front from an empty cache; every position counts, BOS included.\n",
             MOE_DEFAULT_MODEL);
+    cli_model_help(f);
 }
 
 static int cmp_desc(const void *a, const void *b) {
@@ -88,16 +88,20 @@ static moe_status run_text(moe_seq *s, cli_text *t, int64_t *tokens) {
 
 int cmd_profile(int argc, char **argv) {
     const char *dir = cli_default_model(), *file = NULL, *out = NULL, *v;
-    long long ctx = 512, threads = 0, max = 0;
+    long long ctx = 512, max = 0;
+    cli_model_opts mo;
+    cli_model_opts_init(&mo);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        int mr = cli_model_opt(&mo, argc, argv, &i);
+        if (mr < 0) return 1;
+        if (mr) continue;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { help(stdout); return 0; }
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { CLI_VALUE(); dir = v; }
         else if (!strcmp(a, "-f")) { CLI_VALUE(); file = v; }
         else if (!strcmp(a, "-o")) { CLI_VALUE(); out = v; }
         else if (!strcmp(a, "--ctx")) { CLI_VALUE(); if (cli_int(a, v, 2, 1 << 20, &ctx)) return 1; }
         else if (!strcmp(a, "--max-tokens")) { CLI_VALUE(); if (cli_int(a, v, 1, (long long)1 << 40, &max)) return 1; }
-        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { CLI_VALUE(); if (cli_int(a, v, 0, 4096, &threads)) return 1; }
         else return cli_fail("profile: unknown option %s (moe profile --help lists them)", a);
     }
     if (!file || !out) return cli_fail("profile: -f TEXT and -o FILE are required (see moe profile --help)");
@@ -109,7 +113,7 @@ int cmd_profile(int argc, char **argv) {
     cli_text t = {0};
     int rc = 1;
     moe_status st = MOE_OK;
-    if (cli_load(dir, (int)threads, &m)) goto done;
+    if (cli_load_model(dir, &mo, &m)) goto done;
     const moe_config *c = moe_model_config(m);
     if (c->n_moe_layers < 1) {
         rc = cli_fail("profile: %s is a dense %s model: it has no experts to profile", dir, c->model_type);
@@ -137,6 +141,7 @@ done:
     free(text);
     cli_text_close(&t);
     moe_seq_free(s);
+    cli_model_report(m, &mo, stderr);
     moe_model_free(m);
     return rc;
 }

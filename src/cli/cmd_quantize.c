@@ -33,7 +33,7 @@ int cmd_quantize(int argc, char **argv) {
         else return cli_fail("quantize: unknown option %s (moe quantize --help lists them)", a);
     }
     if (!in || !out) return cli_fail("quantize: -m and -o are required (see moe quantize --help)");
-    cli_progress_state ps = {0, 0};
+    cli_progress_state ps = {0};
     p.progress = cli_progress;
     p.progress_ctx = &ps;
     double t0 = cli_now();

@@ -25,30 +25,13 @@ static void help(FILE *f) {
                "  --parallel N      requests served at once, each in its own KV cache (default 2); more wait in a queue\n"
                "  --kv-bits N       KV cache storage: 32 = float32 (default), 8 or 4 = quantized\n"
                "  --max-body SIZE   largest request body, bytes with an optional K, M or G (default 16M)\n"
-               "  -t N              threads (default: all cores)\n"
                "Endpoints: POST /v1/chat/completions, /v1/completions, /v1/messages, /v1/messages/count_tokens;\n"
                "GET /v1/models, /health, /metrics.\n",
             MOE_DEFAULT_MODEL);
+    cli_model_help(f);
 }
 
 /* "16M" -> bytes; 0 on success. */
-static int parse_size(const char *opt, const char *s, size_t *out) {
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    int shift = 0;
-    switch (toupper((unsigned char)*end)) {
-    case 'K': shift = 10, end++; break;
-    case 'M': shift = 20, end++; break;
-    case 'G': shift = 30, end++; break;
-    }
-    if (toupper((unsigned char)*end) == 'B' || toupper((unsigned char)*end) == 'I') end++;
-    if (errno || end == s || *end || v == 0 || v > (1ull << 40) >> shift || s[0] == '-')
-        return cli_fail("%s: expected a size such as 1048576, 512K or 16M, got \"%s\"", opt, s);
-    *out = (size_t)(v << shift);
-    return 0;
-}
-
 /* The last component of a directory path ("models/tiny-mixtral/" -> "tiny-mixtral"). */
 static void dir_name(const char *dir, char *out, size_t cap) {
     size_t n = strlen(dir);
@@ -61,12 +44,18 @@ static void dir_name(const char *dir, char *out, size_t cap) {
 
 int cmd_serve(int argc, char **argv) {
     const char *dir = cli_default_model(), *v;
-    long long threads = 0, ll;
+    long long ll;
+    int64_t size;
+    cli_model_opts mo;
+    cli_model_opts_init(&mo);
     char name[256] = {0};
     srv_params sp = {.host = "127.0.0.1", .port = 8080, .api_key = getenv("MOE_API_KEY"), .n_parallel = 2,
                      .max_body = 16u << 20};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        int mr = cli_model_opt(&mo, argc, argv, &i);
+        if (mr < 0) return 1;
+        if (mr) continue;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { help(stdout); return 0; }
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { CLI_VALUE(); dir = v; }
         else if (!strcmp(a, "--host")) { CLI_VALUE(); sp.host = v; }
@@ -76,8 +65,7 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "--ctx")) { CLI_VALUE(); if (cli_int(a, v, 16, 1 << 24, &ll)) return 1; sp.n_ctx = (int)ll; }
         else if (!strcmp(a, "--parallel")) { CLI_VALUE(); if (cli_int(a, v, 1, 256, &ll)) return 1; sp.n_parallel = (int)ll; }
         else if (!strcmp(a, "--kv-bits")) { CLI_VALUE(); if (cli_int(a, v, 0, 64, &ll)) return 1; sp.kv_bits = (int)ll; }
-        else if (!strcmp(a, "--max-body")) { CLI_VALUE(); if (parse_size(a, v, &sp.max_body)) return 1; }
-        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { CLI_VALUE(); if (cli_int(a, v, 0, 4096, &threads)) return 1; }
+        else if (!strcmp(a, "--max-body")) { CLI_VALUE(); if (cli_size(a, v, &size)) return 1; sp.max_body = (size_t)size; }
         else return cli_fail("serve: unknown option %s (moe serve --help lists them)", a);
     }
     if (!name[0]) dir_name(dir, name, sizeof name);
@@ -98,7 +86,7 @@ int cmd_serve(int argc, char **argv) {
     char err[512];
     int rc = 1;
     moe_status st;
-    if (cli_load(dir, (int)threads, &m)) goto done;
+    if (cli_load_model(dir, &mo, &m)) goto done;
     if ((st = moe_tokenizer_load(dir, &tok))) {
         rc = cli_fail_status(st);
         goto done;
@@ -124,6 +112,7 @@ int cmd_serve(int argc, char **argv) {
 done:
     srv_stop(s);
     moe_tokenizer_free(tok);
+    cli_model_report(m, &mo, stderr);
     moe_model_free(m);
     return rc;
 }

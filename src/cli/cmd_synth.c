@@ -43,7 +43,7 @@ int cmd_synth(int argc, char **argv) {
         else return cli_fail("synth: unknown option %s (moe synth --help lists them)", a);
     }
     if (!p.like || !out) return cli_fail("synth: --like and -o are required (see moe synth --help)");
-    cli_progress_state ps = {0, 0};
+    cli_progress_state ps = {0};
     p.progress = cli_progress;
     p.progress_ctx = &ps;
     moe_status st = moe_synth(&p, out);

@@ -137,8 +137,16 @@ moe_status moe_seq_new(moe_model *m, const moe_seq_params *p, moe_seq **out) {
         ALLOC(s->router, nb * c->n_experts);
         ALLOC(s->sel, nb * c->n_experts_per_tok);
         ALLOC(s->selw, nb * c->n_experts_per_tok);
-        ALLOC(s->etok, nb);
+        int64_t E = c->n_experts, K = c->n_experts_per_tok;
         ALLOC(s->ew, nb);
+        ALLOC(s->yk, nb * K * H);
+        ALLOC(s->need, E);
+        ALLOC(s->eidx, E);
+        ALLOC(s->grp_off, E + 1);
+        ALLOC(s->grp_cur, E);
+        ALLOC(s->grp_tk, nb * K);
+        ALLOC(s->skipped, E);
+        ALLOC(s->dropped, nb * K);
     }
     *out = s;
     return MOE_OK;
@@ -157,7 +165,8 @@ void moe_seq_free(moe_seq *s) {
         }
     free(s->cache);
     void *bufs[] = {s->history, s->x, s->h, s->q, s->att, s->k, s->v, s->ga, s->moe_acc, s->xe, s->ye,
-                    s->router, s->sel, s->selw, s->etok, s->ew, s->att_scratch, s->positions, s->logits,
+                    s->router, s->sel, s->selw, s->ew, s->yk, s->need, s->eidx, s->grp_off,
+                    s->grp_cur, s->grp_tk, s->skipped, s->dropped, s->att_scratch, s->positions, s->logits,
                     s->batch_logits, s->batch_tokens};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     free(s);

@@ -30,8 +30,15 @@ struct moe_seq {
     float *router;            /* [nb x E] router logits -> probabilities */
     int *sel;                 /* [nb x top_k] chosen experts */
     float *selw;              /* [nb x top_k] their weights */
-    int *etok;                /* [nb] tokens routed to the current expert */
-    float *ew;                /* [nb] and their weights */
+    float *ew;                /* [nb] shared-expert gate logits */
+    float *yk;                /* [nb x top_k x H] each choice's expert output */
+    int *need;                /* [E] the batch's distinct experts (also prefetch guesses) */
+    int *eidx;                /* [E] expert -> index in need, -1 */
+    int64_t *grp_off;         /* [E + 1] need[i]'s choices at grp_tk[grp_off[i]..grp_off[i+1]) */
+    int *grp_cur;             /* [E] cursor while grouping; votes while prefetching */
+    int64_t *grp_tk;          /* [nb x top_k] choices t*K + k grouped by expert */
+    unsigned char *skipped;   /* [E] need[i] dropped by the skip policy */
+    unsigned char *dropped;   /* [nb x top_k] choice dropped */
     float *att_scratch;       /* [threads x (max cap + hd)] */
     int64_t *positions;       /* [nb] */
     float *logits;            /* [V] the last position's logits */

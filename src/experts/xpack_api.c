@@ -83,7 +83,7 @@ static moe_status pack_model(const moe_model *m, const char *path, const moe_pac
         st = stat(path, &s) != 0 ? moe_err(MOE_EFORMAT, "%s: no expert pack yet (moe pack builds it)", path)
                                  : xs_open(m, path, &x);
     } else {
-        st = xs_open_or_build(m, path, p->progress, p->progress_ctx, &out->built, &x);
+        st = xs_open_or_build(m, path, p->progress, p->progress_ctx, &out->built, out->why, sizeof out->why, &x);
     }
     if (!st && p->check) st = check_all(x, m, p->n_threads);
     struct stat s;
@@ -104,6 +104,7 @@ moe_status moe_pack(const char *model_dir, const moe_pack_params *p, moe_pack_re
     moe_load_params lp;
     moe_load_params_defaults(&lp);
     lp.n_threads = 1; /* nothing is computed */
+    lp.offload = 0;   /* the experts are read from the model's own files */
     moe_model *m;
     moe_status st = moe_model_load(model_dir, &lp, &m);
     if (st) return st;

@@ -843,16 +843,16 @@ moe_status xs_open(const moe_model *m, const char *path, xstore **out) {
 }
 
 moe_status xs_open_or_build(const moe_model *m, const char *path, void (*progress)(void *, uint64_t, uint64_t),
-                            void *ctx, int *built, xstore **out) {
+                            void *ctx, int *built, char *why, size_t why_cap, xstore **out) {
     if (built) *built = 0;
+    if (why && why_cap) *why = 0;
     *out = NULL;
     struct stat s;
     int exists = stat(path, &s) == 0;
     moe_status st = exists ? xs_open(m, path, out) : MOE_EFORMAT;
     if (st == MOE_OK) return MOE_OK;
     if (st != MOE_EFORMAT) return st; /* unreadable: rebuilding would not help */
-    if (exists) fprintf(stderr, "moe: %s; rebuilding it\n", moe_errmsg());
-    else fprintf(stderr, "moe: %s: no expert pack yet; building it\n", path);
+    if (why && why_cap) snprintf(why, why_cap, "%s", exists ? moe_errmsg() : "no expert pack yet");
     if ((st = xs_build(m, path, progress, ctx))) return st;
     if (built) *built = 1;
     return xs_open(m, path, out);
@@ -891,9 +891,16 @@ moe_status xs_read(xstore *x, int l, int e, void *buf) {
         return moe_err(MOE_EIO, "%s: layer %d expert %d: short read (%zu of %llu bytes at offset %llu)", x->path, l, e,
                        got, (unsigned long long)r->bytes, (unsigned long long)r->offset);
     }
-    if (xs_checksum(buf, r->bytes) != r->checksum)
-        return moe_err(MOE_EFORMAT, "%s: layer %d expert %d: checksum mismatch (record at offset %llu, %llu bytes)",
-                       x->path, l, e, (unsigned long long)r->offset, (unsigned long long)r->bytes);
+    if (xs_checksum(buf, r->bytes) != r->checksum) {
+        /* never used again: the next load finds no pack and builds a new one
+         * (only if the path still names the file read here) */
+        struct stat a, b;
+        int gone = fstat(x->fd, &a) == 0 && stat(x->path, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino &&
+                   unlink(x->path) == 0;
+        return moe_err(MOE_EFORMAT, "%s: layer %d expert %d: checksum mismatch (record at offset %llu, %llu bytes)%s", x->path,
+                       l, e, (unsigned long long)r->offset, (unsigned long long)r->bytes,
+                       gone ? "; the pack is removed and will be rebuilt at the next load" : "");
+    }
     return MOE_OK;
 }
 

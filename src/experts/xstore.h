@@ -76,10 +76,10 @@ moe_status xs_build(const moe_model *m, const char *path, void (*progress)(void 
 moe_status xs_open(const moe_model *m, const char *path, xstore **out);
 
 /* xs_open, and when the pack is missing or fails its checks, xs_build then
- * xs_open again. *built says whether it was (re)built (may be NULL). A
- * message on stderr says why a pack is rebuilt. */
+ * xs_open again. *built says whether it was (re)built and why[why_cap] why
+ * (both may be NULL). */
 moe_status xs_open_or_build(const moe_model *m, const char *path, void (*progress)(void *, uint64_t, uint64_t), void *ctx,
-                            int *built, xstore **out);
+                            int *built, char *why, size_t why_cap, xstore **out);
 void xs_close(xstore *x);
 
 /* The record of expert e of layer l (a MoE layer; NULL otherwise). */
@@ -96,8 +96,9 @@ int xs_direct(const xstore *x);
 /* Reads expert e of layer l into buf (XS_ALIGN-aligned, at least
  * xs_slot_bytes(x, l) bytes) and verifies its checksum. MOE_EIO on a read
  * error or a short read (a pack truncated after it was opened), MOE_EFORMAT
- * when the checksum does not match; the message names the pack, layer and
- * expert. Thread-safe. */
+ * when the checksum does not match (the pack file is then removed, so the
+ * next load rebuilds it); the message names the pack, layer and expert.
+ * Thread-safe. */
 moe_status xs_read(xstore *x, int l, int e, void *buf);
 
 /* Points *out's three weights at the parts of record r held in buf (what

@@ -435,10 +435,17 @@ static moe_status load(moe_model *m, const moe_load_params *p) {
     count_params(m);
     if (c->n_experts > 0 && !(m->route_counts = calloc((size_t)c->n_layers * (size_t)c->n_experts, sizeof *m->route_counts)))
         return moe_err(MOE_ENOMEM, "out of memory");
-    return backend_new(p ? p->n_threads : 0, NULL, &m->be);
+    return backend_new(p->n_threads, NULL, &m->be);
 }
 
-void moe_load_params_defaults(moe_load_params *p) { memset(p, 0, sizeof *p); }
+void moe_load_params_defaults(moe_load_params *p) {
+    memset(p, 0, sizeof *p);
+    p->offload = -1;
+    p->capacity = -1;
+    p->prefetch = 1;
+    p->warm = 1;
+    p->pin = -1;
+}
 
 moe_status moe_model_load(const char *dir, const moe_load_params *p, moe_model **out) {
     *out = NULL;
@@ -451,7 +458,10 @@ moe_status moe_model_load(const char *dir, const moe_load_params *p, moe_model *
         return moe_err(MOE_EINVAL, "model path too long");
     }
     strcpy(m->dir, dir);
-    moe_status st = load(m, p);
+    moe_load_params dp;
+    if (!p) moe_load_params_defaults(&dp);
+    moe_status st = load(m, p ? p : &dp);
+    if (!st) st = offload_setup(m, p ? p : &dp);
     if (st) {
         moe_model_free(m);
         return st;
@@ -462,6 +472,7 @@ moe_status moe_model_load(const char *dir, const moe_load_params *p, moe_model *
 
 void moe_model_free(moe_model *m) {
     if (!m) return;
+    offload_teardown(m);
     backend_free(m->be);
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);

@@ -45,9 +45,19 @@ struct moe_model {
     void **owned;                  /* float32 copies of small vectors, freed with the model */
     int n_owned, cap_owned;
     backend *be;
+    /* expert offloading (experts/offload.c), all NULL / 0 without: */
+    struct xstore *xs;             /* the expert store on disk */
+    struct xcache *xc;             /* the per-layer expert cache the forward pass reads experts from */
+    int prefetch, warm;
+    moe_offload_info off;
     pthread_mutex_t lock;
     char dir[4096];
 };
+
+/* Offloading at load (after the weights are bound) and at free: decides,
+ * opens or builds the store, sizes and fills the cache (experts/offload.c). */
+moe_status offload_setup(moe_model *m, const moe_load_params *p);
+void offload_teardown(moe_model *m);
 
 /* The forward pass: runs tokens[n] at positions pos0.. through the model,
  * reading and extending the caches of `s`. logits: [n x V] when all, else

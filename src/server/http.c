@@ -33,6 +33,7 @@ struct srv {
     size_t max_body;
     int port;
     prompt_env env;
+    const moe_model *model;
     metrics met;
     sched *sch;
     struct MHD_Daemon *d;
@@ -284,6 +285,7 @@ static enum MHD_Result get(srv *s, struct MHD_Connection *c, met_route route, co
         metrics_request(&s->met, route, 200); /* counted before, so it shows itself */
         sbuf o = {0};
         metrics_render(&s->met, &o);
+        metrics_render_experts(s->model, &o);
         if (o.oom) {
             sbuf_free(&o);
             return MHD_NO;
@@ -412,6 +414,7 @@ moe_status srv_start(moe_model *m, const moe_tokenizer *tok, const srv_params *p
     s->api_key = p->api_key && p->api_key[0] ? strdup(p->api_key) : NULL;
     s->model_name = strdup(p->model_name ? p->model_name : "moe");
     s->max_body = p->max_body;
+    s->model = m;
     moe_seq_params qp;
     moe_seq_params_defaults(&qp);
     qp.n_ctx = p->n_ctx;

@@ -1,6 +1,8 @@
 /* metrics.c — counters and their Prometheus text exposition (see metrics.h). */
 #include "metrics.h"
 
+#include <stddef.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -141,4 +143,39 @@ void metrics_render(metrics *m, sbuf *o) {
     sbuf_printf(o, "process_resident_memory_bytes %lld\n", (long long)rss_bytes());
     metric(o, "moe_uptime_seconds", "gauge", "seconds since the server started");
     sbuf_printf(o, "moe_uptime_seconds %.3f\n", mono() - s.start);
+}
+
+void metrics_render_experts(const moe_model *model, sbuf *o) {
+    moe_expert_stats t;
+    if (moe_model_expert_stats(model, -1, &t) != MOE_OK) return;
+    const moe_config *c = moe_model_config(model);
+    static const struct {
+        const char *name, *help;
+        size_t off;
+    } k[] = {
+        {"moe_expert_hits_total", "experts a batch needed that were in memory (or being read ahead)", offsetof(moe_expert_stats, hits)},
+        {"moe_expert_misses_total", "experts read from the expert store when needed", offsetof(moe_expert_stats, misses)},
+        {"moe_expert_skipped_total", "experts dropped by the skip miss policy", offsetof(moe_expert_stats, skipped)},
+        {"moe_expert_prefetched_total", "experts read ahead for the next layer", offsetof(moe_expert_stats, prefetched)},
+        {"moe_expert_prefetch_used_total", "experts read ahead and then used", offsetof(moe_expert_stats, prefetch_used)},
+        {"moe_expert_predicted_total", "next-layer expert guesses", offsetof(moe_expert_stats, predicted)},
+        {"moe_expert_predicted_right_total", "next-layer guesses the router then chose", offsetof(moe_expert_stats, predicted_right)},
+        {"moe_expert_evictions_total", "experts evicted from the cache", offsetof(moe_expert_stats, evictions)},
+        {"moe_expert_read_bytes_total", "bytes read from the expert store", offsetof(moe_expert_stats, bytes_read)},
+    };
+    for (size_t i = 0; i < sizeof k / sizeof *k; i++) {
+        metric(o, k[i].name, "counter", k[i].help);
+        for (int l = 0; l < c->n_layers; l++) {
+            moe_expert_stats s;
+            if (moe_model_expert_stats(model, l, &s) == MOE_OK)
+                sbuf_printf(o, "%s{layer=\"%d\"} %lld\n", k[i].name, l, (long long)*(const int64_t *)((const char *)&s + k[i].off));
+        }
+        sbuf_printf(o, "%s{layer=\"all\"} %lld\n", k[i].name, (long long)*(const int64_t *)((const char *)&t + k[i].off));
+    }
+    metric(o, "moe_expert_read_seconds_total", "counter", "wall time with at least one expert read in flight");
+    sbuf_printf(o, "moe_expert_read_seconds_total %.6f\n", t.read_seconds);
+    metric(o, "moe_expert_resident", "gauge", "experts in memory, all MoE layers");
+    sbuf_printf(o, "moe_expert_resident %d\n", t.resident);
+    metric(o, "moe_expert_capacity", "gauge", "expert cache slots, all MoE layers");
+    sbuf_printf(o, "moe_expert_capacity %d\n", t.capacity);
 }

@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdint.h>
 
+#include "moe.h"
 #include "sse.h"
 
 typedef enum met_route {
@@ -50,5 +51,8 @@ void metrics_slot(metrics *m, int slot, int busy, int64_t tokens);
 
 /* Appends the Prometheus text exposition of everything. */
 void metrics_render(metrics *m, sbuf *out);
+/* Appends the expert cache's counters of an offloaded model (nothing when
+ * model is not offloaded): per MoE layer and in total. */
+void metrics_render_experts(const moe_model *model, sbuf *out);
 
 #endif

@@ -39,7 +39,7 @@ expect(force 0 "written: .*check: ok")
 # a corrupt header: moe pack says why and rebuilds it
 execute_process(COMMAND ${TOOL} flip ${pack} 130)
 run(rebuild pack -m ${MODEL} -o ${OUT})
-expect(rebuild 0 "corrupt header \\(checksum mismatch\\); rebuilding it")
+expect(rebuild 0 "corrupt header \\(checksum mismatch\\); rebuilt it")
 expect(rebuild 0 "written: ")
 
 run(dense pack -m ${DENSE} -o ${OUT})

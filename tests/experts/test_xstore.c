@@ -320,7 +320,7 @@ static int test_pack(const char *dir, const char *model) {
 static void expect_rebuild(const moe_model *m, const char *path, int want_built, const char *why) {
     xstore *x = NULL;
     int built = -1;
-    moe_status st = xs_open_or_build(m, path, NULL, NULL, &built, &x);
+    moe_status st = xs_open_or_build(m, path, NULL, NULL, &built, NULL, 0, &x);
     CHECK(st == MOE_OK && built == want_built, "%s: xs_open_or_build: %s, built %d (expected %d)", why,
           moe_errmsg(), built, want_built);
     if (x) verify_all(m, x);
@@ -375,7 +375,7 @@ static int test_stale(const char *dir, const char *model) {
     snprintf(gone, sizeof gone, "%s.gone", shard);
     CHECK(rename(shard, gone) == 0, "rename %s", shard);
     int built = -1;
-    EXPECT(xs_open_or_build(m, path, NULL, NULL, &built, &x), MOE_EIO, "cannot stat");
+    EXPECT(xs_open_or_build(m, path, NULL, NULL, &built, NULL, 0, &x), MOE_EIO, "cannot stat");
     CHECK(built == 0, "rebuilt without its model");
     CHECK(rename(gone, shard) == 0, "rename back %s", shard);
     moe_model_free(m);
@@ -563,7 +563,7 @@ static int test_corrupt(const char *dir, const char *model) {
     write_file(tmp, c2, n);
     int built = -1;
     x = NULL;
-    CHECK(xs_open_or_build(m, tmp, NULL, NULL, &built, &x) == MOE_OK && built == 1, "rebuild corrupt: %s",
+    CHECK(xs_open_or_build(m, tmp, NULL, NULL, &built, NULL, 0, &x) == MOE_OK && built == 1, "rebuild corrupt: %s",
           moe_errmsg());
     if (x) verify_all(m, x);
     xs_close(x);

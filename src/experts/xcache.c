@@ -1,0 +1,610 @@
+/* xcache.c — the per-layer expert cache (see xcache.h for the contract).
+ *
+ * Each MoE layer has n_slots slots of xs_slot_bytes(layer) bytes, carved
+ * from one anonymous mapping that is only touched when a read fills it, so
+ * resident memory grows with the cache's contents and never beyond it.
+ * `where[e]` maps an expert to its slot. A slot is EMPTY, LOADING (an I/O
+ * thread is reading into it: nobody else touches its bytes), READY (its
+ * weights are bound) or FAILED (the read's error kept for whoever wants it).
+ *
+ * The batch protocol keeps one state per needed expert: WAIT (no slot yet),
+ * SLOT (a slot assigned, loading or ready), OUT (handed to the forward
+ * pass), DONE, SKIP. A slot holding a batch's expert has refs > 0 and is not
+ * evictable; WAIT entries get slots as earlier experts are released, so a
+ * batch needs no more slots than the cache has and reads each expert once.
+ *
+ * One mutex guards everything; I/O threads drop it while they read.
+ */
+#include "xcache.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+
+#include "../base/err.h"
+
+enum { SL_EMPTY, SL_LOADING, SL_READY, SL_FAILED };
+enum { B_WAIT, B_SLOT, B_OUT, B_DONE, B_SKIP };
+
+#define XC_DECAY 0.99 /* LFU: a use's weight after one more pass of the layer */
+
+typedef struct slot {
+    unsigned char *buf;       /* [slot_bytes], XS_ALIGN-aligned */
+    int expert;               /* -1 when empty */
+    int state;                /* SL_* */
+    int refs;                 /* held by the current batch */
+    int pinned, prefetched;   /* prefetched: read ahead, not used yet */
+    expert w;                 /* bound weights when READY */
+    moe_status err;           /* when FAILED */
+    char msg[256];
+} slot;
+
+typedef struct xlayer {
+    int n_slots;
+    slot *slots;              /* [n_slots] */
+    unsigned char *mem;       /* the slots' mapping */
+    size_t mem_bytes;
+    int *where;               /* [E] slot of expert e, -1 */
+    double *score;            /* [E] LFU: decayed uses as of pass stamp[e] */
+    uint64_t *stamp;          /* [E] pass of the last use (LRU: the order) */
+    unsigned char *guess;     /* [E] named by the last xc_prefetch */
+    uint64_t pass;            /* xc_begin calls on this layer */
+    int n_need;               /* the current batch: */
+    int *need, *bslot;        /* [E] expert; its slot or -1 */
+    unsigned char *bstate;    /* [E] B_* */
+    xc_counters cnt;
+} xlayer;
+
+typedef struct job { int l, s; } job;
+
+struct xcache {
+    const moe_model *m;
+    xstore *x;
+    xc_params p;
+    int E, n_layers;
+    xlayer *L;                /* [n_layers]; n_slots 0 for dense layers */
+    pthread_mutex_t mu;
+    pthread_cond_t cv_done, cv_work;
+    job *q;                   /* ring of reads to do */
+    int qcap, qhead, qlen;
+    pthread_t *io;
+    int n_io, stop;
+    int inflight;             /* reads in progress */
+    double busy_since, busy_seconds;
+    moe_status bg_err;        /* a failed read nobody waited for (skip policy) */
+    char bg_msg[256];
+};
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ------------------------------------------------------------ I/O side -- */
+
+static void *io_main(void *arg) {
+    xcache *c = arg;
+    pthread_mutex_lock(&c->mu);
+    for (;;) {
+        while (!c->qlen && !c->stop) pthread_cond_wait(&c->cv_work, &c->mu);
+        if (!c->qlen) break;
+        job j = c->q[c->qhead];
+        c->qhead = (c->qhead + 1) % c->qcap;
+        c->qlen--;
+        xlayer *L = &c->L[j.l];
+        slot *sl = &L->slots[j.s];
+        int e = sl->expert;
+        if (c->inflight++ == 0) c->busy_since = now_s();
+        pthread_mutex_unlock(&c->mu);
+
+        double t0 = now_s();
+        moe_status st = xs_read(c->x, j.l, e, sl->buf);
+        double dt = now_s() - t0;
+        char msg[256] = "";
+        if (st) snprintf(msg, sizeof msg, "%s", moe_errmsg());
+
+        pthread_mutex_lock(&c->mu);
+        if (--c->inflight == 0) c->busy_seconds += now_s() - c->busy_since;
+        L->cnt.reads++;
+        L->cnt.read_seconds += dt;
+        if (st) {
+            sl->state = SL_FAILED;
+            sl->err = st;
+            memcpy(sl->msg, msg, sizeof msg);
+            if (!sl->refs && !c->bg_err) { /* a read ahead: under skip, nobody would wait for it */
+                c->bg_err = st;
+                memcpy(c->bg_msg, msg, sizeof msg);
+            }
+        } else {
+            L->cnt.bytes_read += (int64_t)xs_record_of(c->x, j.l, e)->bytes;
+            xs_bind(xs_record_of(c->x, j.l, e), sl->buf, &sl->w);
+            sl->state = SL_READY;
+        }
+        pthread_cond_broadcast(&c->cv_done);
+    }
+    pthread_mutex_unlock(&c->mu);
+    return NULL;
+}
+
+/* ------------------------------------------------------ slot bookkeeping -- */
+
+/* Expert e's value for eviction: higher stays. */
+static double value(const xcache *c, const xlayer *L, int e) {
+    if (c->p.lru) return (double)L->stamp[e];
+    return L->score[e] * pow(XC_DECAY, (double)(L->pass - L->stamp[e]));
+}
+
+static void touch(const xcache *c, xlayer *L, int e) {
+    L->score[e] = c->p.lru ? 0 : value(c, L, e) + 1.0;
+    L->stamp[e] = L->pass;
+}
+
+/* The slot to fill next: an empty (or failed) one, else the least valuable
+ * evictable one; -1 when every slot is in use, being read, pinned or holds
+ * an expert the last prefetch named (when spare_guess). */
+static int victim(const xcache *c, const xlayer *L, int spare_guess) {
+    int best = -1;
+    double bv = 0;
+    for (int s = 0; s < L->n_slots; s++) {
+        const slot *sl = &L->slots[s];
+        if (sl->state == SL_EMPTY || (sl->state == SL_FAILED && !sl->refs)) return s;
+        if (sl->refs || sl->pinned || sl->state == SL_LOADING) continue;
+        if (spare_guess && L->guess[sl->expert]) continue;
+        double v = value(c, L, sl->expert);
+        if (best < 0 || v < bv) best = s, bv = v;
+    }
+    return best;
+}
+
+/* Starts reading expert e of layer l into slot s (evicting what it held). */
+static void start_read(xcache *c, int l, int s, int e) {
+    xlayer *L = &c->L[l];
+    slot *sl = &L->slots[s];
+    if (sl->expert >= 0) {
+        if (sl->state == SL_READY) L->cnt.evictions++;
+        L->where[sl->expert] = -1;
+    }
+    sl->expert = e;
+    sl->state = SL_LOADING;
+    sl->prefetched = 0;
+    L->where[e] = s;
+    c->q[(c->qhead + c->qlen) % c->qcap] = (job){l, s};
+    c->qlen++;
+    pthread_cond_signal(&c->cv_work);
+}
+
+/* Gives slots to the batch's waiting experts, in order, while any is free. */
+static void assign_waiting(xcache *c, int l) {
+    xlayer *L = &c->L[l];
+    for (int i = 0; i < L->n_need; i++) {
+        if (L->bstate[i] != B_WAIT) continue;
+        int s = victim(c, L, 0);
+        if (s < 0) return;
+        start_read(c, l, s, L->need[i]);
+        L->slots[s].refs++;
+        L->bslot[i] = s;
+        L->bstate[i] = B_SLOT;
+    }
+}
+
+/* Forgets a failed slot so its expert is read again when next wanted. */
+static void clear_failed(xlayer *L, slot *sl) {
+    if (sl->expert >= 0) L->where[sl->expert] = -1;
+    sl->expert = -1;
+    sl->state = SL_EMPTY;
+}
+
+/* ------------------------------------------------------- compute side -- */
+
+moe_status xc_begin(xcache *c, int l, const int *need, int n, unsigned char *skipped) {
+    if (l < 0 || l >= c->n_layers || !c->L[l].n_slots || n < 0 || n > c->E)
+        return moe_err(MOE_EINVAL, "expert cache: bad batch (layer %d, %d experts)", l, n);
+    xlayer *L = &c->L[l];
+    pthread_mutex_lock(&c->mu);
+    if (c->p.skip && c->bg_err) {
+        moe_status st = c->bg_err;
+        c->bg_err = MOE_OK;
+        pthread_mutex_unlock(&c->mu);
+        return moe_err(st, "%s", c->bg_msg);
+    }
+    L->pass++;
+    L->n_need = n;
+    /* first the experts already here (or on their way), so that placing the
+     * misses cannot evict one of them */
+    for (int i = 0; i < n; i++) {
+        int e = need[i], s = L->where[e];
+        L->need[i] = e;
+        L->bslot[i] = -1;
+        L->bstate[i] = B_WAIT;
+        if (skipped) skipped[i] = 0;
+        touch(c, L, e);
+        if (L->guess[e]) {
+            L->cnt.predicted_right++;
+            L->guess[e] = 0;
+        }
+        if (s < 0) continue;
+        slot *sl = &L->slots[s];
+        if (sl->state == SL_FAILED) {
+            clear_failed(L, sl);
+            continue;
+        }
+        if (c->p.skip && sl->state != SL_READY) continue; /* on its way, but not here now */
+        L->cnt.hits++;
+        if (sl->prefetched) {
+            L->cnt.prefetch_used++;
+            sl->prefetched = 0;
+        }
+        sl->refs++;
+        L->bslot[i] = s;
+        L->bstate[i] = B_SLOT;
+    }
+    for (int i = 0; i < n; i++) {
+        if (L->bstate[i] != B_WAIT) continue;
+        if (!c->p.skip) {
+            L->cnt.misses++;
+            continue;
+        }
+        L->cnt.skipped++;
+        L->bstate[i] = B_SKIP;
+        if (skipped) skipped[i] = 1;
+        int s;
+        if (L->where[need[i]] < 0 && (s = victim(c, L, 0)) >= 0) start_read(c, l, s, need[i]); /* for later batches */
+    }
+    memset(L->guess, 0, (size_t)c->E);
+    assign_waiting(c, l);
+    pthread_mutex_unlock(&c->mu);
+    return MOE_OK;
+}
+
+static void abort_locked(xcache *c, int l) {
+    xlayer *L = &c->L[l];
+    for (int i = 0; i < L->n_need; i++) {
+        if ((L->bstate[i] == B_SLOT || L->bstate[i] == B_OUT) && L->bslot[i] >= 0) L->slots[L->bslot[i]].refs--;
+        L->bstate[i] = B_DONE;
+    }
+    L->n_need = 0;
+}
+
+moe_status xc_next(xcache *c, int l, int *i, const expert **w) {
+    xlayer *L = &c->L[l];
+    *i = -1;
+    *w = NULL;
+    pthread_mutex_lock(&c->mu);
+    for (;;) {
+        assign_waiting(c, l);
+        int left = 0;
+        for (int k = 0; k < L->n_need; k++) {
+            if (L->bstate[k] == B_WAIT) left = 1;
+            if (L->bstate[k] != B_SLOT) continue;
+            slot *sl = &L->slots[L->bslot[k]];
+            if (sl->state == SL_READY) {
+                L->bstate[k] = B_OUT;
+                *i = k;
+                *w = &sl->w;
+                pthread_mutex_unlock(&c->mu);
+                return MOE_OK;
+            }
+            if (sl->state == SL_FAILED) {
+                moe_status st = sl->err;
+                char msg[256];
+                memcpy(msg, sl->msg, sizeof msg);
+                abort_locked(c, l);
+                clear_failed(L, sl);
+                pthread_mutex_unlock(&c->mu);
+                return moe_err(st, "%s", msg);
+            }
+            left = 1;
+        }
+        if (!left) break;
+        pthread_cond_wait(&c->cv_done, &c->mu);
+    }
+    L->n_need = 0;
+    pthread_mutex_unlock(&c->mu);
+    return MOE_OK;
+}
+
+void xc_release(xcache *c, int l, int i) {
+    xlayer *L = &c->L[l];
+    pthread_mutex_lock(&c->mu);
+    if (i >= 0 && i < L->n_need && L->bstate[i] == B_OUT) {
+        slot *sl = &L->slots[L->bslot[i]];
+        sl->refs--;
+        L->bstate[i] = B_DONE;
+        if (c->p.capacity == 0 && !sl->refs) { /* no cache: the slot only stages */
+            L->where[sl->expert] = -1;
+            sl->expert = -1;
+            sl->state = SL_EMPTY;
+        }
+        assign_waiting(c, l);
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
+void xc_abort(xcache *c, int l) {
+    pthread_mutex_lock(&c->mu);
+    abort_locked(c, l);
+    pthread_mutex_unlock(&c->mu);
+}
+
+void xc_prefetch(xcache *c, int l, const int *experts, int n) {
+    if (l < 0 || l >= c->n_layers || !c->L[l].n_slots || c->p.capacity == 0) return;
+    xlayer *L = &c->L[l];
+    pthread_mutex_lock(&c->mu);
+    memset(L->guess, 0, (size_t)c->E);
+    for (int i = 0; i < n; i++)
+        if (experts[i] >= 0 && experts[i] < c->E && !L->guess[experts[i]]) {
+            L->guess[experts[i]] = 1;
+            L->cnt.predicted++;
+        }
+    for (int i = 0; i < n; i++) {
+        int e = experts[i], s;
+        if (e < 0 || e >= c->E || L->where[e] >= 0) continue;
+        if ((s = victim(c, L, 1)) < 0) break;
+        start_read(c, l, s, e);
+        L->slots[s].prefetched = 1;
+        L->cnt.prefetched++;
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* Waits until layer l's slots of experts[0..n) are no longer loading; the
+ * first failure's error. Called with the lock held. */
+static moe_status wait_loaded(xcache *c, int l, const int *experts, int n) {
+    xlayer *L = &c->L[l];
+    for (;;) {
+        int loading = 0;
+        for (int i = 0; i < n; i++) {
+            int s = L->where[experts[i]];
+            if (s < 0) continue;
+            slot *sl = &L->slots[s];
+            if (sl->state == SL_LOADING) loading = 1;
+            if (sl->state == SL_FAILED) {
+                moe_status st = sl->err;
+                char msg[256];
+                memcpy(msg, sl->msg, sizeof msg);
+                clear_failed(L, sl);
+                return moe_err(st, "%s", msg);
+            }
+        }
+        if (!loading) return MOE_OK;
+        pthread_cond_wait(&c->cv_done, &c->mu);
+    }
+}
+
+moe_status xc_pin(xcache *c, int l, const int *experts, int n) {
+    if (l < 0 || l >= c->n_layers || !c->L[l].n_slots) return moe_err(MOE_EINVAL, "expert cache: layer %d has no experts", l);
+    xlayer *L = &c->L[l];
+    pthread_mutex_lock(&c->mu);
+    int pinned = 0;
+    for (int s = 0; s < L->n_slots; s++) pinned += L->slots[s].pinned;
+    moe_status st = MOE_OK;
+    if (c->p.capacity == 0 || pinned + n > L->n_slots - 1) {
+        st = moe_err(MOE_EINVAL, "expert cache: cannot pin %d experts in layer %d (%d slots, %d pinned; one must stay free)", n,
+                     l, c->p.capacity, pinned);
+        goto out;
+    }
+    for (int i = 0; i < n; i++) {
+        int e = experts[i], s = e >= 0 && e < c->E ? L->where[e] : -2;
+        if (s == -2) {
+            st = moe_err(MOE_EINVAL, "expert cache: no expert %d in layer %d", e, l);
+            goto out;
+        }
+        if (s < 0 && (s = victim(c, L, 0)) >= 0) start_read(c, l, s, e);
+        if (s >= 0) L->slots[s].pinned = 1;
+    }
+    st = wait_loaded(c, l, experts, n);
+out:
+    pthread_mutex_unlock(&c->mu);
+    return st;
+}
+
+void xc_preload(xcache *c, int l, const int *experts, const double *scores, int n) {
+    if (l < 0 || l >= c->n_layers || !c->L[l].n_slots || c->p.capacity == 0) return;
+    xlayer *L = &c->L[l];
+    pthread_mutex_lock(&c->mu);
+    for (int i = 0, k = 0; i < n; i++) {
+        int e = experts[i];
+        if (e < 0 || e >= c->E || L->where[e] >= 0) continue;
+        while (k < L->n_slots && L->slots[k].state != SL_EMPTY) k++;
+        if (k == L->n_slots) break;
+        start_read(c, l, k, e);
+        if (scores && scores[i] >= 0) L->score[e] = scores[i];
+        L->stamp[e] = L->pass;
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
+moe_status xc_wait_idle(xcache *c) {
+    pthread_mutex_lock(&c->mu);
+    while (c->qlen || c->inflight) pthread_cond_wait(&c->cv_done, &c->mu);
+    moe_status st = MOE_OK;
+    char msg[256] = "";
+    for (int l = 0; l < c->n_layers && !st; l++)
+        for (int s = 0; s < c->L[l].n_slots; s++) {
+            slot *sl = &c->L[l].slots[s];
+            if (sl->state != SL_FAILED || sl->refs) continue;
+            if (!st) {
+                st = sl->err;
+                memcpy(msg, sl->msg, sizeof msg);
+            }
+            clear_failed(&c->L[l], sl);
+        }
+    c->bg_err = MOE_OK;
+    pthread_mutex_unlock(&c->mu);
+    return st ? moe_err(st, "%s", msg) : MOE_OK;
+}
+
+/* ---------------------------------------------------------- statistics -- */
+
+static void add(xc_counters *t, const xc_counters *a) {
+    t->hits += a->hits;
+    t->misses += a->misses;
+    t->skipped += a->skipped;
+    t->prefetched += a->prefetched;
+    t->prefetch_used += a->prefetch_used;
+    t->predicted += a->predicted;
+    t->predicted_right += a->predicted_right;
+    t->evictions += a->evictions;
+    t->reads += a->reads;
+    t->bytes_read += a->bytes_read;
+    t->read_seconds += a->read_seconds;
+    t->capacity += a->capacity;
+    t->resident += a->resident;
+    t->pinned += a->pinned;
+}
+
+static void layer_stats(const xcache *c, int l, xc_counters *out) {
+    const xlayer *L = &c->L[l];
+    *out = L->cnt;
+    out->capacity = c->p.capacity ? L->n_slots : 0;
+    out->resident = out->pinned = 0;
+    for (int s = 0; s < L->n_slots; s++) {
+        out->resident += L->slots[s].state == SL_READY;
+        out->pinned += L->slots[s].pinned;
+    }
+}
+
+void xc_stats(xcache *c, int l, xc_counters *out) {
+    memset(out, 0, sizeof *out);
+    pthread_mutex_lock(&c->mu);
+    if (l >= 0 && l < c->n_layers) {
+        layer_stats(c, l, out);
+    } else if (l < 0) {
+        for (int k = 0; k < c->n_layers; k++) {
+            xc_counters one;
+            layer_stats(c, k, &one);
+            add(out, &one);
+        }
+        /* the layers' reads overlap: the total's time is the wall time with any read in flight */
+        out->read_seconds = c->busy_seconds + (c->inflight ? now_s() - c->busy_since : 0);
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
+void xc_reset_stats(xcache *c) {
+    pthread_mutex_lock(&c->mu);
+    for (int l = 0; l < c->n_layers; l++) memset(&c->L[l].cnt, 0, sizeof c->L[l].cnt);
+    c->busy_seconds = 0;
+    if (c->inflight) c->busy_since = now_s();
+    pthread_mutex_unlock(&c->mu);
+}
+
+int xc_resident(xcache *c, int l, int *experts, double *scores) {
+    if (l < 0 || l >= c->n_layers) return 0;
+    const xlayer *L = &c->L[l];
+    int n = 0;
+    pthread_mutex_lock(&c->mu);
+    for (int s = 0; s < L->n_slots; s++)
+        if (L->slots[s].state == SL_READY) experts[n++] = L->slots[s].expert;
+    for (int i = 1; i < n; i++) /* insertion sort, most valuable first */
+        for (int j = i; j > 0 && value(c, L, experts[j]) > value(c, L, experts[j - 1]); j--) {
+            int t = experts[j];
+            experts[j] = experts[j - 1];
+            experts[j - 1] = t;
+        }
+    for (int i = 0; i < n; i++) scores[i] = value(c, L, experts[i]);
+    pthread_mutex_unlock(&c->mu);
+    return n;
+}
+
+uint64_t xc_bytes(const xcache *c) {
+    uint64_t b = 0;
+    for (int l = 0; l < c->n_layers; l++) b += c->L[l].mem_bytes;
+    return b;
+}
+
+/* ---------------------------------------------------------- lifetime -- */
+
+moe_status xc_new(const moe_model *m, xstore *x, const xc_params *p, xcache **out) {
+    *out = NULL;
+    const moe_config *mc = &m->cfg.pub;
+    if (p->capacity < 0 || p->io_threads < 1) return moe_err(MOE_EINVAL, "expert cache: capacity %d, %d I/O threads", p->capacity, p->io_threads);
+    xcache *c = calloc(1, sizeof *c);
+    if (!c) return moe_err(MOE_ENOMEM, "out of memory");
+    c->m = m;
+    c->x = x;
+    c->p = *p;
+    c->E = mc->n_experts;
+    c->n_layers = mc->n_layers;
+    if (c->p.capacity > c->E) c->p.capacity = c->E;
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv_done, NULL);
+    pthread_cond_init(&c->cv_work, NULL);
+    moe_status st = MOE_OK;
+    if (!(c->L = calloc((size_t)c->n_layers, sizeof *c->L))) goto oom;
+    for (int l = 0; l < c->n_layers; l++) {
+        xlayer *L = &c->L[l];
+        uint64_t sb = xs_slot_bytes(x, l);
+        if (!m->layers[l].is_moe || !sb) continue;
+        L->n_slots = c->p.capacity ? c->p.capacity : 2;
+        L->mem_bytes = (size_t)sb * (size_t)L->n_slots;
+        void *mem = mmap(NULL, L->mem_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (mem == MAP_FAILED) {
+            L->mem_bytes = 0;
+            st = moe_err(MOE_ENOMEM, "expert cache: cannot map %.1f MB for layer %d's %d slots", (double)sb * L->n_slots / 1e6, l,
+                         L->n_slots);
+            goto fail;
+        }
+        L->mem = mem;
+        if (!(L->slots = calloc((size_t)L->n_slots, sizeof *L->slots)) || !(L->where = malloc(sizeof(int) * (size_t)c->E)) ||
+            !(L->score = calloc((size_t)c->E, sizeof *L->score)) || !(L->stamp = calloc((size_t)c->E, sizeof *L->stamp)) ||
+            !(L->guess = calloc((size_t)c->E, 1)) || !(L->need = malloc(sizeof(int) * (size_t)c->E)) ||
+            !(L->bslot = malloc(sizeof(int) * (size_t)c->E)) || !(L->bstate = malloc((size_t)c->E)))
+            goto oom;
+        for (int e = 0; e < c->E; e++) L->where[e] = -1;
+        for (int s = 0; s < L->n_slots; s++) {
+            L->slots[s].buf = L->mem + (size_t)s * sb;
+            L->slots[s].expert = -1;
+        }
+        c->qcap += L->n_slots;
+    }
+    if (!(c->q = malloc(sizeof *c->q * (size_t)(c->qcap ? c->qcap : 1)))) goto oom;
+    if (!(c->io = calloc((size_t)p->io_threads, sizeof *c->io))) goto oom;
+    for (int i = 0; i < p->io_threads; i++) {
+        if (pthread_create(&c->io[i], NULL, io_main, c)) {
+            st = moe_err(MOE_ENOMEM, "expert cache: cannot start I/O thread %d", i);
+            goto fail;
+        }
+        c->n_io = i + 1;
+    }
+    *out = c;
+    return MOE_OK;
+oom:
+    st = moe_err(MOE_ENOMEM, "out of memory");
+fail:
+    xc_free(c);
+    return st;
+}
+
+void xc_free(xcache *c) {
+    if (!c) return;
+    pthread_mutex_lock(&c->mu);
+    c->stop = 1;
+    pthread_cond_broadcast(&c->cv_work);
+    pthread_mutex_unlock(&c->mu);
+    for (int i = 0; i < c->n_io; i++) pthread_join(c->io[i], NULL);
+    for (int l = 0; c->L && l < c->n_layers; l++) {
+        xlayer *L = &c->L[l];
+        if (L->mem) munmap(L->mem, L->mem_bytes);
+        free(L->slots);
+        free(L->where);
+        free(L->score);
+        free(L->stamp);
+        free(L->guess);
+        free(L->need);
+        free(L->bslot);
+        free(L->bstate);
+    }
+    free(c->L);
+    free(c->q);
+    free(c->io);
+    pthread_cond_destroy(&c->cv_done);
+    pthread_cond_destroy(&c->cv_work);
+    pthread_mutex_destroy(&c->mu);
+    free(c);
+}

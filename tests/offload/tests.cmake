@@ -1,0 +1,35 @@
+# Expert offloading (labels unit, cli).
+#   offload_<model>  test_offload: exact misses bit-identical to a full load at
+#                    every capacity; each expert read once per batch; the skip
+#                    policy's effect and counts; --expert-mem; a damaged store
+#                    gives errors, then is rebuilt
+#   cli_offload_*    the flags through the commands; a dense model refused
+add_executable(test_offload ${CMAKE_CURRENT_LIST_DIR}/test_offload.c)
+target_link_libraries(test_offload PRIVATE moe m)
+target_include_directories(test_offload PRIVATE ${PROJECT_SOURCE_DIR}/include ${CMAKE_CURRENT_SOURCE_DIR})
+foreach(fx golden/mixtral-top2 golden/mixtral-fused-experts golden/qwen2moe golden/qwen3moe golden/olmoe
+           golden-quant/mixtral-q4-g32 golden-quant/olmoe-mixed-per-expert golden-quant/qwen3moe-q4-g64)
+  string(REPLACE "/" "_" case ${fx})
+  add_test(NAME offload_${case} COMMAND test_offload ${CMAKE_CURRENT_SOURCE_DIR}/${fx}/model
+           ${CMAKE_CURRENT_BINARY_DIR}/offload_cache/${case})
+  set_tests_properties(offload_${case} PROPERTIES LABELS unit)
+endforeach()
+add_test(NAME offload_tiny-qwen-moe COMMAND test_offload ${PROJECT_SOURCE_DIR}/models/tiny-qwen-moe
+         ${CMAKE_CURRENT_BINARY_DIR}/offload_cache/tiny-qwen-moe)
+set_tests_properties(offload_tiny-qwen-moe PROPERTIES LABELS unit)
+
+cli_fails(offload_dense "status 1: moe: .*expert offloading needs a Mixture-of-Experts model"
+  ${expect1} $<TARGET_FILE:moe_cli> generate -m ${bad}/good --tokens 1 --offload)
+cli_fails(offload_bad_miss "status 1: moe: --miss: expected exact or skip"
+  ${expect1} $<TARGET_FILE:moe_cli> generate -m ${bad}/good --tokens 1 --miss sometimes)
+cli_fails(offload_bad_mem "status 1: moe: --expert-mem: expected a size"
+  ${expect1} $<TARGET_FILE:moe_cli> perplexity -m ${bad}/good -f x --expert-mem lots)
+
+# the cache's policies on one layer (internal API): LRU / LFU order, decay,
+# pinning, a batch wider than the free slots, prefetch accounting
+add_executable(test_xcache ${CMAKE_CURRENT_LIST_DIR}/test_xcache.c)
+target_link_libraries(test_xcache PRIVATE moe m)
+target_include_directories(test_xcache PRIVATE ${PROJECT_SOURCE_DIR}/include ${PROJECT_SOURCE_DIR} ${CMAKE_CURRENT_SOURCE_DIR})
+add_test(NAME xcache COMMAND test_xcache ${CMAKE_CURRENT_SOURCE_DIR}/golden/mixtral-top2/model
+         ${CMAKE_CURRENT_BINARY_DIR}/offload_cache/xcache)
+set_tests_properties(xcache PROPERTIES LABELS unit)
