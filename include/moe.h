@@ -131,8 +131,9 @@ void moe_model_offload_info(const moe_model *m, moe_offload_info *out);
  * load or the last reset. Safe to call from any thread. MOE_EINVAL when the
  * model is not offloaded or the layer is not a MoE layer. */
 typedef struct moe_expert_stats {
-    int64_t hits;            /* experts a batch needed that were resident (or being read ahead) */
-    int64_t misses;          /* experts read on demand (exact) */
+    int64_t hits;            /* experts a batch needed that were in memory */
+    int64_t misses;          /* experts it waited for (exact): read on demand, or read ahead
+                                but not yet there */
     int64_t skipped;         /* experts dropped (skip): a batch's choices of them ignored */
     int64_t prefetched;      /* experts read ahead; */
     int64_t prefetch_used;   /*   of those, used before being evicted */

@@ -234,7 +234,8 @@ moe_status xc_begin(xcache *c, int l, const int *need, int n, unsigned char *ski
             continue;
         }
         if (c->p.skip && sl->state != SL_READY) continue; /* on its way, but not here now */
-        L->cnt.hits++;
+        if (sl->state == SL_READY) L->cnt.hits++;
+        else L->cnt.misses++; /* its read, started ahead, is still running: waited for */
         if (sl->prefetched) {
             L->cnt.prefetch_used++;
             sl->prefetched = 0;

@@ -84,7 +84,8 @@ moe_status xc_wait_idle(xcache *c);
 
 /* Per-layer counters (layer -1: the sum over layers). */
 typedef struct xc_counters {
-    int64_t hits, misses, skipped;      /* distinct experts per batch */
+    int64_t hits, misses, skipped;      /* distinct experts per batch: in memory when needed;
+                                           not (read on demand, or its read ahead still running); dropped */
     int64_t prefetched, prefetch_used;  /* reads started by xc_prefetch; of those, used */
     int64_t predicted, predicted_right; /* experts guessed; of those, then needed */
     int64_t evictions;

@@ -153,8 +153,8 @@ void metrics_render_experts(const moe_model *model, sbuf *o) {
         const char *name, *help;
         size_t off;
     } k[] = {
-        {"moe_expert_hits_total", "experts a batch needed that were in memory (or being read ahead)", offsetof(moe_expert_stats, hits)},
-        {"moe_expert_misses_total", "experts read from the expert store when needed", offsetof(moe_expert_stats, misses)},
+        {"moe_expert_hits_total", "experts a batch needed that were in memory", offsetof(moe_expert_stats, hits)},
+        {"moe_expert_misses_total", "experts waited for: read when needed, or read ahead but not there yet", offsetof(moe_expert_stats, misses)},
         {"moe_expert_skipped_total", "experts dropped by the skip miss policy", offsetof(moe_expert_stats, skipped)},
         {"moe_expert_prefetched_total", "experts read ahead for the next layer", offsetof(moe_expert_stats, prefetched)},
         {"moe_expert_prefetch_used_total", "experts read ahead and then used", offsetof(moe_expert_stats, prefetch_used)},

@@ -119,6 +119,7 @@ static void test_prefetch(void) {
     if (!c) return;
     int guess[2] = {3, 4};
     xc_prefetch(c, g_l, guess, 2);
+    CHECK(xc_wait_idle(c) == MOE_OK, "prefetch reads: %s", moe_errmsg()); /* 3 is in memory: a hit */
     int need[2] = {3, 1};
     CHECK(batch(c, need, 2) == 2, "batch after prefetch");
     xc_counters k;
