@@ -145,9 +145,11 @@ static void touch(const xcache *c, xlayer *L, int e) {
 }
 
 /* The slot to fill next: an empty (or failed) one, else the least valuable
- * evictable one; -1 when every slot is in use, being read, pinned or holds
- * an expert the last prefetch named (when spare_guess). */
-static int victim(const xcache *c, const xlayer *L, int spare_guess) {
+ * evictable one, if it is worth less than `below` (the newcomer's value:
+ * a read that may be declined is not allowed to push out a hotter expert);
+ * -1 when every slot is in use, being read, pinned, holds an expert the
+ * last prefetch named (when spare_guess) or is worth more. */
+static int victim(const xcache *c, const xlayer *L, int spare_guess, double below) {
     int best = -1;
     double bv = 0;
     for (int s = 0; s < L->n_slots; s++) {
@@ -156,7 +158,7 @@ static int victim(const xcache *c, const xlayer *L, int spare_guess) {
         if (sl->refs || sl->pinned || sl->state == SL_LOADING) continue;
         if (spare_guess && L->guess[sl->expert]) continue;
         double v = value(c, L, sl->expert);
-        if (best < 0 || v < bv) best = s, bv = v;
+        if (v < below && (best < 0 || v < bv)) best = s, bv = v;
     }
     return best;
 }
@@ -183,7 +185,7 @@ static void assign_waiting(xcache *c, int l) {
     xlayer *L = &c->L[l];
     for (int i = 0; i < L->n_need; i++) {
         if (L->bstate[i] != B_WAIT) continue;
-        int s = victim(c, L, 0);
+        int s = victim(c, L, 0, INFINITY);
         if (s < 0) return;
         start_read(c, l, s, L->need[i]);
         L->slots[s].refs++;
@@ -254,7 +256,8 @@ moe_status xc_begin(xcache *c, int l, const int *need, int n, unsigned char *ski
         L->bstate[i] = B_SKIP;
         if (skipped) skipped[i] = 1;
         int s;
-        if (L->where[need[i]] < 0 && (s = victim(c, L, 0)) >= 0) start_read(c, l, s, need[i]); /* for later batches */
+        /* for later batches, if it is worth more than what it would push out */
+        if (L->where[need[i]] < 0 && (s = victim(c, L, 0, value(c, L, need[i]))) >= 0) start_read(c, l, s, need[i]);
     }
     memset(L->guess, 0, (size_t)c->E);
     assign_waiting(c, l);
@@ -345,7 +348,8 @@ void xc_prefetch(xcache *c, int l, const int *experts, int n) {
     for (int i = 0; i < n; i++) {
         int e = experts[i], s;
         if (e < 0 || e >= c->E || L->where[e] >= 0) continue;
-        if ((s = victim(c, L, 1)) < 0) break;
+        /* exact: it will be read anyway when needed; skip: only if worth keeping */
+        if ((s = victim(c, L, 1, c->p.skip ? value(c, L, e) : INFINITY)) < 0) continue;
         start_read(c, l, s, e);
         L->slots[s].prefetched = 1;
         L->cnt.prefetched++;
@@ -395,7 +399,7 @@ moe_status xc_pin(xcache *c, int l, const int *experts, int n) {
             st = moe_err(MOE_EINVAL, "expert cache: no expert %d in layer %d", e, l);
             goto out;
         }
-        if (s < 0 && (s = victim(c, L, 0)) >= 0) start_read(c, l, s, e);
+        if (s < 0 && (s = victim(c, L, 0, INFINITY)) >= 0) start_read(c, l, s, e);
         if (s >= 0) L->slots[s].pinned = 1;
     }
     st = wait_loaded(c, l, experts, n);

@@ -61,14 +61,39 @@ static int resident(xcache *c, int e) {
     return 0;
 }
 
-static xcache *make(int capacity, int lru) {
-    xc_params p = {.capacity = capacity, .lru = lru, .io_threads = 2};
+static xcache *make_p(int capacity, int lru, int skip) {
+    xc_params p = {.capacity = capacity, .lru = lru, .skip = skip, .io_threads = 2};
     xcache *c = NULL;
     CHECK(xc_new(g_m, g_x, &p, &c) == MOE_OK, "xc_new: %s", moe_errmsg());
     return c;
 }
 
+static xcache *make(int capacity, int lru) { return make_p(capacity, lru, 0); }
+
 static void one(xcache *c, int e) { batch(c, &e, 1); }
+
+/* skip: a missing expert is dropped, and read for later only when it is
+ * worth more than the expert it would push out */
+static void test_skip_admission(void) {
+    xcache *c = make_p(2, 0, 1);
+    if (!c) return;
+    int hot[2] = {0, 1};
+    CHECK(batch(c, hot, 2) == 0, "cold skip cache handed out experts");
+    xc_wait_idle(c); /* the two background reads (empty slots: admitted) */
+    for (int i = 0; i < 5; i++) CHECK(batch(c, hot, 2) == 2, "hot experts not handed out");
+    one(c, 2); /* once: skipped, not worth evicting 0 or 1 */
+    xc_wait_idle(c);
+    CHECK(resident(c, 0) && resident(c, 1) && !resident(c, 2), "a cold expert pushed out a hot one");
+    for (int i = 0; i < 40 && !resident(c, 3); i++) { /* used again and again: it earns its place */
+        one(c, 3);
+        xc_wait_idle(c);
+    }
+    CHECK(resident(c, 3), "an expert used 40 times in a row was never admitted");
+    xc_counters k;
+    xc_stats(c, g_l, &k);
+    CHECK(k.skipped >= 3 && k.misses == 0, "skip: %lld skipped, %lld misses", (long long)k.skipped, (long long)k.misses);
+    xc_free(c);
+}
 
 static void test_lru(void) {
     xcache *c = make(2, 1);
@@ -153,6 +178,7 @@ int main(int argc, char **argv) {
         test_lfu();
         test_pin();
         test_prefetch();
+        test_skip_admission();
     }
     xs_close(g_x);
     moe_model_free(g_m);
