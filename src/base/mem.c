@@ -49,7 +49,7 @@ static int64_t cgroup_room(void) {
     fclose(f);
     char path[4200];
     int64_t limit, usage, file;
-    if (*v2 || !*v1) {
+    if (!*v1) { /* cgroup v2; in a hybrid setup the memory controller is v1's line */
         snprintf(path, sizeof path, "/sys/fs/cgroup%s/memory.max", strcmp(v2, "/") ? v2 : "");
         limit = read_num(path);
         if (limit < 0 && *v2 && strcmp(v2, "/")) limit = read_num("/sys/fs/cgroup/memory.max");

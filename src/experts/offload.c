@@ -130,7 +130,16 @@ static moe_status load_state(moe_model *m, const moe_load_params *p) {
     moe_status st = ex && sc ? MOE_OK : moe_err(MOE_ENOMEM, "out of memory");
     size_t i;
     json_t *jl;
-    int64_t before = m->off.preloaded, done = 0, total = (int64_t)json_array_size(layers);
+    int64_t done = 0, total = 0; /* bytes: at most each saved layer's experts, as many as fit */
+    json_array_foreach(layers, i, jl) {
+        json_int_t l = -1;
+        json_t *je = NULL;
+        if (!json_unpack(jl, "{s:I, s:o}", "layer", &l, "experts", &je) && l >= 0 && l < c->n_layers && m->layers[l].is_moe &&
+            json_is_array(je)) {
+            size_t k = json_array_size(je) < (size_t)m->off.capacity ? json_array_size(je) : (size_t)m->off.capacity;
+            total += (int64_t)k * (int64_t)xs_slot_bytes(m->xs, (int)l);
+        }
+    }
     json_array_foreach(layers, i, jl) {
         if (st) break;
         json_int_t l = -1;
@@ -154,9 +163,10 @@ static moe_status load_state(moe_model *m, const moe_load_params *p) {
         xc_counters after_l;
         xc_stats(m->xc, (int)l, &after_l);
         m->off.preloaded += after_l.reads - before_l.reads;
-        if (p->progress) p->progress(p->progress_ctx, "loading experts", (uint64_t)++done, (uint64_t)total);
+        done += (int64_t)(after_l.bytes_read - before_l.bytes_read);
+        if (p->progress && done < total) p->progress(p->progress_ctx, "loading experts", (uint64_t)done, (uint64_t)total);
     }
-    (void)before;
+    if (p->progress && total) p->progress(p->progress_ctx, "loading experts", (uint64_t)total, (uint64_t)total);
     free(ex);
     free(sc);
     json_decref(root);
