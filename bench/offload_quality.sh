@@ -5,7 +5,9 @@
 # slower) and --miss skip (missing experts dropped: the degradation), skip also
 # with a profile pinning half the capacity. The profile is made from the first
 # half of the held-out text and the perplexity measured on the whole of it.
-# Prints one line per run: policy, capacity, perplexity, skipped experts.
+# Prints one line per run: policy, capacity, perplexity, experts skipped (a
+# batch's distinct experts dropped; the cache starts empty, so skip drops
+# experts even at full capacity until they have been read).
 # usage: bench/offload_quality.sh [MODEL=models/tiny-qwen-moe] [CTX=512]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +24,7 @@ ppl() { # ARGS... -> "perplexity skipped"
   local out
   out=$(build/moe perplexity -m "$model" -f "$text" --ctx "$ctx" --cache-dir "$work/cache" --no-warm --stats "$@" 2>&1)
   local p s
-  p=$(echo "$out" | sed -n 's/.*perplexity[: ]*\([0-9.]*\).*/\1/p' | head -n 1)
+  p=$(echo "$out" | tr '\r' '\n' | sed -n 's/^perplexity \([0-9.]*\) over.*/\1/p')
   s=$(echo "$out" | awk '$1 == "total" {print $4}')
   echo "$p ${s:-0}"
 }
