@@ -33,3 +33,9 @@ target_include_directories(test_xcache PRIVATE ${PROJECT_SOURCE_DIR}/include ${P
 add_test(NAME xcache COMMAND test_xcache ${CMAKE_CURRENT_SOURCE_DIR}/golden/mixtral-top2/model
          ${CMAKE_CURRENT_BINARY_DIR}/offload_cache/xcache)
 set_tests_properties(xcache PROPERTIES LABELS unit)
+
+# the options through generate, logits, perplexity, bench; profiles pinning
+add_test(NAME cli_offload COMMAND ${CMAKE_COMMAND} -DMOE=$<TARGET_FILE:moe_cli> -DMODEL=${PROJECT_SOURCE_DIR}/models/tiny-qwen-moe
+         -DOTHER=${PROJECT_SOURCE_DIR}/models/tiny-mixtral -DTEXT=${CMAKE_CURRENT_SOURCE_DIR}/bundled/heldout.txt
+         -DOUT=${CMAKE_CURRENT_BINARY_DIR}/offload_cli -P ${CMAKE_CURRENT_LIST_DIR}/offload_cli.cmake)
+set_tests_properties(cli_offload PROPERTIES LABELS cli)
