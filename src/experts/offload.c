@@ -175,11 +175,10 @@ static moe_status load_state(moe_model *m, const moe_load_params *p) {
 
 /* --------------------------------------------------------------- setup -- */
 
-static moe_status pin_profile(moe_model *m, const moe_load_params *p) {
+/* Pins each layer's hottest experts of profile pr (already checked against m). */
+static moe_status pin_profile(moe_model *m, const moe_load_params *p, const xp_profile *pr) {
     const moe_config *c = &m->cfg.pub;
-    xp_profile *pr = NULL;
-    moe_status st = xp_read(p->profile, &pr);
-    if (!st) st = xp_check_model(pr, p->profile, c, m->cfg.layer_moe);
+    moe_status st = MOE_OK;
     int cap = m->off.capacity, n = p->pin >= 0 ? p->pin : cap / 2;
     if (n > cap - 1) n = cap - 1;
     if (n < 0) n = 0;
@@ -196,7 +195,6 @@ static moe_status pin_profile(moe_model *m, const moe_load_params *p) {
     }
     m->off.pinned = st ? 0 : n;
     free(ex);
-    xp_free(pr);
     return st;
 }
 
@@ -228,6 +226,8 @@ static moe_status choose_capacity(moe_model *m, const moe_load_params *p, int64_
     return MOE_OK;
 }
 
+static moe_status setup(moe_model *m, const moe_load_params *p, const xp_profile *pr);
+
 moe_status offload_setup(moe_model *m, const moe_load_params *p) {
     const moe_config *c = &m->cfg.pub;
     if (p->offload == 0) return MOE_OK;
@@ -248,7 +248,17 @@ moe_status offload_setup(moe_model *m, const moe_load_params *p) {
         if (m->off.available_bytes < 0 || need <= m->off.available_bytes) return MOE_OK;
         m->off.auto_reason = 1;
     }
+    xp_profile *pr = NULL; /* checked before minutes go into building a store */
+    moe_status st = p->profile ? xp_read(p->profile, &pr) : MOE_OK;
+    if (!st && pr) st = xp_check_model(pr, p->profile, c, m->cfg.layer_moe);
+    if (!st) st = setup(m, p, pr);
+    xp_free(pr);
+    return st;
+}
 
+/* Offloading, once decided: store, cache, pins, warm state. */
+static moe_status setup(moe_model *m, const moe_load_params *p, const xp_profile *pr) {
+    const moe_config *c = &m->cfg.pub;
     char dir[4096];
     moe_status st = xs_cache_dir(m->dir, p->cache_dir, 1, dir, sizeof dir);
     if (st) return st;
@@ -279,7 +289,7 @@ moe_status offload_setup(moe_model *m, const moe_load_params *p) {
     m->off.cache_bytes = (int64_t)xc_bytes(xc);
 
     t0 = now_s();
-    if (p->profile && cap > 0 && (st = pin_profile(m, p))) return st;
+    if (pr && cap > 0 && (st = pin_profile(m, p, pr))) return st;
     if (m->warm && (st = load_state(m, p))) return st;
     m->off.preload_seconds = now_s() - t0;
     xc_reset_stats(xc);
