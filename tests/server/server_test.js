@@ -539,9 +539,17 @@ async function main() {
   await testShutdown(B, key);
   await stopServer(B);
 
-  const C = await startServer('C', ['-m', QWEN, '--parallel', '2']);
+  // C serves with its experts offloaded (16 of 64 per layer resident, exact): the same
+  // answers as a full load, and /metrics shows the expert cache at work
+  const C = await startServer('C', ['-m', QWEN, '--parallel', '2', '--capacity', '16', '--cache-dir', path.join(WORK, 'experts')]);
   log(`server C on port ${C.port}`);
-  await testTurns(C.port, 20, true, 'tiny-qwen-moe, 20 turns');
+  await testTurns(C.port, 20, true, 'tiny-qwen-moe offloaded, 20 turns');
+  const mc = await metrics(C.port);
+  const used = mc['moe_expert_hits_total{layer="all"}'] + mc['moe_expert_misses_total{layer="all"}'];
+  check(mc.moe_expert_capacity === 64 && used > 0 && mc['moe_expert_read_bytes_total{layer="all"}'] > 0 &&
+        mc['moe_expert_hits_total{layer="0"}'] !== undefined,
+        'offloaded: /metrics shows the expert cache (capacity, hits + misses, bytes read, per layer)',
+        Object.fromEntries(Object.entries(mc).filter(([k]) => k.startsWith('moe_expert'))));
   await stopServer(C);
   const D = await startServer('D', ['-m', toolModel(), '--parallel', '1', '--model-name', 'qwen-tools']);
   await testTools(D.port);

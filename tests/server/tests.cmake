@@ -4,7 +4,8 @@
 #   server_sdk      server_test.js: moe serve on the bundled models, driven by
 #                   those clients and by raw HTTP (both APIs, streaming, stop
 #                   strings, usage, KV reuse over 20 turns, concurrent clients,
-#                   disconnects, bad requests and keys, clean shutdown)
+#                   disconnects, bad requests and keys, clean shutdown; one
+#                   server with its experts offloaded, its cache in /metrics)
 #   server_parse    the request parsers and tool-call parser on their own
 # Both node tests are skipped (exit 77, with the reason) only when node/npm are
 # not installed.
