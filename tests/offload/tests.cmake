@@ -39,3 +39,11 @@ add_test(NAME cli_offload COMMAND ${CMAKE_COMMAND} -DMOE=$<TARGET_FILE:moe_cli> 
          -DOTHER=${PROJECT_SOURCE_DIR}/models/tiny-mixtral -DTEXT=${CMAKE_CURRENT_SOURCE_DIR}/bundled/heldout.txt
          -DOUT=${CMAKE_CURRENT_BINARY_DIR}/offload_cli -P ${CMAKE_CURRENT_LIST_DIR}/offload_cli.cmake)
 set_tests_properties(cli_offload PROPERTIES LABELS cli)
+
+# memory bounded by the budget: peak RSS of a full load against --expert-mem 16M
+# (not under the sanitizers, whose shadow memory is what RSS would measure)
+if(NOT MOE_SANITIZE)
+  add_test(NAME offload_rss COMMAND ${CMAKE_COMMAND} -DMOE=$<TARGET_FILE:moe_cli> -DOUT=${CMAKE_CURRENT_BINARY_DIR}/offload_rss
+           -P ${CMAKE_CURRENT_LIST_DIR}/offload_rss.cmake)
+  set_tests_properties(offload_rss PROPERTIES LABELS cli)
+endif()
