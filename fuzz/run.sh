@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # fuzz/run.sh [SECONDS] — builds the libFuzzer harnesses with clang in
-# build-fuzz/ and runs each for SECONDS (default 60), both at once, on a
+# build-fuzz/ and runs each for SECONDS (default 60), all at once, on a
 # working copy of its seed corpus (build-fuzz/corpus/<name>, kept between runs
 # so coverage accumulates). Crash inputs land in build-fuzz/crashes/, logs in
 # build-fuzz/<name>.log. Exits non-zero if any fuzzer fails.

@@ -189,7 +189,9 @@ int moe_model_threads(const moe_model *m);
 /* How many times the router chose each expert of MoE layer `layer` (one count
  * per token and top-k slot) in every forward pass on m since it was loaded or
  * the counts were last reset: counts[n_experts]. MOE_EINVAL when `layer` is not
- * a MoE layer. Read it when no forward pass is running on m. */
+ * a MoE layer (or counts is NULL). Read it when no forward pass is running on
+ * m. The counts are the model's: every sequence on it (every request of a
+ * server) adds to them. */
 moe_status moe_model_expert_counts(const moe_model *m, int layer, int64_t *counts);
 void moe_model_reset_expert_counts(moe_model *m);
 

@@ -119,7 +119,9 @@ void cli_progress(void *state, uint64_t done, uint64_t total) {
     if (done != total && now - p->last < 0.5) return;
     p->last = now;
     double secs = now - p->start, rate = secs > 0 ? (double)done / secs : 0;
-    fprintf(stderr, "\r%s: %5.1f%% of %.2f GB", p->what ? p->what : "writing", total ? 100.0 * (double)done / (double)total : 100.0, (double)total / 1e9);
+    int gb = total >= 1000000000u;
+    fprintf(stderr, "\r%s: %5.1f%% of %.2f %s", p->what ? p->what : "writing", total ? 100.0 * (double)done / (double)total : 100.0,
+            (double)total / (gb ? 1e9 : 1e6), gb ? "GB" : "MB");
     if (rate > 0) fprintf(stderr, ", %.0f MB/s, %.0f s %s   ", rate / 1e6, done == total ? secs : (double)(total - done) / rate,
                           done == total ? "in all" : "left");
     if (done == total) fputc('\n', stderr);

@@ -491,6 +491,7 @@ int moe_model_threads(const moe_model *m) { return backend_threads(m->be); }
 
 moe_status moe_model_expert_counts(const moe_model *m, int layer, int64_t *counts) {
     const moe_config *c = &m->cfg.pub;
+    if (!counts) return moe_err(MOE_EINVAL, "moe_model_expert_counts: counts is NULL");
     if (layer < 0 || layer >= c->n_layers || !m->layers[layer].is_moe)
         return moe_err(MOE_EINVAL, "layer %d is not a MoE layer", layer);
     memcpy(counts, m->route_counts + (size_t)layer * (size_t)c->n_experts, sizeof *counts * (size_t)c->n_experts);
