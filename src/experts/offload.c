@@ -198,8 +198,11 @@ static moe_status pin_profile(moe_model *m, const moe_load_params *p, const xp_p
     return st;
 }
 
-/* The capacity asked for or affordable; 0 with an error set when none. */
-static moe_status choose_capacity(moe_model *m, const moe_load_params *p, int64_t per_slot, int *cap) {
+/* The capacity asked for or affordable, with `stage` bytes of staging
+ * buffers taken from the budget first (when what is left still holds one
+ * expert per layer; else *use_stage = 0); an error set when none. */
+static moe_status choose_capacity(moe_model *m, const moe_load_params *p, int64_t per_slot, int64_t stage, int *cap,
+                                  int *use_stage) {
     const moe_config *c = &m->cfg.pub;
     int64_t E = c->n_experts;
     if (p->capacity >= 0) {
@@ -207,7 +210,8 @@ static moe_status choose_capacity(moe_model *m, const moe_load_params *p, int64_
         return MOE_OK;
     }
     if (p->expert_mem > 0) {
-        int64_t k = p->expert_mem / per_slot;
+        int64_t k = (p->expert_mem - stage) / per_slot;
+        if (k < 1) k = p->expert_mem / per_slot, *use_stage = 0;
         if (k < 1)
             return moe_err(MOE_EINVAL, "expert memory %.2f GB holds less than one expert per layer (%.2f GB)",
                            (double)p->expert_mem / 1e9, (double)per_slot / 1e9);
@@ -216,7 +220,8 @@ static moe_status choose_capacity(moe_model *m, const moe_load_params *p, int64_
     }
     int64_t other = c->weight_bytes - expert_bytes(m), kv = moe_model_kv_bytes(m, 4096);
     int64_t budget = m->off.available_bytes - other - kv - WORK_ROOM - m->off.available_bytes / 20;
-    int64_t k = budget > 0 ? budget / per_slot : 0;
+    int64_t k = budget - stage > 0 ? (budget - stage) / per_slot : 0;
+    if (k < 1) k = budget > 0 ? budget / per_slot : 0, *use_stage = 0;
     if (k < 1)
         return moe_err(MOE_ENOMEM,
                        "not enough memory to offload: %.2f GB available, the other weights take %.2f GB, a 4096-token "
@@ -272,12 +277,16 @@ static moe_status setup(moe_model *m, const moe_load_params *p, const xp_profile
     if (m->off.built) m->off.build_seconds = now_s() - t0;
     m->off.store_bytes = (int64_t)xs_total_bytes(xs);
 
-    int64_t per_slot = 0; /* one slot in every MoE layer */
-    for (int l = 0; l < c->n_layers; l++) per_slot += (int64_t)xs_slot_bytes(xs, l);
-    int cap = 0;
-    if ((st = choose_capacity(m, p, per_slot, &cap))) return st;
+    int64_t per_slot = 0, largest = 0; /* one slot in every MoE layer; the largest slot */
+    for (int l = 0; l < c->n_layers; l++) {
+        per_slot += (int64_t)xs_slot_bytes(xs, l);
+        if ((int64_t)xs_slot_bytes(xs, l) > largest) largest = (int64_t)xs_slot_bytes(xs, l);
+    }
+    /* staging: this layer's misses and the next layer's guesses, top-k each */
+    int n_stage = 2 * c->n_experts_per_tok, cap = 0, use_stage = 1;
+    if ((st = choose_capacity(m, p, per_slot, (int64_t)n_stage * largest, &cap, &use_stage))) return st;
     xc_params xp = {.capacity = cap, .skip = p->miss == MOE_MISS_SKIP, .lru = p->evict == MOE_EVICT_LRU,
-                    .io_threads = p->io_threads > 0 ? p->io_threads : 4};
+                    .io_threads = p->io_threads > 0 ? p->io_threads : 4, .stage = use_stage ? n_stage : 0};
     struct xcache *xc;
     if ((st = xc_new(m, xs, &xp, &xc))) return st;
     m->xc = xc;

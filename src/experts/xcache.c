@@ -44,8 +44,8 @@ typedef struct slot {
 } slot;
 
 typedef struct xlayer {
-    int n_slots;
-    slot *slots;              /* [n_slots] */
+    int n_slots;              /* cache slots; then c->n_stage staging slots, whose buffers */
+    slot *slots;              /* [n_slots + n_stage]   are borrowed from the shared pool */
     unsigned char *mem;       /* the slots' mapping */
     size_t mem_bytes;
     int *where;               /* [E] slot of expert e, -1 */
@@ -77,6 +77,13 @@ struct xcache {
     double busy_since, busy_seconds;
     moe_status bg_err;        /* a failed read nobody waited for (skip policy) */
     char bg_msg[256];
+    int n_stage;              /* staging buffers, shared by all layers: an expert that must be
+                                 read but is worth less than every cached one goes through one
+                                 and is not kept */
+    int n_free;
+    unsigned char **free_buf; /* [n_stage] the buffers not lent out */
+    unsigned char *stage_mem; /* their mapping */
+    size_t stage_mem_bytes;
 };
 
 static double now_s(void) {
@@ -180,12 +187,18 @@ static void start_read(xcache *c, int l, int s, int e) {
     pthread_cond_signal(&c->cv_work);
 }
 
+static int stage_slot(xcache *c, int l);
+
 /* Gives slots to the batch's waiting experts, in order, while any is free. */
 static void assign_waiting(xcache *c, int l) {
     xlayer *L = &c->L[l];
     for (int i = 0; i < L->n_need; i++) {
         if (L->bstate[i] != B_WAIT) continue;
-        int s = victim(c, L, 0, INFINITY);
+        /* a colder cached expert makes room; else it passes through staging;
+         * else (no staging buffer free) it takes the coldest slot anyway */
+        int s = victim(c, L, 0, c->n_stage ? value(c, L, L->need[i]) : INFINITY);
+        if (s < 0 && c->n_stage) s = stage_slot(c, l);
+        if (s < 0) s = victim(c, L, 0, INFINITY);
         if (s < 0) return;
         start_read(c, l, s, L->need[i]);
         L->slots[s].refs++;
@@ -194,11 +207,35 @@ static void assign_waiting(xcache *c, int l) {
     }
 }
 
-/* Forgets a failed slot so its expert is read again when next wanted. */
-static void clear_failed(xlayer *L, slot *sl) {
+/* Empties slot s of L (a staging slot gives its buffer back to the pool). */
+static void empty_slot(xcache *c, xlayer *L, int s) {
+    slot *sl = &L->slots[s];
     if (sl->expert >= 0) L->where[sl->expert] = -1;
     sl->expert = -1;
     sl->state = SL_EMPTY;
+    sl->prefetched = 0;
+    if (s >= L->n_slots && sl->buf) {
+        c->free_buf[c->n_free++] = sl->buf;
+        sl->buf = NULL;
+    }
+}
+
+/* A staging slot of layer l holding a buffer from the pool, or -1. A buffer
+ * lent to an expert read ahead in another layer and not in use (ready,
+ * refs 0) is taken back when the pool is empty: the read needed now wins. */
+static int stage_slot(xcache *c, int l) {
+    xlayer *L = &c->L[l];
+    int s = L->n_slots;
+    while (s < L->n_slots + c->n_stage && L->slots[s].state != SL_EMPTY) s++;
+    if (s == L->n_slots + c->n_stage) return -1;
+    for (int k = 0; !c->n_free && k < c->n_layers; k++) {
+        xlayer *K = &c->L[k];
+        for (int t = K->n_slots; k != l && K->n_slots && t < K->n_slots + c->n_stage && !c->n_free; t++)
+            if (K->slots[t].buf && !K->slots[t].refs && K->slots[t].state != SL_LOADING) empty_slot(c, K, t);
+    }
+    if (!c->n_free) return -1;
+    L->slots[s].buf = c->free_buf[--c->n_free];
+    return s;
 }
 
 /* ------------------------------------------------------- compute side -- */
@@ -216,6 +253,12 @@ moe_status xc_begin(xcache *c, int l, const int *need, int n, unsigned char *ski
     }
     L->pass++;
     L->n_need = n;
+    for (int t = L->n_slots; t < L->n_slots + c->n_stage; t++) { /* guesses that missed */
+        slot *sl = &L->slots[t];
+        int wanted = 0;
+        for (int i = 0; i < n && !wanted; i++) wanted = need[i] == sl->expert;
+        if (sl->buf && !sl->refs && sl->state != SL_LOADING && !wanted) empty_slot(c, L, t);
+    }
     /* first the experts already here (or on their way), so that placing the
      * misses cannot evict one of them */
     for (int i = 0; i < n; i++) {
@@ -232,7 +275,7 @@ moe_status xc_begin(xcache *c, int l, const int *need, int n, unsigned char *ski
         if (s < 0) continue;
         slot *sl = &L->slots[s];
         if (sl->state == SL_FAILED) {
-            clear_failed(L, sl);
+            empty_slot(c, L, (int)(sl - L->slots));
             continue;
         }
         if (c->p.skip && sl->state != SL_READY) continue; /* on its way, but not here now */
@@ -298,7 +341,7 @@ moe_status xc_next(xcache *c, int l, int *i, const expert **w) {
                 char msg[256];
                 memcpy(msg, sl->msg, sizeof msg);
                 abort_locked(c, l);
-                clear_failed(L, sl);
+                empty_slot(c, L, (int)(sl - L->slots));
                 pthread_mutex_unlock(&c->mu);
                 return moe_err(st, "%s", msg);
             }
@@ -319,11 +362,8 @@ void xc_release(xcache *c, int l, int i) {
         slot *sl = &L->slots[L->bslot[i]];
         sl->refs--;
         L->bstate[i] = B_DONE;
-        if (c->p.capacity == 0 && !sl->refs) { /* no cache: the slot only stages */
-            L->where[sl->expert] = -1;
-            sl->expert = -1;
-            sl->state = SL_EMPTY;
-        }
+        if ((c->p.capacity == 0 || L->bslot[i] >= L->n_slots) && !sl->refs) /* staged: not kept */
+            empty_slot(c, L, L->bslot[i]);
         assign_waiting(c, l);
     }
     pthread_mutex_unlock(&c->mu);
@@ -348,8 +388,9 @@ void xc_prefetch(xcache *c, int l, const int *experts, int n) {
     for (int i = 0; i < n; i++) {
         int e = experts[i], s;
         if (e < 0 || e >= c->E || L->where[e] >= 0) continue;
-        /* exact: it will be read anyway when needed; skip: only if worth keeping */
-        if ((s = victim(c, L, 1, c->p.skip ? value(c, L, e) : INFINITY)) < 0) continue;
+        /* worth keeping: into the cache; else through staging, when there is any */
+        if ((s = victim(c, L, 1, c->p.skip || c->n_stage ? value(c, L, e) : INFINITY)) < 0 && c->n_stage) s = stage_slot(c, l);
+        if (s < 0) continue;
         start_read(c, l, s, e);
         L->slots[s].prefetched = 1;
         L->cnt.prefetched++;
@@ -372,7 +413,7 @@ static moe_status wait_loaded(xcache *c, int l, const int *experts, int n) {
                 moe_status st = sl->err;
                 char msg[256];
                 memcpy(msg, sl->msg, sizeof msg);
-                clear_failed(L, sl);
+                empty_slot(c, L, (int)(sl - L->slots));
                 return moe_err(st, "%s", msg);
             }
         }
@@ -430,14 +471,14 @@ moe_status xc_wait_idle(xcache *c) {
     moe_status st = MOE_OK;
     char msg[256] = "";
     for (int l = 0; l < c->n_layers && !st; l++)
-        for (int s = 0; s < c->L[l].n_slots; s++) {
+        for (int s = 0; c->L[l].n_slots && s < c->L[l].n_slots + c->n_stage; s++) {
             slot *sl = &c->L[l].slots[s];
             if (sl->state != SL_FAILED || sl->refs) continue;
             if (!st) {
                 st = sl->err;
                 memcpy(msg, sl->msg, sizeof msg);
             }
-            clear_failed(&c->L[l], sl);
+            empty_slot(c, &c->L[l], (int)(sl - c->L[l].slots));
         }
     c->bg_err = MOE_OK;
     pthread_mutex_unlock(&c->mu);
@@ -518,7 +559,7 @@ int xc_resident(xcache *c, int l, int *experts, double *scores) {
 }
 
 uint64_t xc_bytes(const xcache *c) {
-    uint64_t b = 0;
+    uint64_t b = c->stage_mem_bytes;
     for (int l = 0; l < c->n_layers; l++) b += c->L[l].mem_bytes;
     return b;
 }
@@ -537,6 +578,7 @@ moe_status xc_new(const moe_model *m, xstore *x, const xc_params *p, xcache **ou
     c->E = mc->n_experts;
     c->n_layers = mc->n_layers;
     if (c->p.capacity > c->E) c->p.capacity = c->E;
+    c->n_stage = c->p.capacity > 0 && c->p.capacity < c->E && p->stage > 0 ? p->stage : 0;
     pthread_mutex_init(&c->mu, NULL);
     pthread_cond_init(&c->cv_done, NULL);
     pthread_cond_init(&c->cv_work, NULL);
@@ -556,17 +598,33 @@ moe_status xc_new(const moe_model *m, xstore *x, const xc_params *p, xcache **ou
             goto fail;
         }
         L->mem = mem;
-        if (!(L->slots = calloc((size_t)L->n_slots, sizeof *L->slots)) || !(L->where = malloc(sizeof(int) * (size_t)c->E)) ||
+        if (!(L->slots = calloc((size_t)(L->n_slots + c->n_stage), sizeof *L->slots)) || !(L->where = malloc(sizeof(int) * (size_t)c->E)) ||
             !(L->score = calloc((size_t)c->E, sizeof *L->score)) || !(L->stamp = calloc((size_t)c->E, sizeof *L->stamp)) ||
             !(L->guess = calloc((size_t)c->E, 1)) || !(L->need = malloc(sizeof(int) * (size_t)c->E)) ||
             !(L->bslot = malloc(sizeof(int) * (size_t)c->E)) || !(L->bstate = malloc((size_t)c->E)))
             goto oom;
         for (int e = 0; e < c->E; e++) L->where[e] = -1;
-        for (int s = 0; s < L->n_slots; s++) {
-            L->slots[s].buf = L->mem + (size_t)s * sb;
+        for (int s = 0; s < L->n_slots + c->n_stage; s++) {
+            L->slots[s].buf = s < L->n_slots ? L->mem + (size_t)s * sb : NULL;
             L->slots[s].expert = -1;
         }
-        c->qcap += L->n_slots;
+        c->qcap += L->n_slots + c->n_stage;
+        if (sb > c->stage_mem_bytes) c->stage_mem_bytes = (size_t)sb; /* for now: the largest slot */
+    }
+    if (c->n_stage) {
+        size_t one = c->stage_mem_bytes;
+        c->stage_mem_bytes = one * (size_t)c->n_stage;
+        void *mem = mmap(NULL, c->stage_mem_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (mem == MAP_FAILED) {
+            c->stage_mem_bytes = 0;
+            st = moe_err(MOE_ENOMEM, "expert cache: cannot map %d staging buffers", c->n_stage);
+            goto fail;
+        }
+        c->stage_mem = mem;
+        if (!(c->free_buf = malloc(sizeof *c->free_buf * (size_t)c->n_stage))) goto oom;
+        for (int i = 0; i < c->n_stage; i++) c->free_buf[c->n_free++] = c->stage_mem + (size_t)i * one;
+    } else {
+        c->stage_mem_bytes = 0;
     }
     if (!(c->q = malloc(sizeof *c->q * (size_t)(c->qcap ? c->qcap : 1)))) goto oom;
     if (!(c->io = calloc((size_t)p->io_threads, sizeof *c->io))) goto oom;
@@ -605,6 +663,8 @@ void xc_free(xcache *c) {
         free(L->bslot);
         free(L->bstate);
     }
+    if (c->stage_mem) munmap(c->stage_mem, c->stage_mem_bytes);
+    free(c->free_buf);
     free(c->L);
     free(c->q);
     free(c->io);

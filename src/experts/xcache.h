@@ -20,7 +20,9 @@
  *
  * Eviction picks, among slots not in use, not being read and not pinned,
  * the least valuable: LFU (uses with a recency decay: a use counts
- * 0.99^(passes since)) or LRU. Pinned experts (from a profile) are loaded
+ * 0.99^(passes since)) or LRU. Admission: an expert worth less than every
+ * evictable one does not push one out; it goes through a staging buffer
+ * shared by the layers (exact misses, guesses) or is not read (skip). Pinned experts (from a profile) are loaded
  * at start and never evicted; at least one slot per layer stays unpinned.
  * Capacity 0 is the no-cache baseline: two staging slots per layer, every
  * use read from disk.
@@ -41,6 +43,9 @@ typedef struct xc_params {
     int skip;                /* miss policy: 0 exact (wait for the read), 1 skip (drop it) */
     int lru;                 /* eviction: 0 LFU with decay, 1 LRU */
     int io_threads;          /* >= 1 */
+    int stage;               /* staging buffers shared by the layers (0 < capacity < experts only):
+                                a miss worth less than every cached expert, or such a guess, is
+                                read into one and not kept, instead of evicting a hotter one */
 } xc_params;
 
 /* A new cache over store x for model m: slots allocated (not touched: memory
@@ -101,7 +106,7 @@ void xc_reset_stats(xcache *c);
  * many. For saving warm-start state. */
 int xc_resident(xcache *c, int l, int *experts, double *scores);
 
-/* Bytes of all slots (what the cache may hold at most). */
+/* Bytes of all slots and staging buffers (what the cache may hold at most). */
 uint64_t xc_bytes(const xcache *c);
 
 #endif

@@ -61,16 +61,39 @@ static int resident(xcache *c, int e) {
     return 0;
 }
 
-static xcache *make_p(int capacity, int lru, int skip) {
-    xc_params p = {.capacity = capacity, .lru = lru, .skip = skip, .io_threads = 2};
+static xcache *make_s(int capacity, int lru, int skip, int stage) {
+    xc_params p = {.capacity = capacity, .lru = lru, .skip = skip, .io_threads = 2, .stage = stage};
     xcache *c = NULL;
     CHECK(xc_new(g_m, g_x, &p, &c) == MOE_OK, "xc_new: %s", moe_errmsg());
     return c;
 }
 
+static xcache *make_p(int capacity, int lru, int skip) { return make_s(capacity, lru, skip, 0); }
+static void one(xcache *c, int e) { batch(c, &e, 1); }
 static xcache *make(int capacity, int lru) { return make_p(capacity, lru, 0); }
 
-static void one(xcache *c, int e) { batch(c, &e, 1); }
+/* exact with staging: a cold miss is read and run, but through a staging
+ * buffer, so the hot experts stay; a guess likewise */
+static void test_staging(void) {
+    xcache *c = make_s(2, 0, 0, 2);
+    if (!c) return;
+    int hot[2] = {0, 1};
+    for (int i = 0; i < 5; i++) CHECK(batch(c, hot, 2) == 2, "hot experts");
+    int cold[3] = {2, 0, 3};
+    CHECK(batch(c, cold, 3) == 3, "a batch with two cold misses: every expert handed out");
+    CHECK(resident(c, 0) && resident(c, 1) && !resident(c, 2) && !resident(c, 3), "cold misses evicted a hot expert");
+    int guess[1] = {4};
+    xc_prefetch(c, g_l, guess, 1);
+    CHECK(xc_wait_idle(c) == MOE_OK, "staged guess read: %s", moe_errmsg());
+    one(c, 4);
+    xc_counters k;
+    xc_stats(c, g_l, &k);
+    CHECK(resident(c, 0) && resident(c, 1) && k.evictions == 0 && k.prefetch_used == 1 && k.misses == 4,
+          "staging: %lld evictions, %lld guesses used, %lld misses", (long long)k.evictions, (long long)k.prefetch_used,
+          (long long)k.misses);
+    xc_free(c);
+}
+
 
 /* skip: a missing expert is dropped, and read for later only when it is
  * worth more than the expert it would push out */
@@ -179,6 +202,7 @@ int main(int argc, char **argv) {
         test_pin();
         test_prefetch();
         test_skip_admission();
+        test_staging();
     }
     xs_close(g_x);
     moe_model_free(g_m);
