@@ -211,6 +211,21 @@ static void test_matmul_vnni(const cpu_kernels *k) {
                   wfmt_name((wfmt)f), shapes[s].group, wfmt_name(sfmt), (long long)cols, worst);
             CHECK(total > 0, "%s %s cols %lld: decode is exact, so the input was not rounded", k->name,
                   wfmt_name((wfmt)f), (long long)cols);
+            /* the same decode over an input prepared once (what the backend does per call):
+             * the same results bit for bit, for any row range and a view of rows */
+            const cpu_dec *d = &k->dec[f];
+            CHECK(d->mm && d->bytes(&w) > 0, "%s %s: no prepared-input decode", k->name, wfmt_name((wfmt)f));
+            if (d->mm && d->bytes(&w) > 0) {
+                void *buf = aligned_alloc(64, (d->bytes(&w) + 63) / 64 * 64);
+                float yd[7];
+                d->prep(&w, x, buf);
+                d->mm(&w, 1, rows, buf, yd); /* rows 1.. land at yd[1..] */
+                wtensor v = wtensor_rows(&w, 0, 1);
+                d->mm(&v, 0, 1, buf, yd);
+                CHECK(memcmp(yd, y, sizeof yd) == 0, "%s %s cols %lld: prepared-input decode differs", k->name,
+                      wfmt_name((wfmt)f), (long long)cols);
+                free(buf);
+            }
             k->matmul[f](&w, 0, rows, x, cols, 3, y, rows); /* prompts: the float kernel's results */
             fl->matmul[f](&w, 0, rows, x, cols, 3, y0, rows);
             CHECK(memcmp(y, y0, sizeof(float) * (size_t)(3 * rows)) == 0, "%s %s prompt differs from avx512",
@@ -219,6 +234,58 @@ static void test_matmul_vnni(const cpu_kernels *k) {
             free_q(&w);
         }
     printf("%s: decode error at most %.2f of the int8 rounding bound\n", k->name, worst_frac);
+}
+
+/* Through the backend, decode (one token) prepares the input once per call
+ * (cpu_kernels.dec) and shares it among the items and among weights of one
+ * format, group and cols: be_matmul_n and be_matmul_swiglu must give the
+ * table's own matmul results bit for bit, for weights that share a prepared
+ * input, that need their own (another format or group), and that have none. */
+static void test_backend_vnni(const cpu_kernels *k) {
+    backend *be;
+    CHECK(backend_new(2, "avx512vnni", &be) == MOE_OK, "avx512vnni backend: %s", moe_errmsg());
+    if (!be) return;
+    const int64_t K = 1024, rows[4] = {300, 300, 296, 129};
+    wtensor w[4] = {make_qweights(WF_Q4, WF_BF16, 64, rows[0], K), make_qweights(WF_Q8, WF_F16, 64, rows[1], K),
+                    make_qweights(WF_Q4, WF_F32, 64, rows[2], K), make_qweights(WF_Q4, WF_BF16, 32, rows[3], K)};
+    float *x = malloc(sizeof(float) * (size_t)K), *y[4], *y0[4], *o = malloc(sizeof(float) * 300);
+    for (int64_t i = 0; i < K; i++) x[i] = frand() * (i % 5 == 0 ? 3.0f : 1.0f);
+    for (int i = 0; i < 4; i++) {
+        y[i] = malloc(sizeof(float) * (size_t)rows[i]);
+        y0[i] = malloc(sizeof(float) * (size_t)rows[i]);
+        k->matmul[w[i].fmt](&w[i], 0, rows[i], x, K, 1, y0[i], rows[i]);
+    }
+    void *bf = make_weights(WF_BF16, 40, K); /* no prepared input: matmul[] serves it */
+    wtensor wb = {WF_BF16, 40, K, bf, (size_t)K * 2, 0, 0, NULL, NULL, 0};
+    float yb0[40], yb[40];
+    k->matmul[WF_BF16](&wb, 0, 40, x, K, 1, yb0, 40);
+    for (int pass = 0; pass < 2; pass++) { /* the second reuses the backend's buffer */
+        be_matmul_n(be, 3, (const wtensor *const[]){&w[0], &w[1], &w[2]}, x, 1, NULL, y);
+        be_matmul_n(be, 2, (const wtensor *const[]){&w[3], &wb}, x, 1, NULL, (float *const[]){y[3], yb});
+        for (int i = 0; i < 4; i++)
+            CHECK(memcmp(y[i], y0[i], sizeof(float) * (size_t)rows[i]) == 0, "be_matmul_n decode, weight %d", i);
+        CHECK(memcmp(yb, yb0, sizeof yb) == 0, "be_matmul_n decode, BF16 beside Q4");
+        for (int c = 0; c < 2; c++) { /* gate and up of one format; of two */
+            const wtensor *g = &w[0], *u = c ? &w[1] : &w[0];
+            int64_t nr = rows[0];
+            be_matmul_swiglu(be, g, u, x, 1, o);
+            int bad = 0;
+            for (int64_t r = 0; r < nr; r++) {
+                const float *uy = c ? y0[1] : y0[0];
+                bad += o[r] != y0[0][r] / (1.0f + expf(-y0[0][r])) * uy[r];
+            }
+            CHECK(!bad, "be_matmul_swiglu decode (%s up): %d rows differ", c ? "Q8" : "Q4", bad);
+        }
+    }
+    for (int i = 0; i < 4; i++) {
+        free(y[i]);
+        free(y0[i]);
+        free_q(&w[i]);
+    }
+    free(bf);
+    free(x);
+    free(o);
+    backend_free(be);
 }
 
 static void test_matmul(const cpu_kernels *k) {
@@ -426,6 +493,7 @@ int main(void) {
     CHECK(tested > 0 || !MUST_HAVE_SIMD, "no SIMD kernel was tested on a CPU that has one");
     const cpu_kernels *vn = cpu_kernels_pick("avx512vnni");
     if (vn) test_matmul_vnni(vn);
+    if (vn) test_backend_vnni(vn);
 #if defined(__x86_64__)
     else printf("avx512vnni: not supported by this CPU, skipped\n");
 #endif

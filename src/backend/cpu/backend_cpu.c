@@ -23,6 +23,9 @@ struct backend {
     size_t amx_x_cap;            /* elements */
     unsigned char *amx_scratch;  /* [threads x amx_stride] bytes: panels and result tiles */
     size_t amx_stride;
+    /* decode: the input prepared once per call for the kernels' dec entries (dec_prepare) */
+    unsigned char *dec;          /* [dec_cap] bytes, 64-byte aligned; up to MM_MAX prepared inputs */
+    size_t dec_cap;
 };
 
 const char *wfmt_name(wfmt f) {
@@ -136,6 +139,7 @@ void backend_free(backend *be) {
     pool_free(be->pool);
     free(be->amx_x);
     free(be->amx_scratch);
+    free(be->dec);
     free(be);
 }
 
@@ -155,6 +159,7 @@ int64_t backend_amx_runs(const backend *be) { return be->amx_runs; }
 
 typedef struct mm_job {
     const cpu_kernels *k;
+    const void *dx[MM_MAX];         /* decode: w[i]'s prepared input (dec_prepare), or NULL */
     const float *x;
     int64_t n, tok_chunk, n_tok_chunks;
     int nw;
@@ -163,6 +168,43 @@ typedef struct mm_job {
     int64_t row_chunk[MM_MAX];
     int64_t first_item[MM_MAX + 1]; /* items of weight i: [first_item[i], first_item[i+1]) */
 } mm_job;
+
+/* Decode (n = 1): prepares x once for every weight of w[0..nw) whose kernel
+ * takes a prepared input (cpu_kernels.dec), weights of one format, group and
+ * cols sharing one, into be->dec (grown here, by the calling thread, and
+ * kept). dx[i]: w[i]'s, or NULL where matmul[] serves w[i] (also when memory
+ * is short). Every item of the call then reads it instead of redoing it. */
+static void dec_prepare(backend *be, int nw, const wtensor *const *w, const float *x, const void **dx) {
+    size_t off[MM_MAX], total = 0;
+    int src[MM_MAX]; /* the weight whose prepared input w[i] uses, or -1 */
+    for (int i = 0; i < nw; i++) {
+        const cpu_dec *d = &be->k->dec[w[i]->fmt];
+        size_t b = d->mm ? d->bytes(w[i]) : 0;
+        src[i] = -1;
+        dx[i] = NULL;
+        if (!b) continue;
+        src[i] = i;
+        for (int j = 0; j < i; j++)
+            if (src[j] == j && w[j]->fmt == w[i]->fmt && w[j]->group == w[i]->group && w[j]->cols == w[i]->cols)
+                src[i] = j;
+        if (src[i] == i) {
+            off[i] = total;
+            total += (b + 63) / 64 * 64;
+        }
+    }
+    if (!total) return;
+    if (total > be->dec_cap) {
+        free(be->dec);
+        be->dec = aligned_alloc(64, total);
+        be->dec_cap = be->dec ? total : 0;
+        if (!be->dec) return;
+    }
+    for (int i = 0; i < nw; i++) {
+        if (src[i] < 0) continue;
+        if (src[i] == i) be->k->dec[w[i]->fmt].prep(w[i], x, be->dec + off[i]);
+        dx[i] = be->dec + off[src[i]];
+    }
+}
 
 /* AMX prompt path: an item is a block of up to AMX_RB rows of one weight (or
  * of gate and up) for every token of the batch, so each thread dequantizes a
@@ -255,6 +297,10 @@ static void mm_item(void *ctx, int64_t item, int tid) {
     int64_t rc = it / j->n_tok_chunks, tc = it % j->n_tok_chunks;
     int64_t r0 = rc * j->row_chunk[i], r1 = r0 + j->row_chunk[i] < w->rows ? r0 + j->row_chunk[i] : w->rows;
     int64_t t0 = tc * j->tok_chunk, nt = j->n - t0 < j->tok_chunk ? j->n - t0 : j->tok_chunk;
+    if (j->dx[i]) {
+        j->k->dec[w->fmt].mm(w, r0, r1, j->dx[i], j->y[i]);
+        return;
+    }
     mm(w, r0, r1, j->x + t0 * w->cols, w->cols, nt, j->y[i] + t0 * w->rows, w->rows);
 }
 
@@ -263,6 +309,7 @@ static void mm_float(backend *be, int nw, const wtensor *const *w, const float *
     int nth = pool_threads(be->pool);
     mm_job j = {.k = be->k, .x = x, .n = n, .tok_chunk = 32, .nw = nw};
     j.n_tok_chunks = (n + j.tok_chunk - 1) / j.tok_chunk;
+    if (n == 1) dec_prepare(be, nw, w, x, j.dx);
     for (int i = 0; i < nw; i++) {
         /* enough items for the pool to balance, each a multiple of the 4-row tile */
         int64_t chunk = (w[i]->rows + nth * 8 - 1) / (nth * 8);
@@ -294,8 +341,9 @@ void be_matmul_n(backend *be, int nw, const wtensor *const *w, const float *x, i
                 for (int64_t r = 0; r < w[i]->rows; r++) y[i][t * w[i]->rows + r] += bias[i][r];
 }
 
-/* Fused SwiGLU: an item is SW_ROWS rows of gate and up for SW_TOK tokens;
- * its two partial products live in a stack buffer of 2 * SW_ROWS * SW_TOK floats. */
+/* Fused SwiGLU: an item is SW_ROWS rows of gate and up for SW_TOK tokens (for
+ * one token, up to SW_ROWS * SW_TOK rows); its two partial products live in a
+ * stack buffer of 2 * SW_ROWS * SW_TOK floats. */
 #define SW_ROWS 64
 #define SW_TOK 32
 
@@ -304,14 +352,15 @@ typedef struct sw_job {
     const wtensor *gate, *up;
     const float *x;
     float *out;
-    int64_t n, n_row_chunks;
+    int64_t n, rb, n_row_chunks; /* rb: rows an item */
+    const void *dx[2];           /* decode: gate's and up's prepared input (dec_prepare), or NULL */
 } sw_job;
 
 static void sw_item(void *ctx, int64_t item, int tid) {
     (void)tid;
     const sw_job *j = ctx;
     int64_t rc = item % j->n_row_chunks, tc = item / j->n_row_chunks;
-    int64_t rows = j->gate->rows, r0 = rc * SW_ROWS, nr = rows - r0 < SW_ROWS ? rows - r0 : SW_ROWS;
+    int64_t rows = j->gate->rows, r0 = rc * j->rb, nr = rows - r0 < j->rb ? rows - r0 : j->rb;
     int64_t t0 = tc * SW_TOK, nt = j->n - t0 < SW_TOK ? j->n - t0 : SW_TOK;
     float g[SW_ROWS * SW_TOK], u[SW_ROWS * SW_TOK]; /* [nt x nr] */
     const wtensor *w[2] = {j->gate, j->up};
@@ -319,7 +368,8 @@ static void sw_item(void *ctx, int64_t item, int tid) {
     for (int i = 0; i < 2; i++) {
         mm_fn mm = cpu_kernels_mm(j->k, w[i]->fmt);
         wtensor v = wtensor_rows(w[i], r0, nr); /* so the block's row r0 lands in column 0 of y */
-        mm(&v, 0, nr, j->x + t0 * v.cols, v.cols, nt, y[i], nr);
+        if (j->dx[i]) j->k->dec[v.fmt].mm(&v, 0, nr, j->dx[i], y[i]);
+        else mm(&v, 0, nr, j->x + t0 * v.cols, v.cols, nt, y[i], nr);
     }
     for (int64_t t = 0; t < nt; t++) {
         float *o = j->out + (t0 + t) * rows + r0;
@@ -331,7 +381,17 @@ static void sw_item(void *ctx, int64_t item, int tid) {
 void be_matmul_swiglu(backend *be, const wtensor *gate, const wtensor *up, const float *x, int64_t n, float *out) {
     amx_job aj = {.ep = AMX_SWIGLU, .nw = 1, .w = {{gate, up}}, .y = {out}};
     if (be->amx && n >= be->amx_min && amx_run(be, &aj, x, n)) return;
-    sw_job j = {be->k, gate, up, x, out, n, (gate->rows + SW_ROWS - 1) / SW_ROWS};
+    int64_t rb = SW_ROWS;
+    if (n == 1) {
+        /* decode: an item's buffers hold SW_TOK times the rows of one token, so
+         * take bigger items, about 8 a thread as mm_float does: 64-row items
+         * spent more on the pool and on each item's setup than they balanced */
+        int nth = pool_threads(be->pool);
+        rb = (gate->rows + nth * 8 - 1) / (nth * 8);
+        rb = rb < SW_ROWS ? SW_ROWS : rb > SW_ROWS * SW_TOK ? SW_ROWS * SW_TOK : (rb + 3) / 4 * 4;
+    }
+    sw_job j = {be->k, gate, up, x, out, n, rb, (gate->rows + rb - 1) / rb, {NULL, NULL}};
+    if (n == 1) dec_prepare(be, 2, (const wtensor *const[]){gate, up}, x, j.dx);
     int64_t items = j.n_row_chunks * ((n + SW_TOK - 1) / SW_TOK);
     if (2 * gate->rows * gate->cols * n < SMALL_WORK)
         for (int64_t it = 0; it < items; it++) sw_item(&j, it, 0);

@@ -65,6 +65,20 @@ typedef void (*kv_axpy_fn)(float *y, float a, const unsigned char *v, const floa
 /* The kv_dot / kv_axpy slot of a cache of `bits` (8 or 4). */
 static inline int kv_slot(int bits) { return bits == 4; }
 
+/* Decode (one token) over an input prepared once per matmul call and shared
+ * by every row range and every weight of the call (the int8-input VNNI
+ * kernels, simd_vnni.h: the rounding and block sums are then done once, not
+ * once per work item). bytes: the size of w's prepared input (it depends on
+ * w's format, group and cols only), 0 when this kernel cannot take w (matmul[]
+ * serves it then). prep: x[w->cols] into buf (bytes(w) bytes, 64-byte
+ * aligned). mm: y[r] = row r of w . x for r in [r0, r1), buf prepared for a
+ * weight of the same format, group and cols; buf is only read (threads share it). */
+typedef struct cpu_dec {
+    size_t (*bytes)(const wtensor *w);
+    void (*prep)(const wtensor *w, const float *x, void *buf);
+    void (*mm)(const wtensor *w, int64_t r0, int64_t r1, const void *buf, float *y);
+} cpu_dec;
+
 typedef struct cpu_kernels {
     const char *name;
     mm_fn matmul[WF_COUNT];  /* NULL: the scalar kernel serves that format */
@@ -72,6 +86,7 @@ typedef struct cpu_kernels {
     axpy_fn axpy;
     kv_dot_fn kv_dot[2];   /* by kv_slot(bits); NULL: the scalar kernel serves it */
     kv_axpy_fn kv_axpy[2];
+    cpu_dec dec[WF_COUNT];   /* all NULL: decode goes through matmul[] */
 } cpu_kernels;
 
 const cpu_kernels *cpu_kernels_scalar(void);

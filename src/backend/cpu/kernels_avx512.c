@@ -51,7 +51,9 @@ const cpu_kernels *cpu_kernels_avx512(void) { return &k_avx512; }
 #include "simd_vnni.h"
 static const cpu_kernels k_avx512_vnni = {
     "avx512vnni", {mm_f32, mm_f16, mm_bf16, mm_q2, mm_q3, mm_q4_vnni, mm_q5, mm_q6, mm_q8_vnni}, dot_v, axpy_v,
-    .kv_dot = {kv_dot8_v, kv_dot4_v}, .kv_axpy = {kv_axpy8_v, kv_axpy4_v}};
+    .kv_dot = {kv_dot8_v, kv_dot4_v}, .kv_axpy = {kv_axpy8_v, kv_axpy4_v},
+    .dec = {[WF_Q4] = {vn_dec_bytes, mm_q4_vnni_prep, mm_q4_vnni_dmm},
+            [WF_Q8] = {vn_dec_bytes, mm_q8_vnni_prep, mm_q8_vnni_dmm}}};
 const cpu_kernels *cpu_kernels_avx512_vnni(void) { return &k_avx512_vnni; }
 #else
 #include "kernels.h"

@@ -25,6 +25,10 @@
  * group. Per row and chunk: vpdpbusd (two for Q4), a conversion, and an FMA
  * with the lane's scale * d, looked up (vpermps) in the row's products
  * scale * d per input block, computed once per row and segment.
+ *
+ * The backend prepares the input once per matmul call, through the table's
+ * dec entries (the _prep and _dmm functions below), and every work item of
+ * the call reads it; the mm_fn entry prepares its own copy on the stack.
  */
 
 #define QVB 32    /* input values per int8 scale */
@@ -203,38 +207,73 @@ vn_tile(const int bits, const int group, const wtensor *w, const int64_t *ri, in
     for (int r = 0; r < QDR; r++) out[r] = _mm512_reduce_add_ps(acc[r]) + bs[r];
 }
 
-/* Rows go tile by tile, each through all its segments, so a tile streams its
- * rows' bytes in order (segment by segment over all rows would stride). The
- * input is prepared for VN_NSEG segments at a time, up front. */
+/* Bytes of the input of K columns prepared for vn_rows: its segments. */
+static inline size_t vn_bytes(int64_t K) { return (size_t)((K + QSEG - 1) / QSEG) * sizeof(vn_seg); }
+
+/* Rows [r0, r1) over the columns [p0, p0+pk), s[i] the prepared segment at
+ * p0 + i*QSEG: y[r] = (p0 ? y[r] : 0) + their part. Rows go tile by tile,
+ * each through all its segments, so a tile streams its rows' bytes in order
+ * (segment by segment over all rows would stride). A row's result does not
+ * depend on r0 or r1. */
+static inline __attribute__((always_inline, target("avx512vnni"))) void
+vn_rows(const int bits, const int group, const wtensor *w, int64_t r0, int64_t r1, const vn_seg *s, int64_t p0,
+        int64_t pk, float *y) {
+    const int64_t K = w->cols;
+    int nseg = (int)((pk + QSEG - 1) / QSEG);
+    for (int64_t r = r0; r < r1; r += QDR) {
+        int nr = r1 - r < QDR ? (int)(r1 - r) : QDR;
+        int64_t ri[QDR];
+        for (int i = 0; i < QDR; i++) ri[i] = r + (i < nr ? i : nr - 1);
+        float sum[QDR] = {0}, out[QDR];
+        for (int i = 0; i < nseg; i++) {
+            int64_t k0 = p0 + i * QSEG, kn = K - k0 < QSEG ? K - k0 : QSEG;
+            vn_tile(bits, group, w, ri, k0, kn, &s[i], out);
+            for (int j = 0; j < QDR; j++) sum[j] += out[j];
+        }
+        for (int i = 0; i < nr; i++) y[r + i] = (p0 ? y[r + i] : 0.0f) + sum[i];
+    }
+}
+
+/* x[0 .. K) prepared into s[0 .. vn_bytes(K)): every segment. */
+static void vn_prepare_all(int bits, int group, const float *x, int64_t K, vn_seg *s) {
+    for (int64_t k0 = 0; k0 < K; k0 += QSEG)
+        vn_prepare(bits, group, x + k0, K - k0 < QSEG ? K - k0 : QSEG, &s[k0 / QSEG]);
+}
+
+/* Decode without a prepared input (the mm_fn entry): VN_NSEG segments at a
+ * time prepared on the stack, then every row over them. */
 static inline __attribute__((always_inline, target("avx512vnni"))) void
 vn_decode(const int bits, const int group, const wtensor *w, int64_t r0, int64_t r1, const float *x, float *y) {
     const int64_t K = w->cols;
     vn_seg s[VN_NSEG];
     for (int64_t p0 = 0; p0 < K; p0 += VN_NSEG * QSEG) {
         int64_t pk = K - p0 < VN_NSEG * QSEG ? K - p0 : VN_NSEG * QSEG;
-        int nseg = (int)((pk + QSEG - 1) / QSEG);
-        for (int i = 0; i < nseg; i++)
-            vn_prepare(bits, group, x + p0 + i * QSEG, pk - i * QSEG < QSEG ? pk - i * QSEG : QSEG, &s[i]);
-        for (int64_t r = r0; r < r1; r += QDR) {
-            int nr = r1 - r < QDR ? (int)(r1 - r) : QDR;
-            int64_t ri[QDR];
-            for (int i = 0; i < QDR; i++) ri[i] = r + (i < nr ? i : nr - 1);
-            float sum[QDR] = {0}, out[QDR];
-            for (int i = 0; i < nseg; i++) {
-                int64_t k0 = p0 + i * QSEG, kn = K - k0 < QSEG ? K - k0 : QSEG;
-                vn_tile(bits, group, w, ri, k0, kn, &s[i], out);
-                for (int j = 0; j < QDR; j++) sum[j] += out[j];
-            }
-            for (int i = 0; i < nr; i++) y[r + i] = (p0 ? y[r + i] : 0.0f) + sum[i];
-        }
+        vn_prepare_all(bits, group, x + p0, pk, s);
+        vn_rows(bits, group, w, r0, r1, s, p0, pk, y);
     }
 }
 
-/* Decode through vn_decode; prompts (n > 1) through the float path of mm_fl. */
+/* Decode over a whole prepared input s (vn_prepare_all): the segments
+ * summed VN_NSEG at a time as vn_decode does, so the results are its own. */
+static inline __attribute__((always_inline, target("avx512vnni"))) void
+vn_decode_prepared(const int bits, const int group, const wtensor *w, int64_t r0, int64_t r1, const vn_seg *s,
+                   float *y) {
+    for (int64_t p0 = 0; p0 < w->cols; p0 += VN_NSEG * QSEG)
+        vn_rows(bits, group, w, r0, r1, s + p0 / QSEG, p0,
+                w->cols - p0 < VN_NSEG * QSEG ? w->cols - p0 : VN_NSEG * QSEG, y);
+}
+
+/* The groups the kernels are compiled for; dec_bytes is 0 for the others. */
+static size_t vn_dec_bytes(const wtensor *w) {
+    return w->group == 32 || w->group == 64 || w->group == 128 ? vn_bytes(w->cols) : 0;
+}
+
+/* Per format: decode through vn_decode, or (the dec_* entries) over an input
+ * prepared once per call; prompts (n > 1) through the float path of mm_fl. */
 #define VNMM(name, bits, mm_fl)                                                                                      \
-    static __attribute__((target("avx512vnni"), noinline)) void name##_g(int group, const wtensor *w, int64_t r0,   \
-                                                                          int64_t r1, const float *x, float *y) {    \
-        switch (group) {                                                                                             \
+    static __attribute__((target("avx512vnni"), noinline)) void name##_g(const wtensor *w, int64_t r0, int64_t r1,  \
+                                                                          const float *x, float *y) {               \
+        switch (w->group) {                                                                                          \
         case 32: vn_decode(bits, 32, w, r0, r1, x, y); return;                                                       \
         case 64: vn_decode(bits, 64, w, r0, r1, x, y); return;                                                       \
         default: vn_decode(bits, 128, w, r0, r1, x, y); return;                                                      \
@@ -242,10 +281,21 @@ vn_decode(const int bits, const int group, const wtensor *w, int64_t r0, int64_t
     }                                                                                                                \
     static void name(const wtensor *w, int64_t r0, int64_t r1, const float *x, int64_t ldx, int64_t n, float *y,   \
                      int64_t ldy) {                                                                                  \
-        if (n == 1 && (w->group == 32 || w->group == 64 || w->group == 128))                                         \
-            name##_g(w->group, w, r0, r1, x, y);                                                                     \
+        if (n == 1 && vn_dec_bytes(w))                                                                               \
+            name##_g(w, r0, r1, x, y);                                                                               \
         else                                                                                                         \
             mm_fl(w, r0, r1, x, ldx, n, y, ldy);                                                                     \
+    }                                                                                                                \
+    static void name##_prep(const wtensor *w, const float *x, void *buf) {                                          \
+        vn_prepare_all(bits, w->group, x, w->cols, buf);                                                             \
+    }                                                                                                                \
+    static __attribute__((target("avx512vnni"), noinline)) void name##_dmm(const wtensor *w, int64_t r0,           \
+                                                                            int64_t r1, const void *buf, float *y) { \
+        switch (w->group) {                                                                                          \
+        case 32: vn_decode_prepared(bits, 32, w, r0, r1, buf, y); return;                                           \
+        case 64: vn_decode_prepared(bits, 64, w, r0, r1, buf, y); return;                                           \
+        default: vn_decode_prepared(bits, 128, w, r0, r1, buf, y); return;                                         \
+        }                                                                                                            \
     }
 VNMM(mm_q4_vnni, 4, mm_q4)
 VNMM(mm_q8_vnni, 8, mm_q8)
