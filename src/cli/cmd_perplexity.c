@@ -12,10 +12,12 @@
 #include "cli.h"
 
 static void help(FILE *f) {
-    fprintf(f, "usage: moe perplexity [-m DIR] -f FILE [--ctx N] [--kv-bits N] [model options]\n"
+    fprintf(f, "usage: moe perplexity [-m DIR] -f FILE [--ctx N] [--batch N] [--kv-bits N] [model options]\n"
                "  -m DIR    model directory (default %s)\n"
                "  -f FILE   text to score\n"
                "  --ctx N   tokens per chunk including BOS (default 512)\n"
+               "  --batch N tokens per forward pass (default 256); 1 scores the text through\n"
+               "            the one-token (decode) kernels, as generation runs them\n"
                "  --kv-bits N  KV cache: 32 = float32 (default), 8 or 4 bits a value\n"
                "The text is tokenized without special tokens and cut into chunks of N-1 tokens;\n"
                "each chunk gets BOS in front and all its tokens are scored.\n",
@@ -25,7 +27,7 @@ static void help(FILE *f) {
 
 int cmd_perplexity(int argc, char **argv) {
     const char *dir = cli_default_model(), *file = NULL, *v;
-    long long ctx = 512, kv_bits = 0;
+    long long ctx = 512, kv_bits = 0, batch = 0;
     cli_model_opts mo;
     cli_model_opts_init(&mo);
     for (int i = 1; i < argc; i++) {
@@ -37,6 +39,7 @@ int cmd_perplexity(int argc, char **argv) {
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { CLI_VALUE(); dir = v; }
         else if (!strcmp(a, "-f")) { CLI_VALUE(); file = v; }
         else if (!strcmp(a, "--ctx")) { CLI_VALUE(); if (cli_int(a, v, 2, 1 << 20, &ctx)) return 1; }
+        else if (!strcmp(a, "--batch")) { CLI_VALUE(); if (cli_int(a, v, 1, 1 << 20, &batch)) return 1; }
         else if (!strcmp(a, "--kv-bits")) { CLI_VALUE(); if (cli_int(a, v, 0, 64, &kv_bits)) return 1; }
         else return cli_fail("perplexity: unknown option %s (moe perplexity --help lists them)", a);
     }
@@ -58,6 +61,7 @@ int cmd_perplexity(int argc, char **argv) {
     moe_seq_params_defaults(&qp);
     qp.n_ctx = (int)ctx;
     qp.kv_bits = (int)kv_bits;
+    if (batch) qp.n_batch = (int)batch;
     logits = malloc((size_t)ctx * (size_t)V * sizeof *logits);
     if (!logits) { rc = cli_fail("out of memory"); goto done; }
     if ((st = moe_seq_new(m, &qp, &s))) goto done;
