@@ -220,6 +220,14 @@ static void empty_slot(xcache *c, xlayer *L, int s) {
     }
 }
 
+/* Empties the failed slot s of L; returns its read's error, set as this
+ * thread's message. */
+static moe_status take_failure(xcache *c, xlayer *L, int s) {
+    moe_status st = moe_err(L->slots[s].err, "%s", L->slots[s].msg);
+    empty_slot(c, L, s);
+    return st;
+}
+
 /* A staging slot of layer l holding a buffer from the pool, or -1. A buffer
  * lent to an expert read ahead in another layer and not in use (ready,
  * refs 0) is taken back when the pool is empty: the read needed now wins. */
@@ -337,13 +345,10 @@ moe_status xc_next(xcache *c, int l, int *i, const expert **w) {
                 return MOE_OK;
             }
             if (sl->state == SL_FAILED) {
-                moe_status st = sl->err;
-                char msg[256];
-                memcpy(msg, sl->msg, sizeof msg);
                 abort_locked(c, l);
-                empty_slot(c, L, (int)(sl - L->slots));
+                moe_status st = take_failure(c, L, L->bslot[k]);
                 pthread_mutex_unlock(&c->mu);
-                return moe_err(st, "%s", msg);
+                return st;
             }
             left = 1;
         }
@@ -366,12 +371,6 @@ void xc_release(xcache *c, int l, int i) {
             empty_slot(c, L, L->bslot[i]);
         assign_waiting(c, l);
     }
-    pthread_mutex_unlock(&c->mu);
-}
-
-void xc_abort(xcache *c, int l) {
-    pthread_mutex_lock(&c->mu);
-    abort_locked(c, l);
     pthread_mutex_unlock(&c->mu);
 }
 
@@ -409,13 +408,7 @@ static moe_status wait_loaded(xcache *c, int l, const int *experts, int n) {
             if (s < 0) continue;
             slot *sl = &L->slots[s];
             if (sl->state == SL_LOADING) loading = 1;
-            if (sl->state == SL_FAILED) {
-                moe_status st = sl->err;
-                char msg[256];
-                memcpy(msg, sl->msg, sizeof msg);
-                empty_slot(c, L, (int)(sl - L->slots));
-                return moe_err(st, "%s", msg);
-            }
+            if (sl->state == SL_FAILED) return take_failure(c, L, s);
         }
         if (!loading) return MOE_OK;
         pthread_cond_wait(&c->cv_done, &c->mu);
@@ -469,20 +462,16 @@ moe_status xc_wait_idle(xcache *c) {
     pthread_mutex_lock(&c->mu);
     while (c->qlen || c->inflight) pthread_cond_wait(&c->cv_done, &c->mu);
     moe_status st = MOE_OK;
-    char msg[256] = "";
     for (int l = 0; l < c->n_layers && !st; l++)
         for (int s = 0; c->L[l].n_slots && s < c->L[l].n_slots + c->n_stage; s++) {
             slot *sl = &c->L[l].slots[s];
             if (sl->state != SL_FAILED || sl->refs) continue;
-            if (!st) {
-                st = sl->err;
-                memcpy(msg, sl->msg, sizeof msg);
-            }
-            empty_slot(c, &c->L[l], (int)(sl - c->L[l].slots));
+            if (!st) st = take_failure(c, &c->L[l], s);
+            else empty_slot(c, &c->L[l], s);
         }
     c->bg_err = MOE_OK;
     pthread_mutex_unlock(&c->mu);
-    return st ? moe_err(st, "%s", msg) : MOE_OK;
+    return st;
 }
 
 /* ---------------------------------------------------------- statistics -- */

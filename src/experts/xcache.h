@@ -64,12 +64,10 @@ moe_status xc_begin(xcache *c, int l, const int *need, int n, unsigned char *ski
  * need[] (-1 when every expert not skipped has been handed out) and *w its
  * weights, valid until xc_release(c, l, *i). Waits for reads as needed. A
  * failed read returns its error (MOE_EIO, MOE_EFORMAT) with the store's
- * message; the batch is then abandoned (xc_abort). */
+ * message; the batch is then abandoned (what it held is released). */
 moe_status xc_next(xcache *c, int l, int *i, const expert **w);
 /* need[i] has run: its slot may be evicted again. */
 void xc_release(xcache *c, int l, int i);
-/* Ends layer l's batch early (after an error): releases what it holds. */
-void xc_abort(xcache *c, int l);
 
 /* Starts reading experts[0..n) of layer l that are not resident, into slots
  * not in use (never evicting a pinned expert), most wanted first; notes the

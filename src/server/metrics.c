@@ -163,15 +163,19 @@ void metrics_render_experts(const moe_model *model, sbuf *o) {
         {"moe_expert_evictions_total", "experts evicted from the cache", offsetof(moe_expert_stats, evictions)},
         {"moe_expert_read_bytes_total", "bytes read from the expert store", offsetof(moe_expert_stats, bytes_read)},
     };
+    /* each layer's counters read once, then written metric by metric */
+    moe_expert_stats *ls = calloc((size_t)c->n_layers, sizeof *ls);
+    unsigned char *moe = calloc((size_t)c->n_layers, 1);
+    for (int l = 0; ls && moe && l < c->n_layers; l++) moe[l] = moe_model_expert_stats(model, l, &ls[l]) == MOE_OK;
     for (size_t i = 0; i < sizeof k / sizeof *k; i++) {
         metric(o, k[i].name, "counter", k[i].help);
-        for (int l = 0; l < c->n_layers; l++) {
-            moe_expert_stats s;
-            if (moe_model_expert_stats(model, l, &s) == MOE_OK)
-                sbuf_printf(o, "%s{layer=\"%d\"} %lld\n", k[i].name, l, (long long)*(const int64_t *)((const char *)&s + k[i].off));
-        }
+        for (int l = 0; ls && moe && l < c->n_layers; l++)
+            if (moe[l])
+                sbuf_printf(o, "%s{layer=\"%d\"} %lld\n", k[i].name, l, (long long)*(const int64_t *)((const char *)&ls[l] + k[i].off));
         sbuf_printf(o, "%s{layer=\"all\"} %lld\n", k[i].name, (long long)*(const int64_t *)((const char *)&t + k[i].off));
     }
+    free(ls);
+    free(moe);
     metric(o, "moe_expert_read_seconds_total", "counter", "wall time with at least one expert read in flight");
     sbuf_printf(o, "moe_expert_read_seconds_total %.6f\n", t.read_seconds);
     metric(o, "moe_expert_resident", "gauge", "experts in memory, all MoE layers");
