@@ -150,7 +150,7 @@ void moe_model_reset_expert_stats(moe_model *m);
 /* What a model is, as read from its config.json. All fields are plain values;
  * the struct lives as long as the model. */
 typedef struct moe_config {
-    const char *model_type;   /* "mistral", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe" */
+    const char *model_type;   /* "mistral", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "qwen3_next" */
     const char *dtype;        /* storage dtype of most weights: "float32", "bfloat16", ... */
     int vocab_size;
     int hidden_size;
@@ -179,6 +179,7 @@ typedef struct moe_config {
     int64_t n_params_active;  /* parameters touched per token (top-k experts only) */
     int64_t weight_bytes;     /* bytes of all weight tensors as stored */
     int64_t weight_bytes_active; /* bytes of weights read per decoded token */
+    int n_linear_layers;      /* gated DeltaNet layers (qwen3_next), whose cache is a recurrent state */
 } moe_config;
 
 const moe_config *moe_model_config(const moe_model *m);
@@ -211,10 +212,15 @@ typedef struct moe_seq_params {
                      head_dim 128, 3.6x (8) or 6.4x (4) smaller. Perplexity
                      of the bundled models: +0.03% at 8, +1% at 4. Other
                      values: moe_seq_new fails with MOE_EINVAL. */
+    int n_snapshots; /* models with linear-attention layers (qwen3_next):
+                     how many saved states moe_seq_snapshot keeps (the
+                     earliest is replaced first); <= 0: 2. Each is the size
+                     of the recurrent state (about 78 MB for Qwen3-Next-80B). */
 } moe_seq_params;
 
 void moe_seq_params_defaults(moe_seq_params *p);
-/* Bytes of KV cache that moe_seq_new(m, p) allocates (p may be NULL: the
+/* Bytes of KV cache that moe_seq_new(m, p) allocates, recurrent state of
+ * linear-attention layers included (p may be NULL: the
  * defaults); -1 with a message when p->kv_bits is not supported.
  * moe_model_kv_bytes(m, n_ctx) is this with n_ctx and the other defaults. */
 int64_t moe_seq_kv_bytes(const moe_model *m, const moe_seq_params *p);
@@ -230,7 +236,9 @@ void moe_seq_free(moe_seq *s);
  * with all != 0 every appended position, [n x vocab] row-major; else only the
  * last position, [vocab]. The last position's logits are also kept in the
  * sequence for moe_generate_next. On failure the sequence is left at the
- * position it had before the call. */
+ * position it had before the call; on a model with linear-attention layers
+ * (whose state cannot be rewound) at the last snapshot at or before that
+ * position, or empty. */
 moe_status moe_seq_eval(moe_seq *s, const int32_t *tokens, size_t n, float *logits, int all);
 
 /* Number of tokens in the sequence so far, a sampled token not yet run included. */
@@ -241,9 +249,23 @@ const int32_t *moe_seq_tokens(const moe_seq *s, size_t *n);
 /* Drops the tokens after the first `pos`, keeping the cache of those before,
  * so a conversation can continue from a shared prefix without reprocessing
  * it. MOE_ERANGE when a sliding window has already overwritten what the
- * shorter sequence needs (then moe_seq_reset and evaluate again). */
+ * shorter sequence needs, or, on a model with linear-attention layers
+ * (qwen3_next), when pos is neither 0, the current position, nor a position
+ * moe_seq_snapshot saved (then go to moe_seq_restore_point(s, pos) and
+ * evaluate the rest again). Snapshots past pos are dropped. */
 moe_status moe_seq_truncate(moe_seq *s, int64_t pos);
-/* Forgets everything: position 0, empty cache. */
+/* The largest position <= pos that moe_seq_truncate accepts now (0 when
+ * none but the start): pos itself on attention-only models (within a
+ * sliding window's reach), the nearest snapshot on hybrid ones. */
+int64_t moe_seq_restore_point(const moe_seq *s, int64_t pos);
+/* Saves the recurrent state of a model with linear-attention layers at the
+ * current position (its tokens run; a pending sampled token is not in it),
+ * so moe_seq_truncate can come back here: call it at turn boundaries. Keeps
+ * moe_seq_params.n_snapshots of them, replacing the earliest. No-op (MOE_OK)
+ * on attention-only models, whose KV cache can always be cut back.
+ * MOE_ENOMEM when the copy cannot be allocated (nothing changes). */
+moe_status moe_seq_snapshot(moe_seq *s);
+/* Forgets everything: position 0, empty cache, no snapshots. */
 void moe_seq_reset(moe_seq *s);
 
 /* -------------------------------------------------------------- sampler -- */

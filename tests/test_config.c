@@ -55,6 +55,24 @@ int main(void) {
     CHECK(!c.layer_window[0] && c.layer_window[1] == 8 && c.fam->qk_norm == QK_NORM_FULL, "layer_types");
     config_free(&c);
 
+    /* qwen3_next: every 4th layer full attention, the rest gated DeltaNet; partial RoPE */
+#define NEXT "{\"model_type\":\"qwen3_next\"," BASE ",\"head_dim\":32,\"num_experts\":8,\"partial_rotary_factor\":0.25," \
+             "\"linear_num_key_heads\":2,\"linear_num_value_heads\":4,\"linear_key_head_dim\":16,\"linear_value_head_dim\":24"
+    CHECK(parse(&c, NEXT ",\"mlp_only_layers\":[1]}") == MOE_OK, "%s", moe_errmsg());
+    CHECK(c.layer_linear[0] && c.layer_linear[2] && !c.layer_linear[3] && c.pub.n_linear_layers == 3, "full_attention_interval 4");
+    CHECK(c.lin_nk == 2 && c.lin_nv == 4 && c.lin_dk == 16 && c.lin_dv == 24 && c.lin_conv == 4 && c.rot_dim == 8,
+          "linear shapes, rotary dims");
+    CHECK(c.fam->attn_gate && c.fam->centred_norms && c.fam->shared_expert && !c.layer_moe[1] && c.layer_moe[2], "qwen3_next switches");
+    config_free(&c);
+    CHECK(parse(&c, NEXT ",\"layer_types\":[\"linear_attention\",\"full_attention\",\"linear_attention\",\"full_attention\"]}") == MOE_OK,
+          "%s", moe_errmsg());
+    CHECK(c.layer_linear[0] && !c.layer_linear[1] && c.layer_linear[2] && !c.layer_linear[3] && c.pub.n_linear_layers == 2,
+          "layer_types wins over the interval");
+    config_free(&c);
+    CHECK(parse(&c, NEXT ",\"full_attention_interval\":2}") == MOE_OK && c.pub.n_linear_layers == 2 && !c.layer_linear[1],
+          "full_attention_interval 2: %s", moe_errmsg());
+    config_free(&c);
+
     /* refusals */
     struct { const char *json; moe_status st; const char *msg; } bad[] = {
         {"{\"model_type\":\"llama4\"," BASE "}", MOE_EUNSUPPORTED, "model_type \"llama4\" is not supported"},
@@ -71,6 +89,11 @@ int main(void) {
         {"{\"model_type\":\"mistral\"," BASE ",\"vocab_size\":-5}", MOE_EFORMAT, "vocab_size"},
         {"{\"model_type\":\"mistral\"," BASE ",\"num_hidden_layers\":2.5}", MOE_EFORMAT, "num_hidden_layers"},
         {"[1]", MOE_EFORMAT, "not a JSON object"},
+        {"{\"model_type\":\"mistral\"," BASE ",\"layer_types\":[\"linear_attention\",\"full_attention\",\"full_attention\",\"full_attention\"]}",
+         MOE_EUNSUPPORTED, "layer_types[0] = linear_attention"},
+        {"{\"model_type\":\"qwen3_next\"," BASE ",\"num_experts\":8}", MOE_EFORMAT, "linear_num_key_heads\" is missing"},
+        {NEXT ",\"linear_num_value_heads\":3}", MOE_EFORMAT, "not a multiple of linear_num_key_heads"},
+        {NEXT ",\"partial_rotary_factor\":0.1}", MOE_EUNSUPPORTED, "rotated dims"},
         {"{\"model_type\":", MOE_EFORMAT, "not valid JSON"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {

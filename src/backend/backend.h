@@ -83,8 +83,28 @@ void be_matmul_swiglu(backend *be, const wtensor *gate, const wtensor *up, const
 void be_get_row(const wtensor *w, int64_t r, float *out);
 /* out[n x d] = x / rms(x) * weight, per row of width d (in place allowed). */
 void be_rmsnorm(backend *be, const float *x, const float *weight, int64_t n, int64_t d, float eps, float *out);
-/* Rotates pairs (i, i + hd/2) of each head of x[n x n_heads*hd] by position pos[t] (HF rotate_half). */
-void be_rope(backend *be, float *x, int64_t n, int n_heads, int hd, const int64_t *pos, const float *inv_freq);
+/* Rotates pairs (i, i + rot/2), i < rot/2, of each head of x[n x n_heads*hd] by angle pos[t] * inv_freq[i]
+ * (HF rotate_half over the first rot dims; rot = hd for full RoPE, less for partial; the rest pass through). */
+void be_rope(backend *be, float *x, int64_t n, int n_heads, int hd, int rot, const int64_t *pos, const float *inv_freq);
+
+/* ------------------------------------------------ gated DeltaNet (delta.c) --
+ * Causal depthwise conv1d then SiLU over n tokens of ch channels:
+ *   out[t][c] = silu(sum_{r<K} w[c*K + r] * in[t - K + 1 + r][c])
+ * where the rows before x[0] come from state [(K-1) x ch] (oldest first), which is
+ * then replaced by the last K-1 input rows. x, out [n x ch] (distinct); K <= 64. */
+void be_causal_conv(backend *be, const float *x, int64_t n, int64_t ch, int K, const float *w, float *state,
+                    float *out);
+/* The gated delta rule over n tokens of one sequence: value head h (of nv) reads key head
+ * h / (nv/nk) and carries state S_h = state[h] [dk x dv] (float32, in/out):
+ *   S = S * exp(g[t][h]);  u = (v[t][h] - S^T k[t]) * beta[t][h];  S += k[t] u^T;  out[t][h] = S^T q[t]
+ * q, k: rows of nk*dk, v: rows of nv*dv, all three with row stride ld (normalised and scaled
+ * by the caller); out [n x nv*dv], g, beta [n x nv].
+ * chunk > 0 and n > 1: the equivalent chunked form, `chunk` tokens at a time (prompts);
+ * else token by token (decode). scratch: backend_threads(be) x be_delta_scratch(chunk, dk, dv) floats. */
+void be_delta_rule(backend *be, const float *q, const float *k, const float *v, int64_t ld, const float *g,
+                   const float *beta, int64_t n, int nk, int nv, int dk, int dv, int chunk, float *state, float *out,
+                   float *scratch);
+size_t be_delta_scratch(int chunk, int dk, int dv);
 
 /* One layer's key/value cache, position p in slot p % cap, as the forward
  * pass writes it (be_kv_store) and attention reads it.

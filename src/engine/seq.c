@@ -22,6 +22,7 @@ void moe_seq_params_defaults(moe_seq_params *p) {
 /* Slots layer l's cache needs: under a sliding window, the window plus one
  * batch (a batch's first query still sees window-1 older keys). */
 static int64_t layer_cap(const moe_model *m, int l, int n_ctx, int n_batch) {
+    if (m->cfg.layer_linear[l]) return 0; /* a recurrent state instead */
     int w = m->cfg.layer_window[l];
     int64_t cap = n_ctx;
     if (w > 0 && (int64_t)w + n_batch - 1 < cap) cap = (int64_t)w + n_batch - 1;
@@ -58,11 +59,17 @@ static int64_t kv_slot_bytes(const kv_cache *kv) {
     return 2 * ((int64_t)kv_row_bytes(kv) + 2 * (int64_t)kv_sb_row_floats(kv) * (int64_t)sizeof(float));
 }
 
+/* Floats of one DeltaNet layer's recurrent state: conv inputs, then the delta rule's state. */
+static size_t conv_floats(const model_config *c) {
+    return (size_t)(c->lin_conv - 1) * (size_t)(2 * c->lin_nk * c->lin_dk + c->lin_nv * c->lin_dv);
+}
+static size_t ssm_floats(const model_config *c) { return (size_t)c->lin_nv * (size_t)c->lin_dk * (size_t)c->lin_dv; }
+
 int64_t moe_seq_kv_bytes(const moe_model *m, const moe_seq_params *p) {
     int nc, nb, bits = kv_bits_of(p);
     if (!bits) return -1;
     resolve(m, p, &nc, &nb);
-    int64_t total = 0;
+    int64_t total = (int64_t)(m->cfg.pub.n_linear_layers * (conv_floats(&m->cfg) + ssm_floats(&m->cfg)) * sizeof(float));
     for (int l = 0; l < m->cfg.pub.n_layers; l++) {
         kv_cache kv = kv_shape(m, l, nc, nb, bits);
         total += kv.cap * kv_slot_bytes(&kv);
@@ -120,6 +127,34 @@ moe_status moe_seq_new(moe_model *m, const moe_seq_params *p, moe_seq **out) {
         }
     }
     ALLOC(s->history, s->n_ctx);
+    const model_config *mc = &m->cfg;
+    if (c->n_linear_layers > 0) {
+        int64_t kd = (int64_t)mc->lin_nk * mc->lin_dk, vd = (int64_t)mc->lin_nv * mc->lin_dv, nv = mc->lin_nv;
+        s->rec_floats = (size_t)c->n_linear_layers * (conv_floats(mc) + ssm_floats(mc));
+        ALLOC(s->rec, s->rec_floats);
+        float *r = s->rec;
+        for (int l = 0; l < c->n_layers; l++)
+            if (mc->layer_linear[l]) {
+                s->cache[l].conv = r;
+                s->cache[l].ssm = r + conv_floats(mc);
+                r += conv_floats(mc) + ssm_floats(mc);
+            }
+        s->max_snaps = p && p->n_snapshots > 0 ? p->n_snapshots : 2;
+        ALLOC(s->snaps, s->max_snaps);
+        ALLOC(s->lin_in, nb * (2 * kd + 2 * vd));
+        ALLOC(s->lin_ba, nb * 2 * nv);
+        ALLOC(s->lin_mix, nb * (2 * kd + vd));
+        ALLOC(s->lin_conv, nb * (2 * kd + vd));
+        ALLOC(s->lin_z, nb * vd);
+        ALLOC(s->lin_out, nb * vd);
+        ALLOC(s->lin_g, nb * nv);
+        ALLOC(s->lin_beta, nb * nv);
+        ALLOC(s->lin_scratch, (int64_t)backend_threads(m->be) * (int64_t)be_delta_scratch(m->delta_chunk, mc->lin_dk, mc->lin_dv));
+    }
+    if (mc->fam->attn_gate) {
+        ALLOC(s->qg, nb * 2 * qd);
+        ALLOC(s->gate, nb * qd);
+    }
     ALLOC(s->x, nb * H);
     ALLOC(s->h, nb * H);
     ALLOC(s->q, nb * qd);
@@ -164,7 +199,9 @@ void moe_seq_free(moe_seq *s) {
             for (size_t i = 0; i < sizeof arrays / sizeof *arrays; i++) free(arrays[i]);
         }
     free(s->cache);
-    void *bufs[] = {s->history, s->x, s->h, s->q, s->att, s->k, s->v, s->ga, s->moe_acc, s->xe, s->ye,
+    for (int i = 0; i < s->n_snaps; i++) free(s->snaps[i].rec);
+    void *bufs[] = {s->rec, s->snaps, s->qg, s->gate, s->lin_in, s->lin_ba, s->lin_mix, s->lin_conv, s->lin_z, s->lin_out,
+                    s->lin_g, s->lin_beta, s->lin_scratch, s->history, s->x, s->h, s->q, s->att, s->k, s->v, s->ga, s->moe_acc, s->xe, s->ye,
                     s->router, s->sel, s->selw, s->ew, s->yk, s->need, s->eidx, s->grp_off,
                     s->grp_cur, s->grp_tk, s->skipped, s->dropped, s->att_scratch, s->positions, s->logits,
                     s->batch_logits, s->batch_tokens};
@@ -179,8 +216,68 @@ const int32_t *moe_seq_tokens(const moe_seq *s, size_t *n) {
     return s->history;
 }
 
+/* The snapshot at exactly pos, or NULL. */
+static seq_snap *snap_at(moe_seq *s, int64_t pos) {
+    for (int i = 0; i < s->n_snaps; i++)
+        if (s->snaps[i].pos == pos) return &s->snaps[i];
+    return NULL;
+}
+
+/* Drops the snapshots past pos: their states belong to tokens being replaced. */
+static void snaps_drop_after(moe_seq *s, int64_t pos) {
+    int k = 0;
+    for (int i = 0; i < s->n_snaps; i++) {
+        if (s->snaps[i].pos <= pos) s->snaps[k++] = s->snaps[i];
+        else free(s->snaps[i].rec);
+    }
+    s->n_snaps = k;
+}
+
+moe_status moe_seq_snapshot(moe_seq *s) {
+    if (!s) return moe_err(MOE_EINVAL, "moe_seq_snapshot: NULL sequence");
+    if (!s->rec || snap_at(s, s->pos)) return MOE_OK;
+    seq_snap *sn;
+    if (s->n_snaps == s->max_snaps) { /* reuse the earliest one's memory */
+        sn = &s->snaps[0];
+        for (int i = 1; i < s->n_snaps; i++)
+            if (s->snaps[i].pos < sn->pos) sn = &s->snaps[i];
+    } else {
+        sn = &s->snaps[s->n_snaps];
+        if (!(sn->rec = malloc(s->rec_floats * sizeof *sn->rec)))
+            return moe_err(MOE_ENOMEM, "out of memory for a saved state of %zu bytes", s->rec_floats * sizeof(float));
+        s->n_snaps++;
+    }
+    sn->pos = s->pos;
+    memcpy(sn->rec, s->rec, s->rec_floats * sizeof *s->rec);
+    return MOE_OK;
+}
+
+/* How far back the sliding-window ring still allows going, from s->pos. */
+static int64_t window_reach(const moe_seq *s) {
+    int64_t reach = INT64_MAX;
+    for (int l = 0; l < s->m->cfg.pub.n_layers; l++) {
+        int w = s->m->cfg.layer_window[l];
+        if (w > 0 && s->cache[l].kv.cap - w < reach) reach = s->cache[l].kv.cap - w;
+    }
+    return reach;
+}
+
+int64_t moe_seq_restore_point(const moe_seq *s, int64_t pos) {
+    if (pos > s->pos) pos = s->pos;
+    if (pos <= 0) return 0;
+    if (s->pos - pos > window_reach(s)) return 0;
+    if (!s->rec || pos == s->pos) return pos;
+    int64_t best = 0;
+    for (int i = 0; i < s->n_snaps; i++)
+        if (s->snaps[i].pos <= pos && s->snaps[i].pos > best) best = s->snaps[i].pos;
+    return best;
+}
+
 moe_status moe_seq_truncate(moe_seq *s, int64_t pos) {
     if (pos < 0 || pos > s->pos) return moe_err(MOE_EINVAL, "truncate to %lld: the sequence has %lld tokens", (long long)pos, (long long)s->pos);
+    if (s->rec && pos > 0 && pos < s->pos && !snap_at(s, pos))
+        return moe_err(MOE_ERANGE, "cannot go back to position %lld: this model's linear-attention layers keep a state, "
+                       "saved only where moe_seq_snapshot was called (moe_seq_restore_point finds the nearest)", (long long)pos);
     /* Under a sliding window the ring has overwritten old keys: going back is
      * possible only while the slots of [pos - window + 1, pos) are untouched. */
     for (int l = 0; l < s->m->cfg.pub.n_layers; l++) {
@@ -190,6 +287,11 @@ moe_status moe_seq_truncate(moe_seq *s, int64_t pos) {
             return moe_err(MOE_ERANGE, "cannot go back %lld tokens under a sliding window of %d (at most %lld)",
                            (long long)(s->pos - pos), w, (long long)(cap - w));
     }
+    if (s->rec && pos < s->pos) {
+        if (pos == 0) memset(s->rec, 0, s->rec_floats * sizeof *s->rec);
+        else memcpy(s->rec, snap_at(s, pos)->rec, s->rec_floats * sizeof *s->rec);
+    }
+    snaps_drop_after(s, pos);
     s->pos = pos;
     s->has_pending = 0;
     s->has_logits = 0;
@@ -200,6 +302,24 @@ void moe_seq_reset(moe_seq *s) {
     s->pos = 0;
     s->has_logits = 0;
     s->has_pending = 0;
+    if (s->rec) memset(s->rec, 0, s->rec_floats * sizeof *s->rec);
+    snaps_drop_after(s, -1);
+}
+
+/* After a failed forward pass: the KV caches past the start are merely
+ * unreferenced, but the recurrent state has moved on, so the sequence goes
+ * back to its last snapshot at or before start, or to empty. */
+static void recover(moe_seq *s, int64_t start) {
+    s->pos = start;
+    s->has_logits = 0;
+    if (!s->rec) return;
+    seq_snap *best = NULL;
+    for (int i = 0; i < s->n_snaps; i++)
+        if (s->snaps[i].pos <= start && (!best || s->snaps[i].pos > best->pos)) best = &s->snaps[i];
+    if (best) memcpy(s->rec, best->rec, s->rec_floats * sizeof *s->rec);
+    else memset(s->rec, 0, s->rec_floats * sizeof *s->rec);
+    s->pos = best ? best->pos : 0;
+    snaps_drop_after(s, s->pos);
 }
 
 static moe_status eval(moe_seq *s, const int32_t *tokens, size_t n, float *logits, int all, int decode) {
@@ -218,8 +338,7 @@ static moe_status eval(moe_seq *s, const int32_t *tokens, size_t n, float *logit
         float *lg = all && logits ? logits + off * (size_t)c->vocab_size : last ? s->logits : NULL;
         moe_status st = model_forward(s, tokens + off, (int64_t)nb, lg, all && logits);
         if (st) {
-            s->pos = start; /* the cache beyond start is garbage now, but unreferenced */
-            s->has_logits = 0;
+            recover(s, start); /* the cache beyond start is garbage now, but unreferenced */
             return st;
         }
     }
@@ -281,7 +400,15 @@ moe_status moe_seq_eval_pending(moe_seq *const *seqs, size_t n) {
     for (size_t i = 0; i < n; i++) tokens[i] = seqs[i]->pending;
     double t0 = now_s();
     moe_status st = model_forward_batch(seqs, tokens, (int64_t)n, lead->batch_logits);
-    if (st) return st;
+    if (st) {
+        for (size_t i = 0; i < n; i++)
+            if (seqs[i]->rec) { /* the pending token stays pending, unless the state went further back */
+                int64_t at = seqs[i]->pos;
+                recover(seqs[i], at);
+                if (seqs[i]->pos != at) seqs[i]->has_pending = 0;
+            }
+        return st;
+    }
     double dt = now_s() - t0;
     for (size_t i = 0; i < n; i++) {
         moe_seq *s = seqs[i];

@@ -6,12 +6,24 @@
 
 #include "../model/model.h"
 
-/* A layer's cache: keys and values, float32 or quantized (kv_cache in
- * backend/backend.h), cap slots with position p in slot p % cap. The
- * sequence owns kv's arrays. */
+/* A layer's cache. Attention layers: keys and values, float32 or quantized
+ * (kv_cache in backend/backend.h), cap slots with position p in slot p % cap.
+ * Gated DeltaNet layers (cap 0): the conv's last inputs and the delta rule's
+ * state, both views into the sequence's one recurrent-state block `rec`. The
+ * sequence owns every array. */
 typedef struct layer_cache {
     kv_cache kv;
+    float *conv;              /* [(K-1) x conv_dim] the last K-1 conv inputs, oldest first */
+    float *ssm;               /* [nv x dk x dv] the delta rule's state per value head */
 } layer_cache;
+
+/* The recurrent state of every DeltaNet layer at one position (a copy of rec),
+ * so that the sequence can go back there: DeltaNet layers cannot be cut back
+ * the way a KV cache can. */
+typedef struct seq_snap {
+    int64_t pos;
+    float *rec;               /* [rec_floats] */
+} seq_snap;
 
 struct moe_seq {
     moe_model *m;
@@ -20,10 +32,22 @@ struct moe_seq {
     int64_t pos;              /* tokens in the caches */
     layer_cache *cache;       /* [n_layers] */
     int32_t *history;         /* [n_ctx] tokens so far */
+    float *rec;               /* [rec_floats] every DeltaNet layer's conv and delta state, NULL without */
+    size_t rec_floats;
+    seq_snap *snaps;          /* [max_snaps], n_snaps in use (hybrid models) */
+    int n_snaps, max_snaps;
 
     /* working buffers, [n_batch x width] */
     float *x, *h;             /* [nb x H] residual stream, normed input */
     float *q, *att;           /* [nb x n_heads*hd] */
+    float *qg, *gate;         /* gated attention: [nb x n_heads*2*hd] q_proj's output; [nb x n_heads*hd] its gates */
+    /* gated DeltaNet, kd = nk*dk, vd = nv*dv, cd = 2*kd + vd */
+    float *lin_in;            /* [nb x (2*kd + 2*vd)] in_proj_qkvz's output */
+    float *lin_ba;            /* [nb x 2*nv] in_proj_ba's output */
+    float *lin_mix, *lin_conv; /* [nb x cd] q|k|v before and after the conv */
+    float *lin_z, *lin_out;   /* [nb x vd] output gate; the delta rule's output */
+    float *lin_g, *lin_beta;  /* [nb x nv] log decay and beta per token and value head */
+    float *lin_scratch;       /* [threads x be_delta_scratch] */
     float *k, *v;             /* [nb x n_kv*hd] */
     float *ga;                /* [nb x max intermediate] silu(gate) * up */
     float *moe_acc, *xe, *ye; /* [nb x H] expert sum, gathered inputs, expert outputs */

@@ -2,7 +2,9 @@
  * rope_theta at top level or in rope_parameters / rope_scaling; head_dim
  * absent or null; sliding_window null, 0 or a number (and Qwen's
  * use_sliding_window / max_window_layers, or an explicit layer_types);
- * num_local_experts vs num_experts; eos_token_id as a number or a list. */
+ * num_local_experts vs num_experts; eos_token_id as a number or a list;
+ * Qwen3-Next's linear-attention layers from layer_types or
+ * full_attention_interval. */
 #include "config.h"
 
 #include <jansson.h>
@@ -13,11 +15,12 @@
 #include "../base/err.h"
 
 static const family k_families[] = {
-    {"mistral", 0, 0, QK_NORM_NONE, 0, 0, 0, 1e-6f, "mlp", {"gate_proj", "up_proj", "down_proj"}},
-    {"mixtral", 0, 0, QK_NORM_NONE, 1, 1, 0, 1e-5f, "block_sparse_moe", {"w1", "w3", "w2"}},
-    {"qwen2_moe", 1, 0, QK_NORM_NONE, 1, 0, 1, 1e-6f, "mlp", {"gate_proj", "up_proj", "down_proj"}},
-    {"qwen3_moe", 0, 1, QK_NORM_HEAD, 1, 0, 0, 1e-6f, "mlp", {"gate_proj", "up_proj", "down_proj"}},
-    {"olmoe", 0, 1, QK_NORM_FULL, 1, 0, 0, 1e-5f, "mlp", {"gate_proj", "up_proj", "down_proj"}},
+    {"mistral", 0, 0, QK_NORM_NONE, 0, 0, 0, 1e-6f, "mlp", {"gate_proj", "up_proj", "down_proj"}, 0, 0, 0},
+    {"mixtral", 0, 0, QK_NORM_NONE, 1, 1, 0, 1e-5f, "block_sparse_moe", {"w1", "w3", "w2"}, 0, 0, 0},
+    {"qwen2_moe", 1, 0, QK_NORM_NONE, 1, 0, 1, 1e-6f, "mlp", {"gate_proj", "up_proj", "down_proj"}, 0, 0, 0},
+    {"qwen3_moe", 0, 1, QK_NORM_HEAD, 1, 0, 0, 1e-6f, "mlp", {"gate_proj", "up_proj", "down_proj"}, 0, 0, 0},
+    {"olmoe", 0, 1, QK_NORM_FULL, 1, 0, 0, 1e-5f, "mlp", {"gate_proj", "up_proj", "down_proj"}, 0, 0, 0},
+    {"qwen3_next", 0, 1, QK_NORM_HEAD, 1, 0, 1, 1e-6f, "mlp", {"gate_proj", "up_proj", "down_proj"}, 1, 1, 1},
 };
 
 const family *family_find(const char *model_type) {
@@ -223,6 +226,35 @@ static int in_int_list(jctx *j, const char *key, int x) {
     return 0;
 }
 
+/* Hybrid families: which layers are gated DeltaNet ("linear_attention" in
+ * layer_types, else all but every full_attention_interval-th), and their shapes. */
+static void read_linear(jctx *j, model_config *c) {
+    moe_config *pc = &c->pub;
+    json_t *types = jget(j, "layer_types");
+    long long every = jint(j, "full_attention_interval", 4, 1, 1 << 16);
+    for (int l = 0; l < pc->n_layers && !j->st; l++) {
+        const char *t = types ? json_string_value(json_array_get(types, (size_t)l)) : NULL;
+        c->layer_linear[l] = types ? t && strcmp(t, "linear_attention") == 0 : (l + 1) % every != 0;
+        pc->n_linear_layers += c->layer_linear[l];
+    }
+    if (!pc->n_linear_layers || j->st) return;
+    c->lin_nk = (int)jint(j, "linear_num_key_heads", 0, 1, 4096);
+    c->lin_nv = (int)jint(j, "linear_num_value_heads", 0, 1, 4096);
+    c->lin_dk = (int)jint(j, "linear_key_head_dim", 0, 1, 1 << 16);
+    c->lin_dv = (int)jint(j, "linear_value_head_dim", 0, 1, 1 << 16);
+    c->lin_conv = (int)jint(j, "linear_conv_kernel_dim", 4, 1, 64);
+    if (j->st) return;
+    for (const char **k = (const char *[]){"linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",
+                                           "linear_value_head_dim", NULL}; *k; k++)
+        if (!jget(j, *k)) {
+            j->st = moe_err(MOE_EFORMAT, "%s: \"%s\" is missing (the model has linear-attention layers)", j->path, *k);
+            return;
+        }
+    if (c->lin_nv % c->lin_nk)
+        j->st = moe_err(MOE_EFORMAT, "%s: linear_num_value_heads %d is not a multiple of linear_num_key_heads %d", j->path,
+                        c->lin_nv, c->lin_nk);
+}
+
 /* Which layers slide, and by how much. */
 static void read_windows(jctx *j, model_config *c) {
     moe_config *pc = &c->pub;
@@ -240,7 +272,8 @@ static void read_windows(jctx *j, model_config *c) {
         int slide;
         if (types) {
             const char *t = json_string_value(json_array_get(types, (size_t)l));
-            if (!t || (strcmp(t, "sliding_attention") != 0 && strcmp(t, "full_attention") != 0)) {
+            int linear_ok = c->fam->hybrid && t && strcmp(t, "linear_attention") == 0;
+            if (!t || (!linear_ok && strcmp(t, "sliding_attention") != 0 && strcmp(t, "full_attention") != 0)) {
                 j->st = moe_err(MOE_EUNSUPPORTED, "%s: layer_types[%d] = %s is not supported", j->path, l, t ? t : "?");
                 return;
             }
@@ -272,7 +305,7 @@ moe_status config_parse(model_config *c, const char *text, const char *path) {
         goto done;
     }
     if (!(c->fam = family_find(mt))) {
-        J.st = moe_err(MOE_EUNSUPPORTED, "%s: model_type \"%.40s\" is not supported (mistral, mixtral, qwen2_moe, qwen3_moe, olmoe)", path, mt);
+        J.st = moe_err(MOE_EUNSUPPORTED, "%s: model_type \"%.40s\" is not supported (mistral, mixtral, qwen2_moe, qwen3_moe, olmoe, qwen3_next)", path, mt);
         goto done;
     }
     snprintf(c->model_type, sizeof c->model_type, "%s", mt);
@@ -320,8 +353,16 @@ moe_status config_parse(model_config *c, const char *text, const char *path) {
         }
         pc->head_dim = pc->hidden_size / pc->n_heads;
     }
+    double prf = jnum(j, jget(j, "partial_rotary_factor"), "partial_rotary_factor", 1.0);
+    c->rot_dim = (int)(pc->head_dim * prf);
+    if (J.st) goto done;
     if (pc->head_dim % 2) {
         J.st = moe_err(MOE_EUNSUPPORTED, "%s: odd head_dim %d (RoPE needs pairs)", path, pc->head_dim);
+        goto done;
+    }
+    if (!(prf > 0 && prf <= 1) || c->rot_dim < 2 || c->rot_dim % 2) {
+        J.st = moe_err(MOE_EUNSUPPORTED, "%s: head_dim %d x partial_rotary_factor %g = %d rotated dims (RoPE needs a positive even number)",
+                       path, pc->head_dim, prf, c->rot_dim);
         goto done;
     }
 
@@ -337,11 +378,13 @@ moe_status config_parse(model_config *c, const char *text, const char *path) {
 
     c->layer_moe = calloc((size_t)pc->n_layers, 1);
     c->layer_window = calloc((size_t)pc->n_layers, sizeof *c->layer_window);
-    if (!c->layer_moe || !c->layer_window) {
+    c->layer_linear = calloc((size_t)pc->n_layers, 1);
+    if (!c->layer_moe || !c->layer_window || !c->layer_linear) {
         J.st = moe_err(MOE_ENOMEM, "%s: out of memory", path);
         goto done;
     }
     read_windows(j, c);
+    if (c->fam->hybrid) read_linear(j, c);
     read_quant(j, c);
     if (J.st) goto done;
     pc->quant_bits = c->quant_bits;
@@ -396,6 +439,8 @@ void config_free(model_config *c) {
     c->n_quant_over = 0;
     free(c->layer_moe);
     free(c->layer_window);
+    free(c->layer_linear);
     c->layer_moe = NULL;
     c->layer_window = NULL;
+    c->layer_linear = NULL;
 }

@@ -25,6 +25,11 @@ typedef struct family {
     float default_eps;
     const char *moe_block;   /* "block_sparse_moe" or "mlp" in hub tensor names */
     const char *expert_names[3]; /* gate, up, down tensor names within one expert */
+    /* Qwen3-Next: */
+    int hybrid;              /* gated DeltaNet layers between full-attention ones (layer_types /
+                                full_attention_interval) */
+    int attn_gate;           /* q_proj yields query and gate per head; the output is scaled by sigmoid(gate) */
+    int centred_norms;       /* the hub stores RMSNorm weights zero-centred (applied as 1 + w) */
 } family;
 
 /* A per-module entry of config.json's "quantization": the module at `path`
@@ -43,6 +48,10 @@ typedef struct model_config {
     float clip_qkv;          /* 0: no clipping */
     unsigned char *layer_moe;  /* [n_layers] 1 when the layer's FFN is a MoE block */
     int *layer_window;         /* [n_layers] sliding window of the layer, 0 for full attention */
+    unsigned char *layer_linear; /* [n_layers] 1 when the layer's mixer is gated DeltaNet, not attention */
+    /* gated DeltaNet (fam->hybrid): key / value heads and head dims, conv kernel width */
+    int lin_nk, lin_nv, lin_dk, lin_dv, lin_conv;
+    int rot_dim;               /* dims of each head RoPE rotates (head_dim unless partial_rotary_factor) */
     char model_type[32];
     char dtype[16];
     /* MLX affine quantization from config.json "quantization" (or an MLX-style

@@ -3,9 +3,14 @@
  * One batch of n tokens at positions pos..pos+n-1:
  *   x = embed(tokens)                                   [n x H]
  *   per layer:  h = rmsnorm(x)
+ *               attention layers:
  *               q,k,v = h.Wq/Wk/Wv (+bias) -> [clip] -> [q/k norm] -> RoPE
  *               k,v -> cache slots (pos % cap);  att = softmax(q.K^T/sqrt(hd)).V
- *               x += att.Wo (+bias)
+ *               [* sigmoid(gate), the gate from Wq too];  x += att.Wo (+bias)
+ *               gated DeltaNet layers (Qwen3-Next):
+ *               q|k|v, z, b, a = h.Wqkvz, h.Wba -> causal conv + SiLU over q|k|v
+ *               -> l2-normalised q, k -> delta rule with decay and beta from a, b
+ *               -> gated RMSNorm (silu(z)) -> x += .Wout
  *               h = rmsnorm(x);  x += ffn(h)   (dense SwiGLU, or MoE: router ->
  *               top-k -> each chosen expert once over its tokens -> weighted sum
  *               [+ sigmoid-gated shared expert])
@@ -19,6 +24,8 @@
 #include "../engine/seq.h"
 #include "../experts/xcache.h"
 #include "model.h"
+
+static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 /* out[n x rows(down)] = down( silu(gate x) * up x ), gate and up in one fused pass */
 static void swiglu_mlp(moe_seq *s, const expert *e, const float *x, int64_t n, float *out) {
@@ -189,7 +196,7 @@ static moe_status moe_ffn(moe_seq *s, int l, const float *h, int64_t n, float *o
         float *g = s->ew; /* [n] gate logits */
         be_matmul(be, &L->shared_gate, h, n, NULL, g);
         for (int64_t t = 0; t < n; t++) {
-            float sg = 1.0f / (1.0f + expf(-g[t]));
+            float sg = sigmoidf(g[t]);
             float *o = out + t * H, *y = s->ye + t * H;
             for (int64_t j = 0; j < H; j++) o[j] += sg * y[j];
         }
@@ -199,6 +206,87 @@ static moe_status moe_ffn(moe_seq *s, int l, const float *h, int64_t n, float *o
 
 static void clip(float *x, int64_t n, float c) {
     for (int64_t i = 0; i < n; i++) x[i] = x[i] > c ? c : x[i] < -c ? -c : x[i];
+}
+
+/* The end of the run of rows that starts at r0 and belongs to one sequence
+ * (owner[r0], or s for all rows when owner is NULL); that sequence in *o. */
+static int64_t owner_run(moe_seq *s, moe_seq *const *owner, int64_t r0, int64_t n, moe_seq **o) {
+    *o = owner ? owner[r0] : s;
+    int64_t r1 = r0 + 1;
+    while (r1 < n && (owner ? owner[r1] : s) == *o) r1++;
+    return r1;
+}
+
+/* log(1 + e^x) as torch's softplus (threshold 20: x itself above). */
+static inline float softplusf(float x) { return x > 20 ? x : log1pf(expf(x)); }
+
+/* x[d] / sqrt(sum x^2 + 1e-6) * scale, in place (the l2norm of HF's
+ * gated delta rule, eps 1e-6). */
+static void l2norm(float *x, int d, float scale) {
+    double ss = 0;
+    for (int i = 0; i < d; i++) ss += (double)x[i] * x[i];
+    float inv = scale / sqrtf((float)ss + 1e-6f);
+    for (int i = 0; i < d; i++) x[i] *= inv;
+}
+
+/* A gated DeltaNet layer over s's n rows (rows of sequence owner[t], as in
+ * attention_block): each sequence's conv inputs and delta state carry on
+ * from its own cache. */
+static void linear_block(moe_seq *s, moe_seq *const *owner, int l, int64_t n) {
+    const moe_model *m = s->m;
+    const model_config *mc = &m->cfg;
+    const layer *L = &m->layers[l];
+    backend *be = m->be;
+    int nk = mc->lin_nk, nv = mc->lin_nv, dk = mc->lin_dk, dv = mc->lin_dv, r = nv / nk;
+    int64_t H = mc->pub.hidden_size, kd = (int64_t)nk * dk, vd = (int64_t)nv * dv, cd = 2 * kd + vd;
+    int64_t wi = 2 * kd + 2 * vd, blk = 2 * dk + 2 * (int64_t)r * dv; /* in_proj_qkvz row; one key head's part */
+    float eps = mc->pub.rms_norm_eps;
+
+    be_rmsnorm(be, s->x, L->attn_norm, n, H, eps, s->h);
+    be_matmul_n(be, 2, (const wtensor *[]){&L->qkvz, &L->ba}, s->h, n, NULL, (float *[]){s->lin_in, s->lin_ba});
+    /* per key head g the projection holds q, k, v, z of g (and b, a of its value
+     * heads): gather q|k|v for the conv, z, and per value head beta and decay */
+    for (int64_t t = 0; t < n; t++) {
+        const float *in = s->lin_in + t * wi, *ba = s->lin_ba + t * 2 * nv;
+        float *mix = s->lin_mix + t * cd, *z = s->lin_z + t * vd;
+        for (int g = 0; g < nk; g++) {
+            const float *p = in + g * blk;
+            memcpy(mix + (int64_t)g * dk, p, sizeof(float) * (size_t)dk);
+            memcpy(mix + kd + (int64_t)g * dk, p + dk, sizeof(float) * (size_t)dk);
+            memcpy(mix + 2 * kd + (int64_t)g * r * dv, p + 2 * dk, sizeof(float) * (size_t)(r * dv));
+            memcpy(z + (int64_t)g * r * dv, p + 2 * dk + r * dv, sizeof(float) * (size_t)(r * dv));
+            for (int i = 0; i < r; i++) {
+                int h = g * r + i;
+                s->lin_beta[t * nv + h] = sigmoidf(ba[g * 2 * r + i]);
+                s->lin_g[t * nv + h] = L->neg_a[h] * softplusf(ba[g * 2 * r + r + i] + L->dt_bias[h]);
+            }
+        }
+    }
+    for (int64_t r0 = 0, r1; r0 < n; r0 = r1) {
+        moe_seq *o;
+        r1 = owner_run(s, owner, r0, n, &o);
+        be_causal_conv(be, s->lin_mix + r0 * cd, r1 - r0, cd, mc->lin_conv, L->conv_w, o->cache[l].conv,
+                       s->lin_conv + r0 * cd);
+    }
+    for (int64_t t = 0; t < n; t++)
+        for (int g = 0; g < nk; g++) {
+            l2norm(s->lin_conv + t * cd + (int64_t)g * dk, dk, 1.0f / sqrtf((float)dk));
+            l2norm(s->lin_conv + t * cd + kd + (int64_t)g * dk, dk, 1.0f);
+        }
+    for (int64_t r0 = 0, r1; r0 < n; r0 = r1) {
+        moe_seq *o;
+        r1 = owner_run(s, owner, r0, n, &o);
+        const float *c0 = s->lin_conv + r0 * cd;
+        be_delta_rule(be, c0, c0 + kd, c0 + 2 * kd, cd, s->lin_g + r0 * nv, s->lin_beta + r0 * nv, r1 - r0, nk, nv, dk, dv,
+                      m->delta_chunk, o->cache[l].ssm, s->lin_out + r0 * vd, s->lin_scratch);
+    }
+    be_rmsnorm(be, s->lin_out, L->lin_norm, n * nv, dv, eps, s->lin_out);
+    for (int64_t i = 0; i < n * vd; i++) {
+        float zz = s->lin_z[i];
+        s->lin_out[i] *= zz * sigmoidf(zz);
+    }
+    be_matmul(be, &L->out_proj, s->lin_out, n, NULL, s->h);
+    for (int64_t i = 0; i < n * H; i++) s->x[i] += s->h[i];
 }
 
 /* s's buffers hold the n rows; row t belongs to sequence owner[t] (all to s
@@ -213,8 +301,14 @@ static void attention_block(moe_seq *s, moe_seq *const *owner, int l, int64_t n)
     int64_t H = c->hidden_size, qd = (int64_t)nh * hd, kvd = (int64_t)nkv * hd;
 
     be_rmsnorm(be, s->x, L->attn_norm, n, H, c->rms_norm_eps, s->h);
+    int gated = mc->fam->attn_gate;
     be_matmul_n(be, 3, (const wtensor *[]){&L->wq, &L->wk, &L->wv}, s->h, n, (const float *[]){L->bq, L->bk, L->bv},
-                (float *[]){s->q, s->k, s->v});
+                (float *[]){gated ? s->qg : s->q, s->k, s->v});
+    if (gated) /* per head: hd query values, then hd gate values */
+        for (int64_t i = 0; i < n * nh; i++) {
+            memcpy(s->q + i * hd, s->qg + i * 2 * hd, sizeof(float) * (size_t)hd);
+            memcpy(s->gate + i * hd, s->qg + i * 2 * hd + hd, sizeof(float) * (size_t)hd);
+        }
     if (mc->fam->qk_norm == QK_NORM_FULL) {
         be_rmsnorm(be, s->q, L->q_norm, n, qd, c->rms_norm_eps, s->q);
         be_rmsnorm(be, s->k, L->k_norm, n, kvd, c->rms_norm_eps, s->k);
@@ -227,17 +321,19 @@ static void attention_block(moe_seq *s, moe_seq *const *owner, int l, int64_t n)
         clip(s->k, n * kvd, mc->clip_qkv);
         clip(s->v, n * kvd, mc->clip_qkv);
     }
-    be_rope(be, s->q, n, nh, hd, s->positions, m->inv_freq);
-    be_rope(be, s->k, n, nkv, hd, s->positions, m->inv_freq);
+    be_rope(be, s->q, n, nh, hd, mc->rot_dim, s->positions, m->inv_freq);
+    be_rope(be, s->k, n, nkv, hd, mc->rot_dim, s->positions, m->inv_freq);
     /* each run of rows of one sequence attends over that sequence's own cache */
     for (int64_t r0 = 0, r1; r0 < n; r0 = r1) {
-        moe_seq *o = owner ? owner[r0] : s;
-        for (r1 = r0 + 1; r1 < n && (owner ? owner[r1] : s) == o;) r1++;
+        moe_seq *o;
+        r1 = owner_run(s, owner, r0, n, &o);
         const kv_cache *kv = &o->cache[l].kv; /* float32 or quantized: the backend stores and reads either */
         be_kv_store(be, kv, s->k + r0 * kvd, s->v + r0 * kvd, r1 - r0, s->positions + r0);
         be_attention(be, s->q + r0 * qd, r1 - r0, s->positions[r0], kv, nh, L->window, 1.0f / sqrtf((float)hd),
                      o->att_scratch, s->att + r0 * qd);
     }
+    if (gated)
+        for (int64_t i = 0; i < n * qd; i++) s->att[i] *= sigmoidf(s->gate[i]);
     be_matmul(be, &L->wo, s->att, n, L->bo, s->h);
     for (int64_t i = 0; i < n * H; i++) s->x[i] += s->h[i];
 }
@@ -253,7 +349,8 @@ static moe_status layers(moe_seq *s, moe_seq *const *owner, const int32_t *token
     for (int64_t t = 0; t < n; t++) be_get_row(&m->embed, tokens[t], s->x + t * H);
     for (int l = 0; l < c->n_layers; l++) {
         const layer *L = &m->layers[l];
-        attention_block(s, owner, l, n);
+        if (L->is_linear) linear_block(s, owner, l, n);
+        else attention_block(s, owner, l, n);
         be_rmsnorm(be, s->x, L->ffn_norm, n, H, c->rms_norm_eps, s->h);
         if (L->is_moe) {
             moe_status st = moe_ffn(s, l, s->h, n, s->moe_acc);

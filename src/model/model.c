@@ -160,6 +160,25 @@ static moe_status get_vec(moe_model *m, const char *name, int64_t n, int require
     return MOE_OK;
 }
 
+/* The depthwise conv1d weight `name` as float32 [ch x K]: stored [ch, 1, K]
+ * (the hub, torch's Conv1d) or [ch, K, 1] (mlx-community, MLX's Conv1d),
+ * the same bytes either way. *mlx says which. */
+static moe_status get_conv(moe_model *m, const char *name, int64_t ch, int64_t K, float **out, int *mlx) {
+    found fd = find(m, name);
+    if (!fd.t) return missing(m, name);
+    *mlx = fd.t->ndim == 3 && fd.t->shape[1] == K && fd.t->shape[2] == 1 && K > 1;
+    wfmt f;
+    moe_status st = check(&fd, name, *mlx ? (int64_t[]){ch, K, 1} : (int64_t[]){ch, 1, K}, 3, &f);
+    if (st) return st;
+    float *v = malloc((size_t)(ch * K) * sizeof *v);
+    if (!v) return moe_err(MOE_ENOMEM, "out of memory");
+    wtensor w = {.fmt = f, .rows = 1, .cols = ch * K, .data = fd.t->data, .row_bytes = fd.t->nbytes};
+    be_get_row(&w, 0, v);
+    if ((st = own(m, v))) return st;
+    *out = v;
+    return MOE_OK;
+}
+
 /* -------------------------------------------------------------- layers -- */
 
 static const char *const k_proj_names[3] = {"gate_proj", "up_proj", "down_proj"};
@@ -252,7 +271,35 @@ static moe_status bind_moe(moe_model *m, int l, layer *L) {
     return MOE_OK;
 }
 
-static moe_status bind_layer(moe_model *m, int l) {
+#define P "model.layers.%d."
+
+/* A gated DeltaNet layer's mixer (linear_attn.*). *mlx: its conv weight is
+ * stored as MLX's (see get_conv). */
+static moe_status bind_linear(moe_model *m, int l, layer *L, int *mlx) {
+    const model_config *mc = &m->cfg;
+    int64_t H = mc->pub.hidden_size, nv = mc->lin_nv, kd = (int64_t)mc->lin_nk * mc->lin_dk, vd = nv * mc->lin_dv;
+    char n[256];
+    moe_status st;
+    float *a_log;
+    NAME(n, P "linear_attn.in_proj_qkvz", l);
+    if ((st = get_weight(m, n, 0, 2 * kd + 2 * vd, H, &L->qkvz))) return st;
+    NAME(n, P "linear_attn.in_proj_ba", l);
+    if ((st = get_weight(m, n, 0, 2 * nv, H, &L->ba))) return st;
+    NAME(n, P "linear_attn.out_proj", l);
+    if ((st = get_weight(m, n, 0, H, vd, &L->out_proj))) return st;
+    NAME(n, P "linear_attn.conv1d.weight", l);
+    if ((st = get_conv(m, n, 2 * kd + vd, mc->lin_conv, &L->conv_w, mlx))) return st;
+    NAME(n, P "linear_attn.A_log", l);
+    if ((st = get_vec(m, n, nv, 1, &a_log))) return st;
+    for (int64_t h = 0; h < nv; h++) a_log[h] = -expf(a_log[h]);
+    L->neg_a = a_log;
+    NAME(n, P "linear_attn.dt_bias", l);
+    if ((st = get_vec(m, n, nv, 1, &L->dt_bias))) return st;
+    NAME(n, P "linear_attn.norm.weight", l);
+    return get_vec(m, n, mc->lin_dv, 1, &L->lin_norm);
+}
+
+static moe_status bind_layer(moe_model *m, int l, int *mlx) {
     const model_config *mc = &m->cfg;
     const moe_config *c = &mc->pub;
     layer *L = &m->layers[l];
@@ -261,15 +308,19 @@ static moe_status bind_layer(moe_model *m, int l) {
     moe_status st;
     L->window = mc->layer_window[l];
     L->is_moe = mc->layer_moe[l];
-#define P "model.layers.%d."
+    L->is_linear = mc->layer_linear[l];
     NAME(n, P "input_layernorm.weight", l);
     if ((st = get_vec(m, n, H, 1, &L->attn_norm))) return st;
     NAME(n, P "post_attention_layernorm.weight", l);
     if ((st = get_vec(m, n, H, 1, &L->ffn_norm))) return st;
+    if (L->is_linear) {
+        if ((st = bind_linear(m, l, L, mlx))) return st;
+        goto ffn;
+    }
     const char *proj[4] = {"q", "k", "v", "o"};
     wtensor *w[4] = {&L->wq, &L->wk, &L->wv, &L->wo};
     float **bias[4] = {&L->bq, &L->bk, &L->bv, &L->bo};
-    int64_t rows[4] = {qd, kvd, kvd, H}, cols[4] = {H, H, H, qd};
+    int64_t rows[4] = {qd * (mc->fam->attn_gate ? 2 : 1), kvd, kvd, H}, cols[4] = {H, H, H, qd};
     for (int i = 0; i < 4; i++) {
         NAME(n, P "self_attn.%s_proj", l, proj[i]);
         if ((st = get_weight(m, n, 0, rows[i], cols[i], w[i]))) return st;
@@ -284,6 +335,7 @@ static moe_status bind_layer(moe_model *m, int l) {
         NAME(n, P "self_attn.k_norm.weight", l);
         if ((st = get_vec(m, n, full ? kvd : hd, 1, &L->k_norm))) return st;
     }
+ffn:
     if (L->is_moe) return bind_moe(m, l, L);
     NAME(n, P "mlp", l);
     return bind_mlp(m, n, k_proj_names, 0, c->intermediate_size, &L->mlp);
@@ -400,6 +452,33 @@ static void count_params(moe_model *m) {
     c->weight_bytes_active = bytes - idle_b - emb;
 }
 
+/* Qwen3-Next's RMSNorms (the layers' two, q/k norms, the final one) are
+ * stored zero-centred by the hub (applied as 1 + w) and already shifted in
+ * mlx-community checkpoints, whose conversion (mlx-lm's sanitize) also gives
+ * the conv weights MLX's shape: so the conv shape says which (mlx 1: shifted).
+ * A model without linear layers (mlx -1) counts as converted when its experts
+ * are stacked as switch_mlp, as only the conversion stacks them. */
+static void centre_norms(moe_model *m, int mlx) {
+    const moe_config *c = &m->cfg.pub;
+    if (mlx < 0) {
+        mlx = 0;
+        for (int s = 0; s < m->n_shards && !mlx; s++)
+            for (size_t i = 0; i < m->shards[s]->n && !mlx; i++) mlx = strstr(m->shards[s]->tensors[i].name, ".switch_mlp.") != NULL;
+    }
+    if (mlx) return;
+    int64_t H = c->hidden_size, hd = c->head_dim;
+    for (int64_t i = 0; i < H; i++) m->final_norm[i] += 1;
+    for (int l = 0; l < c->n_layers; l++) {
+        layer *L = &m->layers[l];
+        for (int64_t i = 0; i < H; i++) {
+            L->attn_norm[i] += 1;
+            L->ffn_norm[i] += 1;
+        }
+        for (int64_t i = 0; L->q_norm && i < hd; i++) L->q_norm[i] += 1;
+        for (int64_t i = 0; L->k_norm && i < hd; i++) L->k_norm[i] += 1;
+    }
+}
+
 static moe_status load(moe_model *m, const moe_load_params *p) {
     char path[4200];
     moe_status st;
@@ -424,15 +503,23 @@ static moe_status load(moe_model *m, const moe_load_params *p) {
     if ((st = get_vec(m, "model.norm.weight", H, 1, &m->final_norm))) return st;
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     if (!m->layers) return moe_err(MOE_ENOMEM, "out of memory");
-    for (int l = 0; l < c->n_layers; l++)
-        if ((st = bind_layer(m, l))) return st;
+    int mlx = -1; /* the first linear layer's conv weight: MLX's shape, or the hub's */
+    for (int l = 0; l < c->n_layers; l++) {
+        int lm = -1;
+        if ((st = bind_layer(m, l, &lm))) return st;
+        if (mlx < 0) mlx = lm;
+    }
+    if (m->cfg.fam->centred_norms) centre_norms(m, mlx);
 
-    int half = c->head_dim / 2;
+    int rot = m->cfg.rot_dim, half = rot / 2;
     m->inv_freq = malloc((size_t)half * sizeof *m->inv_freq);
     if (!m->inv_freq) return moe_err(MOE_ENOMEM, "out of memory");
-    for (int i = 0; i < half; i++) /* as transformers: 1 / theta^(2i/d), in float32 */
-        m->inv_freq[i] = (float)(1.0 / pow((double)(float)c->rope_theta, (double)(float)(2.0f * i / c->head_dim)));
+    for (int i = 0; i < half; i++) /* as transformers: 1 / theta^(2i/d), in float32, d the rotated dims */
+        m->inv_freq[i] = (float)(1.0 / pow((double)(float)c->rope_theta, (double)(float)(2.0f * i / rot)));
     count_params(m);
+    const char *dc = getenv("MOE_DELTA_CHUNK"); /* tests: the chunked and the recurrent forms side by side */
+    m->delta_chunk = dc && *dc ? atoi(dc) : 64;
+    if (m->delta_chunk < 0 || m->delta_chunk > 1024) m->delta_chunk = 64;
     if (c->n_experts > 0 && !(m->route_counts = calloc((size_t)c->n_layers * (size_t)c->n_experts, sizeof *m->route_counts)))
         return moe_err(MOE_ENOMEM, "out of memory");
     return backend_new(p->n_threads, NULL, &m->be);

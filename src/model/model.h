@@ -17,13 +17,24 @@ typedef struct expert {
 } expert;
 
 typedef struct layer {
-    float *attn_norm, *ffn_norm;   /* [H] */
-    wtensor wq;                    /* [n_heads*hd x H] */
+    float *attn_norm, *ffn_norm;   /* [H] (as applied: 1 + w where the hub stores them zero-centred) */
+    wtensor wq;                    /* [n_heads*hd x H]; with an output gate [n_heads*2*hd x H]: per head
+                                      hd query rows then hd gate rows */
     wtensor wk, wv;                /* [n_kv*hd x H] */
     wtensor wo;                    /* [H x n_heads*hd] */
     float *bq, *bk, *bv, *bo;      /* biases or NULL */
     float *q_norm, *k_norm;        /* [hd] (per head) or [n_heads*hd] / [n_kv*hd] (full), or NULL */
     int window;                    /* sliding window, 0 = full attention */
+    /* gated DeltaNet instead of attention (is_linear; Qwen3-Next). kd = nk*dk, vd = nv*dv,
+     * conv_dim = 2*kd + vd */
+    int is_linear;
+    wtensor qkvz;                  /* [2*kd + 2*vd x H]: per key head q(dk) k(dk) v(nv/nk*dv) z(nv/nk*dv) */
+    wtensor ba;                    /* [2*nv x H]: per key head b(nv/nk) a(nv/nk) */
+    float *conv_w;                 /* [conv_dim x K] depthwise causal conv over q|k|v */
+    float *neg_a;                  /* [nv] -exp(A_log): the decay rate */
+    float *dt_bias;                /* [nv] */
+    float *lin_norm;               /* [dv] gated RMSNorm weight (applied as is) */
+    wtensor out_proj;              /* [H x vd] */
     int is_moe;
     expert mlp;                    /* dense FFN when !is_moe: [intermediate x H] */
     wtensor router;                /* [E x H] */
@@ -40,7 +51,7 @@ struct moe_model {
     wtensor lm_head;               /* [V x H] (the embedding when tied) */
     float *final_norm;             /* [H] */
     layer *layers;                 /* [n_layers] */
-    float *inv_freq;               /* [hd/2] RoPE frequencies */
+    float *inv_freq;               /* [rot_dim/2] RoPE frequencies */
     int64_t *route_counts;         /* [n_layers x E] times each expert was chosen (forward.c counts) */
     void **owned;                  /* float32 copies of small vectors, freed with the model */
     int n_owned, cap_owned;
@@ -49,6 +60,7 @@ struct moe_model {
     struct xstore *xs;             /* the expert store on disk */
     struct xcache *xc;             /* the per-layer expert cache the forward pass reads experts from */
     int prefetch, warm;
+    int delta_chunk;               /* tokens per chunk of the DeltaNet prompt form (64; MOE_DELTA_CHUNK, 0: token by token) */
     moe_offload_info off;
     pthread_mutex_t lock;
     char dir[4096];

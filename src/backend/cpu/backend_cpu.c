@@ -146,6 +146,8 @@ void backend_free(backend *be) {
 int backend_threads(const backend *be) { return pool_threads(be->pool); }
 const char *backend_isa(const backend *be) { return be->amx ? "amx" : be->k->name; }
 int64_t backend_amx_runs(const backend *be) { return be->amx_runs; }
+pool *backend_cpu_pool(backend *be) { return be->pool; }
+const cpu_kernels *backend_cpu_kernels(const backend *be) { return be->k; }
 
 /* ------------------------------------------------------------- matmul -- */
 
@@ -421,9 +423,9 @@ void be_rmsnorm(backend *be, const float *x, const float *weight, int64_t n, int
     }
 }
 
-void be_rope(backend *be, float *x, int64_t n, int n_heads, int hd, const int64_t *pos, const float *inv_freq) {
+void be_rope(backend *be, float *x, int64_t n, int n_heads, int hd, int rot, const int64_t *pos, const float *inv_freq) {
     (void)be;
-    int half = hd / 2;
+    int half = rot / 2;
     for (int64_t t = 0; t < n; t++) {
         for (int i = 0; i < half; i++) {
             float ang = (float)pos[t] * inv_freq[i];

@@ -90,6 +90,9 @@ typedef struct cpu_kernels {
 } cpu_kernels;
 
 const cpu_kernels *cpu_kernels_scalar(void);
+/* The CPU backend's thread pool and kernel table, for operations kept in their own files (delta.c). */
+struct pool *backend_cpu_pool(backend *be);
+const cpu_kernels *backend_cpu_kernels(const backend *be);
 /* The matmul of table k for format f, or the scalar one where k has none. */
 static inline mm_fn cpu_kernels_mm(const cpu_kernels *k, wfmt f) {
     return k->matmul[f] ? k->matmul[f] : cpu_kernels_scalar()->matmul[f];
