@@ -24,6 +24,14 @@ typedef struct builder {
     int oom;
 } builder;
 
+/* mlx-lm's quant_predicate: qwen3_moe's routers at 8 bits, group 64; qwen3_next's
+ * routers and shared-expert gates too. */
+static int own_8bit(const family *f, ml_role role) {
+    if (!strcmp(f->model_type, "qwen3_moe")) return role == ML_ROUTER;
+    if (!strcmp(f->model_type, "qwen3_next")) return role == ML_ROUTER || role == ML_SH_ROUTER;
+    return 0;
+}
+
 static void add(builder *b, ml_kind kind, ml_role role, int layer, int64_t E, int64_t rows, int64_t cols,
                 const char *fmt, ...) __attribute__((format(printf, 8, 9)));
 static void add(builder *b, ml_kind kind, ml_role role, int layer, int64_t E, int64_t rows, int64_t cols,
@@ -49,11 +57,13 @@ static void add(builder *b, ml_kind kind, ml_role role, int layer, int64_t E, in
     e->E = E;
     e->rows = rows;
     e->cols = cols;
+    e->shift = kind == ML_VECTOR && b->c->fam->centred_norms &&
+               (role == ML_ATTN_NORM || role == ML_FFN_NORM || role == ML_Q_NORM || role == ML_K_NORM ||
+                role == ML_FINAL_NORM);
     if (kind != ML_MATRIX || cols % l->group) return; /* mlx-lm: the input width must divide by the group */
     e->bits = l->bits;
     e->group = l->group;
-    if (role == ML_ROUTER && strcmp(b->c->fam->model_type, "qwen3_moe") == 0) {
-        /* mlx-lm's qwen3_moe quant_predicate: routers at 8 bits, group 64 */
+    if (own_8bit(b->c->fam, role)) {
         e->own_params = cols % 64 == 0;
         e->bits = e->own_params ? 8 : 0;
         e->group = e->own_params ? 64 : 0;
@@ -63,14 +73,29 @@ static void add(builder *b, ml_kind kind, ml_role role, int layer, int64_t E, in
 #define MAT(role, L, E, r, c, ...) add(b, ML_MATRIX, role, L, E, r, c, __VA_ARGS__)
 #define VEC(role, L, n, ...) add(b, ML_VECTOR, role, L, 0, 1, n, __VA_ARGS__)
 
-static void add_layer(builder *b, int l) {
+/* A gated DeltaNet layer's mixer (Qwen3-Next's linear_attn). */
+static void add_linear(builder *b, int l) {
+    const model_config *mc = b->c;
+    int64_t H = mc->pub.hidden_size, nv = mc->lin_nv, kd = (int64_t)mc->lin_nk * mc->lin_dk, vd = nv * mc->lin_dv;
+    const char *const P = "model.layers";
+    MAT(ML_LIN_QKVZ, l, 0, 2 * kd + 2 * vd, H, "%s.%d.linear_attn.in_proj_qkvz", P, l);
+    MAT(ML_LIN_BA, l, 0, 2 * nv, H, "%s.%d.linear_attn.in_proj_ba", P, l);
+    add(b, ML_CONV, ML_LIN_CONV, l, 0, 2 * kd + vd, mc->lin_conv, "%s.%d.linear_attn.conv1d.weight", P, l);
+    VEC(ML_LIN_A_LOG, l, nv, "%s.%d.linear_attn.A_log", P, l);
+    VEC(ML_LIN_DT_BIAS, l, nv, "%s.%d.linear_attn.dt_bias", P, l);
+    VEC(ML_LIN_NORM, l, mc->lin_dv, "%s.%d.linear_attn.norm.weight", P, l);
+    MAT(ML_LIN_OUT, l, 0, H, vd, "%s.%d.linear_attn.out_proj", P, l);
+}
+
+/* An attention layer's mixer (self_attn). */
+static void add_attention(builder *b, int l) {
     const model_config *mc = b->c;
     const moe_config *c = &mc->pub;
     int64_t H = c->hidden_size, hd = c->head_dim, qd = (int64_t)c->n_heads * hd, kvd = (int64_t)c->n_kv_heads * hd;
+    int64_t qrows = qd * (mc->fam->attn_gate ? 2 : 1); /* with an output gate: query and gate per head */
     const char *const P = "model.layers";
-    VEC(ML_ATTN_NORM, l, H, "%s.%d.input_layernorm.weight", P, l);
-    MAT(ML_Q, l, 0, qd, H, "%s.%d.self_attn.q_proj", P, l);
-    if (mc->qkv_bias) VEC(ML_QB, l, qd, "%s.%d.self_attn.q_proj.bias", P, l);
+    MAT(ML_Q, l, 0, qrows, H, "%s.%d.self_attn.q_proj", P, l);
+    if (mc->qkv_bias) VEC(ML_QB, l, qrows, "%s.%d.self_attn.q_proj.bias", P, l);
     MAT(ML_K, l, 0, kvd, H, "%s.%d.self_attn.k_proj", P, l);
     if (mc->qkv_bias) VEC(ML_KB, l, kvd, "%s.%d.self_attn.k_proj.bias", P, l);
     MAT(ML_V, l, 0, kvd, H, "%s.%d.self_attn.v_proj", P, l);
@@ -82,6 +107,16 @@ static void add_layer(builder *b, int l) {
         VEC(ML_Q_NORM, l, full ? qd : hd, "%s.%d.self_attn.q_norm.weight", P, l);
         VEC(ML_K_NORM, l, full ? kvd : hd, "%s.%d.self_attn.k_norm.weight", P, l);
     }
+}
+
+static void add_layer(builder *b, int l) {
+    const model_config *mc = b->c;
+    const moe_config *c = &mc->pub;
+    int64_t H = c->hidden_size;
+    const char *const P = "model.layers";
+    VEC(ML_ATTN_NORM, l, H, "%s.%d.input_layernorm.weight", P, l);
+    if (mc->layer_linear && mc->layer_linear[l]) add_linear(b, l);
+    else add_attention(b, l);
     VEC(ML_FFN_NORM, l, H, "%s.%d.post_attention_layernorm.weight", P, l);
     if (!mc->layer_moe[l]) {
         int64_t I = c->intermediate_size;
@@ -182,15 +217,16 @@ moe_status ml_tensors_build(const ml_layout *l, const st_dtype *dtype, ml_tensor
         for (int w = 0; w < parts; w++) {
             size_t k = out->n;
             char name[160];
-            if (e->kind == ML_VECTOR) snprintf(name, sizeof name, "%s", e->name);
+            if (e->kind != ML_MATRIX) snprintf(name, sizeof name, "%s", e->name);
             else snprintf(name, sizeof name, "%s.%s", e->name, suffix[w]);
             if (!(out->names[k] = strdup(name))) goto oom;
             st_out_tensor *t = &out->t[k];
             t->name = out->names[k];
             t->dtype = dtype[i];
             if (e->E) t->shape[t->ndim++] = e->E;
-            if (e->kind == ML_MATRIX) t->shape[t->ndim++] = e->rows;
+            if (e->kind != ML_VECTOR) t->shape[t->ndim++] = e->rows;
             t->shape[t->ndim++] = e->cols;
+            if (e->kind == ML_CONV) t->shape[t->ndim++] = 1;
             if (e->bits && w == ML_VALUES) {
                 t->dtype = ST_U32;
                 t->shape[t->ndim - 1] = e->cols * e->bits / 32;

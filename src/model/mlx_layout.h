@@ -9,7 +9,11 @@
  * `<module>.biases` [..., rows, cols/group] in the float dtype; the others
  * stay float. Norms and Linear biases are copied. Qwen3-MoE's routers are
  * quantized at 8 bits, group 64, with their own config entry (mlx-lm's
- * qwen3_moe quant_predicate); no other family has overrides.
+ * qwen3_moe quant_predicate); so are Qwen3-Next's routers and shared-expert
+ * gates. Qwen3-Next also gets what mlx-lm's sanitize does to its hub
+ * checkpoints: the zero-centred norms (the layers' two, q/k norms, the final
+ * one) stored shifted by +1, the depthwise conv weights [C, 1, K] stored in
+ * MLX's Conv1d shape [C, K, 1] (the same bytes), `mtp.*` tensors dropped.
  *
  * Used by moe quantize (model/quantize.c, which fills the tensors from a hub
  * model) and moe synth --bits (model/synth.c, which fills them at random):
@@ -35,21 +39,25 @@ typedef enum ml_role {
     ML_MLP_GATE, ML_MLP_UP, ML_MLP_DOWN,              /* dense FFN */
     ML_ROUTER, ML_SW_GATE, ML_SW_UP, ML_SW_DOWN,      /* MoE block: router, stacked experts */
     ML_SH_GATE, ML_SH_UP, ML_SH_DOWN, ML_SH_ROUTER,   /* shared expert and its sigmoid gate */
+    ML_LIN_QKVZ, ML_LIN_BA, ML_LIN_OUT,               /* gated DeltaNet (linear_attn): projections, */
+    ML_LIN_CONV, ML_LIN_A_LOG, ML_LIN_DT_BIAS, ML_LIN_NORM, /* conv weight, decay, gated norm */
 } ml_role;
 
 typedef enum ml_kind {
     ML_MATRIX, /* a Linear or Embedding weight [rows x cols], or stacked experts [E x rows x cols] */
-    ML_VECTOR, /* a norm weight or a Linear bias [cols], copied as it is */
+    ML_VECTOR, /* a norm weight or a Linear bias [cols], copied as it is (or shifted, see `shift`) */
+    ML_CONV,   /* a depthwise conv weight [rows (channels) x cols (kernel)], written [rows, cols, 1], never quantized */
 } ml_kind;
 
 typedef struct ml_entry {
-    char name[128];       /* the module ("model.layers.0.mlp.switch_mlp.up_proj"); ML_VECTOR: the whole tensor name */
+    char name[128];       /* the module ("model.layers.0.mlp.switch_mlp.up_proj"); else the tensor's name */
     ml_kind kind;
     ml_role role;
     int layer;            /* -1 outside the layers */
     int64_t E, rows, cols; /* E = 0 except for stacked experts; ML_VECTOR: rows = 1 */
     int bits, group;      /* 0, 0: stays float */
     int own_params;       /* quantized with parameters of its own: a config entry names it */
+    int shift;            /* ML_VECTOR: a norm the hub stores zero-centred, written as w + 1 (mlx-lm's sanitize) */
 } ml_entry;
 
 typedef struct ml_layout {

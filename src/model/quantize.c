@@ -24,6 +24,7 @@
 
 #include "../base/err.h"
 #include "../base/file.h"
+#include "../base/half.h"
 #include "../base/pool.h"
 #include "../format/mlx_quant.h"
 #include "mlx_layout.h"
@@ -39,8 +40,9 @@ void moe_quantize_params_defaults(moe_quantize_params *p) {
 
 typedef struct src {
     const ml_entry *e;
-    wtensor *w;        /* [max(E, 1)] the input rows of each expert (one view for a Linear or a vector) */
+    wtensor *w;        /* [max(E, 1)] the input rows of each expert (one view for a Linear, vector or conv) */
     st_dtype in, out;  /* dtype of the input rows; dtype written (mlx-lm casts to config's torch_dtype) */
+    int shift;         /* a zero-centred norm of a hub model: written as w + 1 */
 } src;
 
 typedef struct scratch {    /* one thread's */
@@ -69,6 +71,7 @@ typedef struct out_ctx {    /* the fill context of one output tensor */
 } out_ctx;
 
 static st_dtype st_of(wfmt f) { return f == WF_F16 ? ST_F16 : f == WF_BF16 ? ST_BF16 : ST_F32; }
+static wfmt wfmt_of(st_dtype d) { return d == ST_F16 ? WF_F16 : d == ST_BF16 ? WF_BF16 : WF_F32; }
 
 /* Input row r (over all experts) of s, in the output dtype: the mapped row
  * itself, or its conversion in sc->cast. */
@@ -82,12 +85,24 @@ static const void *input_row(const src *s, int64_t r, scratch *sc) {
     return sc->cast;
 }
 
+/* x rounded to dtype d. */
+static float round_to(st_dtype d, float x) {
+    if (d == ST_BF16) return bf16_to_f32(f32_to_bf16(x));
+    if (d == ST_F16) return f16_to_f32(f32_to_f16(x));
+    return x;
+}
+
 /* Output row r of tensor o into dst[o->row_bytes]. */
 static void produce_row(const out_ctx *o, int64_t r, unsigned char *dst, scratch *sc) {
     const src *s = o->s;
     const ml_entry *e = s->e;
     writer *wr = o->wr;
     int cached = wr->cached == s;
+    if (s->shift) { /* mlx-lm's sanitize: w + 1.0 in the input's dtype; then the cast to the output's */
+        be_get_row(&s->w[0], 0, sc->f);
+        for (int64_t k = 0; k < e->cols; k++) mlxq_store(dst, s->out, k, round_to(s->in, sc->f[k] + 1.0f));
+        return;
+    }
     if (e->bits && o->what != ML_VALUES && cached) {
         memcpy(dst, (o->what == ML_SCALES ? wr->cs : wr->cb) + (size_t)r * o->sb_row, o->row_bytes);
         return;
@@ -183,8 +198,19 @@ static moe_status resolve(const moe_model *m, const ml_entry *e, src *s) {
         const st_tensor *t = find_raw(m, e->name);
         if (!t || t->ndim != 1 || t->shape[0] != e->cols)
             return moe_err(MOE_EFORMAT, "%s: tensor %s: %s", m->dir, e->name, t ? "not a vector of the expected size" : "missing");
-        wfmt f = t->dtype == ST_F16 ? WF_F16 : t->dtype == ST_BF16 ? WF_BF16 : WF_F32;
-        s->w[0] = (wtensor){.fmt = f, .rows = 1, .cols = e->cols, .data = t->data, .row_bytes = t->nbytes};
+        s->w[0] = (wtensor){.fmt = wfmt_of(t->dtype), .rows = 1, .cols = e->cols, .data = t->data,
+                            .row_bytes = t->nbytes};
+        return MOE_OK;
+    }
+    if (e->kind == ML_CONV) { /* [C, 1, K] (torch) or [C, K, 1] (MLX): the same bytes */
+        const st_tensor *t = find_raw(m, e->name);
+        int ok = t && t->ndim == 3 && t->shape[0] == e->rows &&
+                 ((t->shape[1] == 1 && t->shape[2] == e->cols) || (t->shape[1] == e->cols && t->shape[2] == 1));
+        if (!ok)
+            return moe_err(MOE_EFORMAT, "%s: tensor %s: %s", m->dir, e->name,
+                           t ? "not a conv weight of the expected shape" : "missing");
+        s->w[0] = (wtensor){.fmt = wfmt_of(t->dtype), .rows = e->rows, .cols = e->cols, .data = t->data,
+                            .row_bytes = t->nbytes / (size_t)e->rows};
         return MOE_OK;
     }
     for (int64_t x = 0; x < n; x++) {
@@ -208,6 +234,9 @@ static moe_status resolve(const moe_model *m, const ml_entry *e, src *s) {
         case ML_SH_UP: w = &L->shared.up; break;
         case ML_SH_DOWN: w = &L->shared.down; break;
         case ML_SH_ROUTER: w = &L->shared_gate; break;
+        case ML_LIN_QKVZ: w = &L->qkvz; break;
+        case ML_LIN_BA: w = &L->ba; break;
+        case ML_LIN_OUT: w = &L->out_proj; break;
         default: break;
         }
         if (!w || wfmt_is_quant(w->fmt) || w->rows != e->rows || w->cols != e->cols)
@@ -219,6 +248,22 @@ static moe_status resolve(const moe_model *m, const ml_entry *e, src *s) {
         s->w[x] = *w;
     }
     return MOE_OK;
+}
+
+/* Whether the norms of m's files are the hub's zero-centred ones (for a
+ * family that has them): not if mlx-lm converted the files, which stacks the
+ * experts as switch_mlp and gives conv weights MLX's shape [C, K, 1] (the
+ * loader's test, model.c). */
+static int hub_norms(const moe_model *m) {
+    for (int f = 0; f < m->n_shards; f++)
+        for (size_t i = 0; i < m->shards[f]->n; i++) {
+            const st_tensor *t = &m->shards[f]->tensors[i];
+            size_t len = strlen(t->name);
+            if (strstr(t->name, ".switch_mlp.")) return 0;
+            int conv = len > 13 && !strcmp(t->name + len - 13, "conv1d.weight");
+            if (conv && t->ndim == 3 && t->shape[1] > 1 && t->shape[2] == 1) return 0;
+        }
+    return 1;
 }
 
 /* Every input tensor is F32/F16/BF16, none looks quantized. */
@@ -238,7 +283,7 @@ static moe_status check_float(const moe_model *m) {
 }
 
 /* Every input tensor is written, except what mlx-lm also drops: precomputed
- * RoPE frequencies and a tied head. */
+ * RoPE frequencies, a tied head, Qwen3-Next's multi-token-prediction layers. */
 static moe_status check_all_used(const moe_model *m, const src *srcs, size_t n_src) {
     size_t n = 0;
     for (int f = 0; f < m->n_shards; f++) n += m->shards[f]->n;
@@ -255,6 +300,7 @@ static moe_status check_all_used(const moe_model *m, const src *srcs, size_t n_s
     for (size_t i = 0; i < n && !st; i++) {
         const char *nm = all[i].t->name;
         if (all[i].used || strstr(nm, "rotary_emb.inv_freq")) continue;
+        if (m->cfg.fam->hybrid && strncmp(nm, "mtp.", 4) == 0) continue; /* Qwen3-Next's multi-token prediction */
         if (m->cfg.pub.tie_word_embeddings && strcmp(nm, "lm_head.weight") == 0) continue;
         st = moe_err(MOE_EFORMAT, "%s: tensor %s is not part of a %s model with this config.json", m->dir, nm,
                      m->cfg.pub.model_type);
@@ -444,9 +490,11 @@ static moe_status plan(job *j, const char *in_dir, const moe_quantize_params *p)
     if (!j->srcs || !j->dtypes) return moe_err(MOE_ENOMEM, "out of memory");
     int64_t max_cols = 1;
     size_t max_sb = 1; /* bytes of the largest entry's scales */
+    int hub = c->fam->centred_norms && hub_norms(j->m);
     for (size_t i = 0; i < n; i++) {
         const ml_entry *e = &j->layout.e[i];
         if ((st = resolve(j->m, e, &j->srcs[i]))) return st;
+        j->srcs[i].shift = e->shift && hub;
         j->srcs[i].in = st_of(j->srcs[i].w[0].fmt);
         j->srcs[i].out = j->dtypes[i] = cast >= 0 ? (st_dtype)cast : j->srcs[i].in;
         if (e->cols > max_cols) max_cols = e->cols;
@@ -471,7 +519,8 @@ static moe_status plan(job *j, const char *in_dir, const moe_quantize_params *p)
         const ml_entry *e = &j->layout.e[j->tensors.entry[i]];
         o->s = &j->srcs[j->tensors.entry[i]];
         o->what = j->tensors.what[i];
-        o->row_bytes = (size_t)t->shape[t->ndim - 1] * st_dtype_size(t->dtype);
+        /* a float entry's rows are its input's: a conv weight [C, K, 1] has C rows of K */
+        o->row_bytes = (size_t)(e->bits ? t->shape[t->ndim - 1] : e->cols) * st_dtype_size(t->dtype);
         o->sb_row = e->bits ? (size_t)(e->cols / e->group) * st_dtype_size(o->s->out) : 0;
         o->wr = wr;
         t->fill = fill;
