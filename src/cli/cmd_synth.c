@@ -8,9 +8,16 @@ static void help(FILE *f) {
     fprintf(f, "usage: moe synth --like NAME [--layers N] [--dtype bf16|f16|f32] [--bits 4|8 [--group-size 64]]\n"
                "                 [--skew S] [--seed S] -o DIR\n"
                "  --like NAME   one of:");
-    for (const char *const *s = moe_synth_shapes(); *s; s++) fprintf(f, " %s", *s);
-    fprintf(f, "\n                (test-moe is no real model: a tiny MoE for tests, hidden 64,\n"
-               "                16 experts, top-2, 4 layers)\n"
+    int col = 21;
+    for (const char *const *s = moe_synth_shapes(); *s; s++) { /* wrapped at 88 columns */
+        if (col + 1 + (int)strlen(*s) > 88) col = fprintf(f, "\n               ") - 1;
+        col += fprintf(f, " %s", *s);
+    }
+    fprintf(f, "\n                (qwen3-coder-next and qwen3-next-80b-a3b: one shape, 48 layers, 3 of 4\n"
+               "                gated DeltaNet, 512 experts, top-10; about 45 GB at --bits 4.\n"
+               "                test-moe and test-next are no real models: tiny MoEs for tests, hidden 64,\n"
+               "                4 layers; test-moe Mixtral-like, 16 experts, top-2; test-next Qwen3-Next-like,\n"
+               "                32 experts, top-4, a shared expert)\n"
                "  --layers N    fewer layers than the real model (default: all)\n"
                "  --dtype T     weight dtype (default bf16; with --bits, of scales, biases and norms)\n"
                "  --bits B      the quantized mlx-community layout (as moe quantize writes) with random\n"

@@ -2,7 +2,9 @@
  * written in the hub layout, so speed can be measured without downloading
  * the real thing. Weights are uniform in [-0.035, 0.035] (std ~0.02, like a
  * fresh initialisation; a MoE's embedding and routers differ, see below),
- * norms are 1; each value is a hash of (seed, tensor,
+ * norms are 1 (Qwen3-Next's about 1 as applied, and its gated DeltaNet
+ * parameters as the model initialises them: k_norm_c and below); each value
+ * is a hash of (seed, tensor,
  * index), so the files are the same on every run. With bits, the tensors are
  * those of the mlx-community quantized layout (mlx_layout.c, shared with moe
  * quantize): random packed values, and scales and biases that dequantize
@@ -52,23 +54,45 @@
 #include "config.h"
 #include "mlx_layout.h"
 
+/* Gated DeltaNet layers (Qwen3-Next): key / value heads and head dims, conv
+ * kernel; every full_every-th layer is full attention, with RoPE on
+ * rot_factor of each head. */
+typedef struct hybrid_shape {
+    int nk, nv, dk, dv, conv, full_every;
+    double rot_factor;
+} hybrid_shape;
+
+static const hybrid_shape k_next = {16, 32, 128, 128, 4, 4, 0.25}, k_test_next = {2, 4, 16, 16, 4, 4, 0.25};
+
 typedef struct shape {
     const char *name, *model_type;
     int vocab, hidden, layers, heads, kv_heads, head_dim, inter;
     int experts, top_k, moe_inter, shared_inter, window;
     double rope_theta, eps;
-    int norm_topk, qkv_bias;
+    int norm_topk, qkv_bias, max_pos;
+    const hybrid_shape *lin; /* NULL: attention in every layer */
 } shape;
 
+/* Qwen3-Next-80B-A3B and Qwen3-Coder-Next (its coding fine-tune, rope_theta
+ * 5e6 against 1e7) have one shape: 80B parameters, ~45 GB at 4 bits. */
+#define QWEN3_NEXT(name, theta) \
+    {name, "qwen3_next", 151936, 2048, 48, 16, 2, 256, 5120, 512, 10, 512, 512, 0, theta, 1e-6, 1, 0, 262144, &k_next}
+
 static const shape k_shapes[] = {
-    {"mistral-7b", "mistral", 32000, 4096, 32, 32, 8, 128, 14336, 0, 0, 0, 0, 4096, 10000, 1e-5, 0, 0},
-    {"mixtral-8x7b", "mixtral", 32000, 4096, 32, 32, 8, 128, 14336, 8, 2, 14336, 0, 0, 1e6, 1e-5, 1, 0},
-    {"qwen3-30b-a3b", "qwen3_moe", 151936, 2048, 48, 32, 4, 128, 6144, 128, 8, 768, 0, 0, 1e6, 1e-6, 1, 0},
-    {"qwen1.5-moe-a2.7b", "qwen2_moe", 151936, 2048, 24, 16, 16, 128, 5632, 60, 4, 1408, 5632, 0, 1e6, 1e-6, 0, 1},
-    {"olmoe-1b-7b", "olmoe", 50304, 2048, 16, 16, 16, 128, 1024, 64, 8, 1024, 0, 0, 1e4, 1e-5, 0, 0},
-    /* not a real model: a MoE small enough for the tests (tests/synth) */
-    {"test-moe", "mixtral", 512, 64, 4, 4, 2, 16, 128, 16, 2, 32, 0, 0, 1e4, 1e-5, 1, 0},
+    {"mistral-7b", "mistral", 32000, 4096, 32, 32, 8, 128, 14336, 0, 0, 0, 0, 4096, 10000, 1e-5, 0, 0, 32768, NULL},
+    {"mixtral-8x7b", "mixtral", 32000, 4096, 32, 32, 8, 128, 14336, 8, 2, 14336, 0, 0, 1e6, 1e-5, 1, 0, 32768, NULL},
+    {"qwen3-30b-a3b", "qwen3_moe", 151936, 2048, 48, 32, 4, 128, 6144, 128, 8, 768, 0, 0, 1e6, 1e-6, 1, 0, 32768, NULL},
+    {"qwen1.5-moe-a2.7b", "qwen2_moe", 151936, 2048, 24, 16, 16, 128, 5632, 60, 4, 1408, 5632, 0, 1e6, 1e-6, 0, 1, 32768, NULL},
+    {"olmoe-1b-7b", "olmoe", 50304, 2048, 16, 16, 16, 128, 1024, 64, 8, 1024, 0, 0, 1e4, 1e-5, 0, 0, 32768, NULL},
+    QWEN3_NEXT("qwen3-coder-next", 5e6),
+    QWEN3_NEXT("qwen3-next-80b-a3b", 1e7),
+    /* not real models: MoEs small enough for the tests (tests/synth) */
+    {"test-moe", "mixtral", 512, 64, 4, 4, 2, 16, 128, 16, 2, 32, 0, 0, 1e4, 1e-5, 1, 0, 32768, NULL},
+    {"test-next", "qwen3_next", 512, 64, 4, 4, 2, 32, 128, 32, 4, 64, 32, 0, 1e6, 1e-6, 1, 0, 4096, &k_test_next},
 };
+
+/* Layer l of s is gated DeltaNet. */
+static int is_linear(const shape *s, int l) { return s->lin && (l + 1) % s->lin->full_every != 0; }
 
 const char *const *moe_synth_shapes(void) {
     static const char *names[sizeof k_shapes / sizeof *k_shapes + 1];
@@ -85,7 +109,7 @@ void moe_synth_params_defaults(moe_synth_params *p) {
 
 /* ---------------------------------------------------------- tensors -- */
 
-/* A tensor's values: center + spread * (u - 1/2), u uniform in [0, 1), plus
+/* A tensor's values: center + spread * (u - 1/2), u uniform in [0, 1) (or its log), plus
  * with routing skew row_u[r * row_step] * dir[c * (dir_len / cols)] at row r,
  * column c; U32 tensors (packed quantized values) get random bits. */
 typedef struct gen {
@@ -96,9 +120,20 @@ typedef struct gen {
                             per group) takes u at each group's first column */
     const float *row_u;  /* each row's coefficient of u */
     int64_t row_step;    /* 0: one coefficient for every row */
+    int log;             /* the value is the log of center + spread * (u - 1/2) */
 } gen;
 
 static const gen k_weight = {.center = 0.0f, .spread = 0.07f}, k_norm = {.center = 1.0f, .spread = 0.0f};
+
+/* Where a family stores its norms zero-centred (Qwen3-Next: applied as 1 + w),
+ * they are 1 +- 0.05 as applied: w in the hub layout (k_norm_c), 1 + w in the
+ * mlx-community one (k_norm_s), as mlx-lm's sanitize shifts them. Gated
+ * DeltaNet: A_log = log(uniform(1, 16)) (decay rates e^A_log as the model
+ * initialises them), dt_bias 1 +- 0.1, conv weights +-0.5 (4 taps keep their
+ * input's scale roughly). */
+static const gen k_norm_c = {.center = 0.0f, .spread = 0.1f}, k_norm_s = {.center = 1.0f, .spread = 0.1f},
+                 k_a_log = {.center = 8.5f, .spread = 15.0f, .log = 1}, k_dt_bias = {.center = 1.0f, .spread = 0.2f},
+                 k_conv = {.center = 0.0f, .spread = 1.0f};
 
 /* The standard deviation of a random weight as written: uniform over
  * k_weight's range, or s*q + b with q uniform in 0..2^bits-1 and s its
@@ -118,7 +153,8 @@ static uint64_t mix(uint64_t z) {
 /* Element i of a float tensor generated by g, before the skew term. */
 static float gen_value(const gen *g, size_t i) {
     float u = (float)(mix(g->seed + 0x9e3779b97f4a7c15ull * i) >> 40) * 0x1.0p-24f;
-    return g->center + g->spread * (u - 0.5f);
+    float v = g->center + g->spread * (u - 0.5f);
+    return g->log ? logf(v) : v;
 }
 
 static void fill(void *ctx, const st_out_tensor *t, size_t off, void *buf, size_t n) {
@@ -239,7 +275,9 @@ static int zipf_offsets(int E, int k, double s, double *b) {
  * no larger than one expert; a shared expert adds its own. */
 static double layer_out_rms(const shape *s, double sd) {
     double a = sd * sqrt((double)s->hidden);
-    double att = sd * sqrt((double)s->heads * s->head_dim) * a;
+    /* gated DeltaNet's out_proj reads a unit-RMS norm times silu(z), z of RMS a: at most a, as attention's values */
+    double vd = s->lin ? (double)s->lin->nv * s->lin->dv : 0;
+    double att = sd * sqrt(fmax((double)s->heads * s->head_dim, vd)) * a;
     double ffn = sd * sqrt((double)s->moe_inter) * a * a / M_SQRT2;
     double shared = sd * sqrt((double)s->shared_inter) * a * a / M_SQRT2;
     return sqrt(att * att + ffn * ffn + shared * shared);
@@ -375,8 +413,9 @@ typedef struct tlist {
     int oom;
 } tlist;
 
-static void add(tlist *l, int norm, int64_t d0, int64_t d1, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-static void add(tlist *l, int norm, int64_t d0, int64_t d1, const char *fmt, ...) {
+static void add(tlist *l, const gen *kind, int64_t d0, int64_t d1, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static void add(tlist *l, const gen *kind, int64_t d0, int64_t d1, const char *fmt, ...) {
     if (l->oom) return;
     if (l->n == l->cap) {
         size_t nc = l->cap ? l->cap * 2 : 256;
@@ -395,49 +434,75 @@ static void add(tlist *l, int norm, int64_t d0, int64_t d1, const char *fmt, ...
     vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
     if (!(l->names[l->n] = strdup(buf))) { l->oom = 1; return; }
-    l->g[l->n] = norm ? k_norm : k_weight;
+    l->g[l->n] = *kind;
     l->g[l->n].seed = mix(l->seed ^ (0x51ed27ull * (l->n + 1)));
     l->t[l->n] = (st_out_tensor){l->names[l->n], l->dtype, d1 ? 2 : 1, {d0, d1}, fill, NULL};
     l->n++;
 }
 
 static void add_mlp(tlist *l, const char *prefix, const char *const names[3], int64_t inter, int64_t H) {
-    add(l, 0, inter, H, "%s.%s.weight", prefix, names[0]);
-    add(l, 0, inter, H, "%s.%s.weight", prefix, names[1]);
-    add(l, 0, H, inter, "%s.%s.weight", prefix, names[2]);
+    add(l, &k_weight, inter, H, "%s.%s.weight", prefix, names[0]);
+    add(l, &k_weight, inter, H, "%s.%s.weight", prefix, names[1]);
+    add(l, &k_weight, H, inter, "%s.%s.weight", prefix, names[2]);
+}
+
+/* Layer p's attention (self_attn); nrm: its q/k norms' generator. */
+static void add_attention(tlist *l, const shape *s, const family *f, const gen *nrm, const char *p) {
+    int64_t H = s->hidden, qd = (int64_t)s->heads * s->head_dim, kvd = (int64_t)s->kv_heads * s->head_dim;
+    int64_t qrows = qd * (f->attn_gate ? 2 : 1); /* with an output gate: query and gate per head */
+    add(l, &k_weight, qrows, H, "%s.self_attn.q_proj.weight", p);
+    add(l, &k_weight, kvd, H, "%s.self_attn.k_proj.weight", p);
+    add(l, &k_weight, kvd, H, "%s.self_attn.v_proj.weight", p);
+    add(l, &k_weight, H, qd, "%s.self_attn.o_proj.weight", p);
+    if (s->qkv_bias) {
+        add(l, &k_weight, qrows, 0, "%s.self_attn.q_proj.bias", p);
+        add(l, &k_weight, kvd, 0, "%s.self_attn.k_proj.bias", p);
+        add(l, &k_weight, kvd, 0, "%s.self_attn.v_proj.bias", p);
+    }
+    if (f->qk_norm != QK_NORM_NONE) {
+        int full = f->qk_norm == QK_NORM_FULL;
+        add(l, nrm, full ? qd : s->head_dim, 0, "%s.self_attn.q_norm.weight", p);
+        add(l, nrm, full ? kvd : s->head_dim, 0, "%s.self_attn.k_norm.weight", p);
+    }
+}
+
+/* Layer p's gated DeltaNet (linear_attn). */
+static void add_linear(tlist *l, const shape *s, const char *p) {
+    const hybrid_shape *y = s->lin;
+    int64_t H = s->hidden, nv = y->nv, kd = (int64_t)y->nk * y->dk, vd = nv * y->dv;
+    add(l, &k_weight, 2 * kd + 2 * vd, H, "%s.linear_attn.in_proj_qkvz.weight", p);
+    add(l, &k_weight, 2 * nv, H, "%s.linear_attn.in_proj_ba.weight", p);
+    add(l, &k_conv, 2 * kd + vd, 1, "%s.linear_attn.conv1d.weight", p);
+    if (!l->oom) { /* [C, 1, K], torch's Conv1d */
+        l->t[l->n - 1].ndim = 3;
+        l->t[l->n - 1].shape[2] = y->conv;
+    }
+    add(l, &k_a_log, nv, 0, "%s.linear_attn.A_log", p);
+    add(l, &k_dt_bias, nv, 0, "%s.linear_attn.dt_bias", p);
+    add(l, &k_norm, y->dv, 0, "%s.linear_attn.norm.weight", p);
+    add(l, &k_weight, H, vd, "%s.linear_attn.out_proj.weight", p);
 }
 
 /* The hub layout's tensors; k: the routing skew's plan, or NULL. */
 static void build(tlist *l, const shape *s, const family *f, int layers, skew_plan *k) {
-    int64_t H = s->hidden, qd = (int64_t)s->heads * s->head_dim, kvd = (int64_t)s->kv_heads * s->head_dim;
+    int64_t H = s->hidden;
     static const char *const dense[3] = {"gate_proj", "up_proj", "down_proj"};
-    add(l, 0, s->vocab, H, "model.embed_tokens.weight");
+    const gen *nrm = f->centred_norms ? &k_norm_c : &k_norm;
+    add(l, &k_weight, s->vocab, H, "model.embed_tokens.weight");
     if (k && !l->oom) skew_embed(&l->g[l->n - 1], k, 1);
     for (int i = 0; i < layers; i++) {
         char p[128], q[160];
         snprintf(p, sizeof p, "model.layers.%d", i);
-        add(l, 1, H, 0, "%s.input_layernorm.weight", p);
-        add(l, 1, H, 0, "%s.post_attention_layernorm.weight", p);
-        add(l, 0, qd, H, "%s.self_attn.q_proj.weight", p);
-        add(l, 0, kvd, H, "%s.self_attn.k_proj.weight", p);
-        add(l, 0, kvd, H, "%s.self_attn.v_proj.weight", p);
-        add(l, 0, H, qd, "%s.self_attn.o_proj.weight", p);
-        if (s->qkv_bias) {
-            add(l, 0, qd, 0, "%s.self_attn.q_proj.bias", p);
-            add(l, 0, kvd, 0, "%s.self_attn.k_proj.bias", p);
-            add(l, 0, kvd, 0, "%s.self_attn.v_proj.bias", p);
-        }
-        if (f->qk_norm != QK_NORM_NONE) {
-            int full = f->qk_norm == QK_NORM_FULL;
-            add(l, 1, full ? qd : s->head_dim, 0, "%s.self_attn.q_norm.weight", p);
-            add(l, 1, full ? kvd : s->head_dim, 0, "%s.self_attn.k_norm.weight", p);
-        }
+        add(l, nrm, H, 0, "%s.input_layernorm.weight", p);
+        add(l, nrm, H, 0, "%s.post_attention_layernorm.weight", p);
+        if (is_linear(s, i)) add_linear(l, s, p);
+        else add_attention(l, s, f, nrm, p);
         if (!s->experts) {
             snprintf(q, sizeof q, "%s.mlp", p);
             add_mlp(l, q, dense, s->inter, H);
             continue;
         }
-        add(l, 0, s->experts, H, "%s.%s.gate.weight", p, f->moe_block);
+        add(l, &k_weight, s->experts, H, "%s.%s.gate.weight", p, f->moe_block);
         if (k && !l->oom) {
             gen *g = &l->g[l->n - 1];
             if (skew_router(k, i, g, NULL, NULL, NULL, NULL, 0, 0)) l->oom = 1;
@@ -450,12 +515,34 @@ static void build(tlist *l, const shape *s, const family *f, int layers, skew_pl
         if (s->shared_inter) {
             snprintf(q, sizeof q, "%s.%s.shared_expert", p, f->moe_block);
             add_mlp(l, q, dense, s->shared_inter, H);
-            add(l, 0, 1, H, "%s.%s.shared_expert_gate.weight", p, f->moe_block);
+            add(l, &k_weight, 1, H, "%s.%s.shared_expert_gate.weight", p, f->moe_block);
         }
     }
-    add(l, 1, H, 0, "model.norm.weight");
-    add(l, 0, s->vocab, H, "lm_head.weight");
+    add(l, nrm, H, 0, "model.norm.weight");
+    add(l, &k_weight, s->vocab, H, "lm_head.weight");
     for (size_t i = 0; i < l->n; i++) l->t[i].ctx = &l->g[i];
+}
+
+/* Qwen3-Next's keys: the gated DeltaNet shapes, which layers are which (as
+ * full_attention_interval and as layer_types, as transformers writes both),
+ * every layer MoE. 0 on success. */
+static int add_linear_config(json_t *c, const shape *s, int layers) {
+    const hybrid_shape *y = s->lin;
+    json_t *types = json_array();
+    for (int l = 0; types && l < layers; l++)
+        if (json_array_append_new(types, json_string(is_linear(s, l) ? "linear_attention" : "full_attention"))) {
+            json_decref(types);
+            types = NULL;
+        }
+    json_t *x = types ? json_pack("{s:i, s:i, s:i, s:i, s:i, s:i, s:o, s:f, s:i, s:[], s:b}", "linear_num_key_heads",
+                                  y->nk, "linear_num_value_heads", y->nv, "linear_key_head_dim", y->dk,
+                                  "linear_value_head_dim", y->dv, "linear_conv_kernel_dim", y->conv,
+                                  "full_attention_interval", y->full_every, "layer_types", types, "partial_rotary_factor",
+                                  y->rot_factor, "decoder_sparse_step", 1, "mlp_only_layers", "attention_bias", 0)
+                      : NULL;
+    int bad = !x || json_object_update(c, x);
+    json_decref(x);
+    return bad;
 }
 
 static json_t *make_config(const shape *s, int layers, const char *dtype) {
@@ -463,7 +550,8 @@ static json_t *make_config(const shape *s, int layers, const char *dtype) {
                           "architectures", "SyntheticForCausalLM", "model_type", s->model_type, "vocab_size", s->vocab,
                           "hidden_size", s->hidden, "num_hidden_layers", layers, "num_attention_heads", s->heads,
                           "num_key_value_heads", s->kv_heads, "head_dim", s->head_dim, "intermediate_size", s->inter,
-                          "max_position_embeddings", 32768, "rope_theta", s->rope_theta, "rms_norm_eps", s->eps,
+                          "max_position_embeddings", s->max_pos, "rope_theta", s->rope_theta,
+                          "rms_norm_eps", s->eps,
                           "hidden_act", "silu", "tie_word_embeddings", 0, "torch_dtype", dtype, "bos_token_id", 1,
                           "eos_token_id", 2);
     if (!c) return NULL;
@@ -474,6 +562,10 @@ static json_t *make_config(const shape *s, int layers, const char *dtype) {
         json_object_set_new(c, "moe_intermediate_size", json_integer(s->moe_inter));
         json_object_set_new(c, "norm_topk_prob", json_boolean(s->norm_topk));
         if (s->shared_inter) json_object_set_new(c, "shared_expert_intermediate_size", json_integer(s->shared_inter));
+    }
+    if (s->lin && add_linear_config(c, s, layers)) {
+        json_decref(c);
+        return NULL;
     }
     return c;
 }
@@ -503,6 +595,19 @@ static moe_status write_float(const moe_synth_params *p, const shape *s, int lay
     free(l.g);
     if (skewed) skew_plan_free(&k);
     return st;
+}
+
+/* The generator of a vector or conv weight of the mlx-community layout. */
+static gen vector_gen(const ml_entry *e) {
+    switch (e->role) {
+    case ML_ATTN_NORM: case ML_FFN_NORM: case ML_Q_NORM: case ML_K_NORM: case ML_FINAL_NORM:
+        return e->shift ? k_norm_s : k_norm;
+    case ML_LIN_NORM: return k_norm;
+    case ML_LIN_CONV: return k_conv;
+    case ML_LIN_A_LOG: return k_a_log;
+    case ML_LIN_DT_BIAS: return k_dt_bias;
+    default: return k_weight; /* Linear biases */
+    }
 }
 
 /* The bits of the first entry of `role` in l (0: float or none). */
@@ -548,7 +653,7 @@ static moe_status write_quant(const moe_synth_params *p, const shape *s, int lay
     for (size_t i = 0; !st && i < ts.n; i++) {
         const ml_entry *e = &lay.e[ts.entry[i]];
         float n_bins = e->bits ? (float)((1 << e->bits) - 1) : 1.0f;
-        if (e->kind == ML_VECTOR) g[i] = strstr(e->name, "norm") ? k_norm : k_weight;
+        if (e->kind != ML_MATRIX) g[i] = vector_gen(e);
         else if (!e->bits || ts.what[i] == ML_VALUES) g[i] = k_weight;
         else if (ts.what[i] == ML_SCALES) g[i] = (gen){.center = 0.07f / n_bins, .spread = 0.014f / n_bins};
         else g[i] = (gen){.center = -0.035f, .spread = 0.007f};
@@ -584,8 +689,13 @@ moe_status moe_synth(const moe_synth_params *p, const char *out_dir) {
     const shape *s = NULL;
     for (size_t i = 0; p && p->like && i < sizeof k_shapes / sizeof *k_shapes; i++)
         if (!strcmp(p->like, k_shapes[i].name)) s = &k_shapes[i];
-    if (!s) return moe_err(MOE_EINVAL, "synth: unknown shape \"%s\" (mistral-7b, mixtral-8x7b, qwen3-30b-a3b, qwen1.5-moe-a2.7b, "
-                                       "olmoe-1b-7b, test-moe)", p && p->like ? p->like : "");
+    if (!s) {
+        char names[512] = "";
+        for (size_t i = 0, n = 0; i < sizeof k_shapes / sizeof *k_shapes; i++)
+            n += (size_t)snprintf(names + n, n < sizeof names ? sizeof names - n : 0, "%s%s", i ? ", " : "",
+                                  k_shapes[i].name);
+        return moe_err(MOE_EINVAL, "synth: unknown shape \"%s\" (%s)", p && p->like ? p->like : "", names);
+    }
     if (!(p->skew >= 0 && p->skew <= 4)) return moe_err(MOE_EINVAL, "synth: skew %g (0 to 4)", p->skew);
     const char *dt = p->dtype ? p->dtype : "bf16";
     st_dtype dtype = !strcmp(dt, "bf16") ? ST_BF16 : !strcmp(dt, "f16") ? ST_F16 : !strcmp(dt, "f32") ? ST_F32 : ST_N_DTYPES;
