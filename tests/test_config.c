@@ -72,6 +72,16 @@ int main(void) {
     CHECK(parse(&c, NEXT ",\"full_attention_interval\":2}") == MOE_OK && c.pub.n_linear_layers == 2 && !c.layer_linear[1],
           "full_attention_interval 2: %s", moe_errmsg());
     config_free(&c);
+    /* Qwen3NextConfig's defaults: head_dim 256, partial_rotary_factor 0.25 (or inside rope_parameters) */
+    CHECK(parse(&c, "{\"model_type\":\"qwen3_next\"," BASE ",\"num_experts\":8,\"linear_num_key_heads\":2,"
+                    "\"linear_num_value_heads\":4,\"linear_key_head_dim\":16,\"linear_value_head_dim\":24}") == MOE_OK &&
+              c.pub.head_dim == 256 && c.rot_dim == 64,
+          "qwen3_next defaults: %s", moe_errmsg());
+    config_free(&c);
+    CHECK(parse(&c, NEXT ",\"partial_rotary_factor\":null,\"rope_parameters\":{\"rope_type\":\"default\",\"rope_theta\":1e4,"
+                    "\"partial_rotary_factor\":0.5}}") == MOE_OK && c.rot_dim == 16,
+          "partial_rotary_factor in rope_parameters: %s", moe_errmsg());
+    config_free(&c);
 
     /* refusals */
     struct { const char *json; moe_status st; const char *msg; } bad[] = {

@@ -146,9 +146,19 @@ int main(int argc, char **argv) {
                 sp.n_batch = 4;
                 moe_seq *s;
                 CHECK(moe_seq_new(m, &sp, &s) == MOE_OK, "seq");
-                CHECK(moe_seq_eval(s, tok, n, NULL, 0) == MOE_OK, "eval");
-                int window = moe_model_config(m)->sliding_window;
+                int window = moe_model_config(m)->sliding_window, hybrid = moe_model_config(m)->n_linear_layers > 0;
                 size_t back = window ? 3 : n / 2; /* cap = window + 3 with n_batch 4 */
+                if (hybrid) { /* a recurrent state goes back only to a saved one */
+                    CHECK(moe_seq_eval(s, tok, n - back, NULL, 0) == MOE_OK && moe_seq_snapshot(s) == MOE_OK, "eval, snapshot");
+                    CHECK(moe_seq_eval(s, tok + n - back, back, NULL, 0) == MOE_OK, "eval");
+                    CHECK(moe_seq_truncate(s, (int64_t)(n - back - 1)) == MOE_ERANGE, "no state saved at %zu", n - back - 1);
+                    CHECK(moe_seq_restore_point(s, (int64_t)(n - back - 1)) == 0 &&
+                              moe_seq_restore_point(s, (int64_t)(n - 1)) == (int64_t)(n - back) &&
+                              moe_seq_restore_point(s, (int64_t)n) == (int64_t)n,
+                          "restore points");
+                } else {
+                    CHECK(moe_seq_eval(s, tok, n, NULL, 0) == MOE_OK, "eval");
+                }
                 if (window) CHECK(moe_seq_truncate(s, (int64_t)(n - back - 2)) == MOE_ERANGE, "too far back under a window");
                 CHECK(moe_seq_truncate(s, (int64_t)(n - back)) == MOE_OK, "truncate %zu back: %s", back, moe_errmsg());
                 size_t nt;

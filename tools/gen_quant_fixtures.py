@@ -279,7 +279,8 @@ QCASES = [
 
 EXPERT_RE = re.compile(r"^(model\.layers\.\d+\.(?:block_sparse_moe|mlp))\.experts\.(\d+)\.(\w+)\.weight$")
 MIXTRAL_NAMES = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}
-QUANTIZABLE = re.compile(r"(_proj|\.gate|shared_expert_gate|lm_head|embed_tokens|\.w[123])$")
+# in_proj_qkvz / in_proj_ba: Qwen3-Next's gated DeltaNet input projections
+QUANTIZABLE = re.compile(r"(_proj|in_proj_\w+|\.gate|shared_expert_gate|lm_head|embed_tokens|\.w[123])$")
 
 
 def load_dir(d):
@@ -302,7 +303,8 @@ def mlx_convert(sd, cfg, bits, group, layout="stacked", overrides=None, family_r
             blk, e, proj = m.group(1), int(m.group(2)), m.group(3)
             proj = MIXTRAL_NAMES.get(proj, proj)
             stacks.setdefault("%s.switch_mlp.%s" % (blk, proj), {})[e] = (t, name)
-        elif name.endswith(".weight") and t.ndim == 2 and QUANTIZABLE.search(name[:-7]):
+        elif name.endswith(".weight") and t.ndim in (2, 3) and QUANTIZABLE.search(name[:-7]):
+            # 3-D: experts already stacked (switch_mlp), as a sanitized mlx model holds them
             mods[name[:-7]] = (t, [name])
         else:
             plain[name] = t

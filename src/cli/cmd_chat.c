@@ -83,12 +83,15 @@ static moe_status feed_prompt(chat *c, const int32_t *ids, size_t n, size_t *reu
     size_t common = 0;
     while (common < have && common < n && old[common] == ids[common]) common++;
     if (common == n) common = n - 1; /* evaluate at least one token, for fresh logits */
+    common = (size_t)moe_seq_restore_point(c->seq, (int64_t)common); /* a window or a recurrent state may go back less */
     if (moe_seq_truncate(c->seq, (int64_t)common) != MOE_OK) {
         moe_seq_reset(c->seq);
         common = 0;
     }
     *reused = common;
-    return moe_seq_eval(c->seq, ids + common, n - common, NULL, 0);
+    moe_status st = moe_seq_eval(c->seq, ids + common, n - common, NULL, 0);
+    if (!st) moe_seq_snapshot(c->seq); /* a turn boundary to come back to (no-op for attention-only models) */
+    return st;
 }
 
 /* The ids of the rendered conversation. When it extends the last turn's text

@@ -49,7 +49,9 @@ int cmd_info(int argc, char **argv) {
     if (c->quant_bits)
         printf("quantization: MLX affine, %d-bit, group size %d (modules with their own entry in config.json may differ)\n",
                c->quant_bits, c->quant_group);
-    printf("layers:       %d (%d MoE)\n", c->n_layers, c->n_moe_layers);
+    printf("layers:       %d (%d MoE", c->n_layers, c->n_moe_layers);
+    if (c->n_linear_layers) printf("; %d gated DeltaNet, %d attention", c->n_linear_layers, c->n_layers - c->n_linear_layers);
+    printf(")\n");
     printf("hidden:       %d\n", c->hidden_size);
     printf("attention:    %d heads, %d kv heads, head_dim %d, rope_theta %g", c->n_heads, c->n_kv_heads, c->head_dim,
            (double)c->rope_theta);
@@ -66,7 +68,8 @@ int cmd_info(int argc, char **argv) {
     count(pa, sizeof pa, (double)c->n_params_active);
     printf("parameters:   %s total, %s active per token\n", pt, pa);
     printf("weights:      %s on disk (mapped, not copied); %s read per generated token\n", w, wa);
-    printf("kv cache:     %s at context %lld (float32)\n", kv, ctx);
+    printf("kv cache:     %s at context %lld (float32%s)\n", kv, ctx,
+           c->n_linear_layers ? "; with the linear-attention layers' recurrent state" : "");
     char tot[32];
     human(tot, sizeof tot, (double)(c->weight_bytes + kvb));
     printf("memory:       about %s for weights + KV cache\n", tot);

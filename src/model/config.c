@@ -15,12 +15,12 @@
 #include "../base/err.h"
 
 static const family k_families[] = {
-    {"mistral", 0, 0, QK_NORM_NONE, 0, 0, 0, 1e-6f, "mlp", {"gate_proj", "up_proj", "down_proj"}, 0, 0, 0},
-    {"mixtral", 0, 0, QK_NORM_NONE, 1, 1, 0, 1e-5f, "block_sparse_moe", {"w1", "w3", "w2"}, 0, 0, 0},
-    {"qwen2_moe", 1, 0, QK_NORM_NONE, 1, 0, 1, 1e-6f, "mlp", {"gate_proj", "up_proj", "down_proj"}, 0, 0, 0},
-    {"qwen3_moe", 0, 1, QK_NORM_HEAD, 1, 0, 0, 1e-6f, "mlp", {"gate_proj", "up_proj", "down_proj"}, 0, 0, 0},
-    {"olmoe", 0, 1, QK_NORM_FULL, 1, 0, 0, 1e-5f, "mlp", {"gate_proj", "up_proj", "down_proj"}, 0, 0, 0},
-    {"qwen3_next", 0, 1, QK_NORM_HEAD, 1, 0, 1, 1e-6f, "mlp", {"gate_proj", "up_proj", "down_proj"}, 1, 1, 1},
+    {"mistral", 0, 0, QK_NORM_NONE, 0, 0, 0, 1e-6f, "mlp", {"gate_proj", "up_proj", "down_proj"}, 0, 0, 0, 0, 0},
+    {"mixtral", 0, 0, QK_NORM_NONE, 1, 1, 0, 1e-5f, "block_sparse_moe", {"w1", "w3", "w2"}, 0, 0, 0, 0, 0},
+    {"qwen2_moe", 1, 0, QK_NORM_NONE, 1, 0, 1, 1e-6f, "mlp", {"gate_proj", "up_proj", "down_proj"}, 0, 0, 0, 0, 0},
+    {"qwen3_moe", 0, 1, QK_NORM_HEAD, 1, 0, 0, 1e-6f, "mlp", {"gate_proj", "up_proj", "down_proj"}, 0, 0, 0, 0, 0},
+    {"olmoe", 0, 1, QK_NORM_FULL, 1, 0, 0, 1e-5f, "mlp", {"gate_proj", "up_proj", "down_proj"}, 0, 0, 0, 0, 0},
+    {"qwen3_next", 0, 1, QK_NORM_HEAD, 1, 0, 1, 1e-6f, "mlp", {"gate_proj", "up_proj", "down_proj"}, 1, 1, 1, 256, 0.25f},
 };
 
 const family *family_find(const char *model_type) {
@@ -344,7 +344,7 @@ moe_status config_parse(model_config *c, const char *text, const char *path) {
                        pc->n_heads, pc->n_kv_heads);
         goto done;
     }
-    pc->head_dim = (int)jint(j, "head_dim", 0, 1, 1 << 16);
+    pc->head_dim = (int)jint(j, "head_dim", c->fam->default_head_dim, 1, 1 << 16);
     if (!pc->head_dim) {
         if (pc->hidden_size % pc->n_heads) {
             J.st = moe_err(MOE_EFORMAT, "%s: no head_dim and hidden_size %d does not divide by %d heads", path,
@@ -353,7 +353,11 @@ moe_status config_parse(model_config *c, const char *text, const char *path) {
         }
         pc->head_dim = pc->hidden_size / pc->n_heads;
     }
-    double prf = jnum(j, jget(j, "partial_rotary_factor"), "partial_rotary_factor", 1.0);
+    /* partial RoPE: at top level, or (transformers 5) inside rope_parameters */
+    json_t *rp = jget(j, "rope_parameters"), *prv = jget(j, "partial_rotary_factor");
+    if (!prv && json_is_object(rp)) prv = json_object_get(rp, "partial_rotary_factor");
+    if (json_is_null(prv)) prv = NULL;
+    double prf = jnum(j, prv, "partial_rotary_factor", c->fam->default_rotary > 0 ? c->fam->default_rotary : 1.0);
     c->rot_dim = (int)(pc->head_dim * prf);
     if (J.st) goto done;
     if (pc->head_dim % 2) {

@@ -30,6 +30,8 @@ typedef struct family {
                                 full_attention_interval) */
     int attn_gate;           /* q_proj yields query and gate per head; the output is scaled by sigmoid(gate) */
     int centred_norms;       /* the hub stores RMSNorm weights zero-centred (applied as 1 + w) */
+    int default_head_dim;    /* head_dim when config.json has none; 0: hidden_size / heads */
+    float default_rotary;    /* partial_rotary_factor when config.json has none; 0: 1 */
 } family;
 
 /* A per-module entry of config.json's "quantization": the module at `path`

@@ -203,7 +203,10 @@ static void admit(sched *s, slot *l, job *j) {
     const int32_t *old = moe_seq_tokens(l->seq, &have);
     size_t common = common_prefix(old, have, l->ids, l->n_ids);
     if (common == l->n_ids) common--; /* evaluate at least one token, for fresh logits */
-    if (moe_seq_truncate(l->seq, (int64_t)common) != MOE_OK) { /* a sliding window overwrote it: start over */
+    /* as far back as the cache can go: a sliding window, or a linear-attention
+     * state saved only at earlier prompts' ends, may force going further */
+    common = (size_t)moe_seq_restore_point(l->seq, (int64_t)common);
+    if (moe_seq_truncate(l->seq, (int64_t)common) != MOE_OK) {
         moe_seq_reset(l->seq);
         common = 0;
     }
@@ -335,6 +338,10 @@ static void prefill(sched *s, slot *l) {
     l->n_fed += k;
     metrics_slot(s->met, l->idx, 1, (int64_t)l->n_fed);
     if (l->n_fed < l->n_prompt) return;
+    /* a turn boundary: models whose layers keep a recurrent state can come back
+     * here when the next request shares this prompt but not the answer (a
+     * failure only costs that reuse) */
+    moe_seq_snapshot(l->seq);
     /* the answer decodes as a continuation of the prompt (a leading space stays a space) */
     size_t from = l->n_prompt > 16 ? l->n_prompt - 16 : 0, pl;
     for (size_t i = from; i < l->n_prompt; i++) moe_detok_push(l->dt, l->ids[i], &pl);
