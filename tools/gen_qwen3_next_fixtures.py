@@ -12,7 +12,8 @@ tools/gen_fixtures.py (model/, logits_<i>.f32, golden.json, tensors.txt):
                       mlx-lm's sanitize + quantize write it (input/: the bf16
                       hub model it comes from), config.json in the hub's
                       transformers-4 style (top-level rope_theta,
-                      partial_rotary_factor, full_attention_interval)
+                      partial_rotary_factor, full_attention_interval), in
+                      input/ too: mlx-lm reads no other, and keeps every key
   qwen3next-mlx-bf16  the mlx-community layout unquantized (bf16), with
                       layer_types [linear, full, linear, full] that disagree
                       with full_attention_interval 4 (transformers follows
@@ -539,6 +540,10 @@ def attempt(spec, seed, cdir, seqs, info):
             entries, qcfg, deq = {k: gq.st_entry(v) for k, v in mlx.items()}, None, \
                 {k: v.float() for k, v in mlx.items()}
         mcfg = hub4_config(c, written) if spec.get("config_style") == "hub4" else dict(written)
+        if spec.get("bits"):   # input/ in the style mlx-lm converted, so `moe quantize` keeps it
+            with open(os.path.join(idir, "config.json"), "w") as f:
+                json.dump(mcfg, f, indent=2)
+                f.write("\n")
         if spec.get("layer_types"):
             mcfg["full_attention_interval"] = c["full_attention_interval"]
             mcfg["layer_types"] = spec["layer_types"]
