@@ -76,32 +76,39 @@ typedef struct delta_job {
 
 size_t be_delta_scratch(int chunk, int dk, int dv) {
     size_t C = chunk > 0 ? (size_t)chunk : 1;
-    /* Qc, Kc, W [C x dk]; Vc, U [C x dv]; T [C x C]; G, beta, row [C]; u [dv] */
-    return C * (3 * (size_t)dk + 2 * (size_t)dv + C + 3) + (size_t)dv;
+    /* chunked: Qc, Kc, W [C x dk]; Vc, U [C x dv]; T [C x C]; G, beta, row [C];
+     * token by token: Sk, Sq, u [dv] */
+    size_t chunked = C * (3 * (size_t)dk + 2 * (size_t)dv + C + 3), rec = 3 * (size_t)dv;
+    return chunk > 0 && chunked > rec ? chunked : rec;
 }
 
-/* Token by token: h's state through tokens [0, n). */
-static void delta_recurrent(const delta_job *j, int h, float *u) {
+/* Token by token: h's state through tokens [0, n). With d = exp(g), the
+ * update needs S only twice a token, one read and one read + write:
+ *   Sk = S^T k, Sq = S^T q;  u = (v - d Sk) beta;  o = d Sq + (k.q) u;  S = d S + k u^T
+ * (o = S_new^T q expanded), rather than decaying, reading and updating in turn. */
+static void delta_recurrent(const delta_job *j, int h, float *sc) {
     const cpu_kernels *K = j->k;
     int kh = h / (j->nv / j->nk), dk = j->dk, dv = j->dv;
-    float *S = j->state + (size_t)h * (size_t)dk * (size_t)dv;
+    float *S = j->state + (size_t)h * (size_t)dk * (size_t)dv, *sk = sc, *sq = sc + dv, *u = sc + 2 * dv;
     for (int64_t t = 0; t < j->n; t++) {
         const float *q = j->q + t * j->ld + kh * dk, *k = j->kk + t * j->ld + kh * dk;
         const float *v = j->v + t * j->ld + h * dv;
         float *o = j->out + (t * j->nv + h) * dv;
-        float decay = expf(j->g[t * j->nv + h]), beta = j->beta[t * j->nv + h];
-        for (int c = 0; c < dv; c++) u[c] = 0;
-        for (int r = 0; r < dk; r++) { /* S *= decay; u = S^T k */
+        float decay = expf(j->g[t * j->nv + h]), beta = j->beta[t * j->nv + h], kq = K->dot(k, q, dk);
+        memset(sk, 0, sizeof(float) * 2 * (size_t)dv);
+        for (int r = 0; r < dk; r++) {
+            const float *row = S + (size_t)r * dv;
+            K->axpy(sk, k[r], row, dv);
+            K->axpy(sq, q[r], row, dv);
+        }
+        for (int c = 0; c < dv; c++) {
+            u[c] = (v[c] - decay * sk[c]) * beta;
+            o[c] = decay * sq[c] + kq * u[c];
+        }
+        for (int r = 0; r < dk; r++) {
             float *row = S + (size_t)r * dv;
             for (int c = 0; c < dv; c++) row[c] *= decay;
-            K->axpy(u, k[r], row, dv);
-        }
-        for (int c = 0; c < dv; c++) u[c] = (v[c] - u[c]) * beta;
-        for (int c = 0; c < dv; c++) o[c] = 0;
-        for (int r = 0; r < dk; r++) { /* S += k u^T; o = S^T q */
-            float *row = S + (size_t)r * dv;
             K->axpy(row, k[r], u, dv);
-            K->axpy(o, q[r], row, dv);
         }
     }
 }
