@@ -10,7 +10,7 @@ moe=${1:-build/moe}; text=${2:-tests/bundled/heldout.txt}
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 ppl() { "$moe" perplexity "$@" -f "$text" 2>/dev/null | sed -n 's/.*perplexity[^0-9]*\([0-9.]*\).*/\1/p' | tail -1; }
 printf '%-14s %-22s %10s %8s\n' model variant perplexity vs_bf16
-for m in tiny-mixtral tiny-qwen-moe; do
+for m in tiny-mixtral tiny-qwen-moe tiny-qwen-next; do
   for b in 8 4; do "$moe" quantize -m "models/$m" -o "$tmp/$m-q$b" --bits "$b" --group-size 64 >/dev/null 2>&1; done
   base=$(ppl -m "models/$m")
   row() { printf '%-14s %-22s %10s %8s\n' "$m" "$1" "$2" "$(python3 -c "print('%.4f' % ($2 / $base))")"; }

@@ -5,6 +5,7 @@
 #   moe generate --stop        stops right before the stop string
 #   moe perplexity             within 0.5% of transformers' perplexity
 #   moe chat                   two turns; the second reuses the first's KV cache
+#                              (or recurrent state)
 # cmake -DMOE=... -DMODEL=... -DREF=... -DHELDOUT=... -P text_cli.cmake
 include(${CMAKE_CURRENT_LIST_DIR}/json_ints.cmake)
 file(READ "${REF}" R)
@@ -82,7 +83,10 @@ execute_process(COMMAND ${MOE} chat -m ${MODEL} -n 24 --temp 0.9 --seed 5 INPUT_
 if(NOT rc EQUAL 0 OR NOT err MATCHES "\\[([0-9]+) prompt tokens, 0 reused[^;]*; ([0-9]+) answer tokens.*\\[[0-9]+ prompt tokens, ([0-9]+) reused")
   message(FATAL_ERROR "chat failed (rc ${rc}):\n${out}\n${err}")
 endif()
-# the second turn reuses the first turn's prompt and answer (all but the last sampled token)
+# the second turn reuses the first turn's prompt and answer (all but the last sampled token).
+# On a hybrid model (tiny-qwen-next) a recurrent state cannot be cut back: this much reuse
+# means the turn continued from where the answer stopped; falling back to the state saved
+# at the first prompt's end would reuse only the first prompt's tokens, and fail here.
 math(EXPR want "${CMAKE_MATCH_1} + ${CMAKE_MATCH_2} - 1")
 if(CMAKE_MATCH_3 LESS want)
   message(FATAL_ERROR "chat: the second turn reused ${CMAKE_MATCH_3} tokens of the cache, want at least ${want}:\n${err}")

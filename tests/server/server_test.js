@@ -10,6 +10,10 @@
 //      not streaming), shutdown with a request running
 //   C  tiny-qwen-moe (ChatML) and the same with Qwen3's tool-calling template:
 //      a conversation where every turn must reuse the whole previous one, tools
+//   E  tiny-qwen-next (Qwen3-Next: gated DeltaNet layers with a recurrent
+//      state), --parallel 4, and F, the same with nothing cached: a
+//      conversation reusing the whole previous turn, the last turn again from a
+//      state saved at a prompt's end, answers equal to F's, concurrent clients
 // Each server must exit with status 0 on SIGTERM (in the sanitizer build that
 // includes LeakSanitizer finding nothing). Nothing here times anything: waits
 // poll the server's /metrics until a condition holds.
@@ -26,6 +30,7 @@ const { Anthropic } = require('@anthropic-ai/sdk');
 const [MOE, REPO, WORK] = process.argv.slice(2);
 const MIXTRAL = path.join(REPO, 'models/tiny-mixtral');
 const QWEN = path.join(REPO, 'models/tiny-qwen-moe');
+const NEXT = path.join(REPO, 'models/tiny-qwen-next');
 const SANITIZED = process.env.MOE_SANITIZE === 'ON' || process.env.MOE_SANITIZE === '1';
 
 let failures = 0, checks = 0;
@@ -255,7 +260,7 @@ async function testApis(port) {
 // Only new tokens are processed: in a `turns`-turn conversation each turn
 // finds the previous prompt (strict: and the previous answer) in its slot's
 // cache, /metrics counts the same processed tokens as usage, and memory does
-// not grow with the turns.
+// not grow with the turns. Returns the conversation and each turn's usage.
 async function testTurns(port, turns, strict, label) {
   const oa = openai(port);
   const topics = ['the war', 'the church', 'the city', 'the election', 'the river', 'the school', 'the music', 'the farm'];
@@ -287,11 +292,44 @@ async function testTurns(port, turns, strict, label) {
     `${label}: /metrics counts the same processed tokens as usage`);
   const rss = after.process_resident_memory_bytes;
   if (!SANITIZED) check(rss - rss5 < 8 << 20, `${label}: memory flat from turn 5 to turn ${turns}`, { rss5, rss });
+  return { msgs, usages };
+}
+
+// A hybrid model's cache (tiny-qwen-next: 3 of 4 layers gated DeltaNet) is a
+// recurrent state, which cannot be cut back to any position: a turn that
+// extends the previous answer continues from where the slot stopped, and one
+// that does not goes back to a state saved at an earlier prompt's end. Either
+// way the answers must be those of a server with nothing cached (F, given the
+// conversations longest first: each later prompt is a prefix of one it has
+// run, with no state saved inside it, so nothing can be reused).
+async function testHybridTurns(port, freshPort, turns) {
+  const label = `tiny-qwen-next, ${turns} turns`;
+  const { msgs, usages } = await testTurns(port, turns, true, label);
+  const answers = msgs.filter((m) => m.role === 'assistant').map((m) => m.content);
+  check(usages.slice(1).every((u) => u.prompt_tokens_details.cached_tokens > 0), `${label}: every later turn reports cached tokens`, usages);
+  // the last turn again: its prompt is in the slot, but its logits are not, and the
+  // state can only go back to where the previous turn's prompt ended
+  const again = await openai(port).chat.completions.create({ model: 'x', messages: msgs.slice(0, -1), max_tokens: 8, temperature: 0 });
+  const cached = again.usage.prompt_tokens_details.cached_tokens;
+  eq(again.choices[0].message.content, answers[turns - 1], `${label}: the last turn asked again gives the same answer`);
+  check(cached >= usages[turns - 2].prompt_tokens && cached < usages[turns - 1].prompt_tokens,
+    `${label}: the last turn asked again resumes from the state saved at the previous prompt's end`,
+    { cached, previous_prompt: usages[turns - 2].prompt_tokens, prompt: usages[turns - 1].prompt_tokens });
+  log(`${label}: prompt/cached tokens per turn ${usages.map((u) => `${u.prompt_tokens}/${u.prompt_tokens_details.cached_tokens}`).join(' ')}; ` +
+      `the last turn again ${again.usage.prompt_tokens}/${cached}`);
+  const fresh = [], freshCached = [];
+  for (let t = turns - 1; t >= 0; t--) {
+    const r = await openai(freshPort).chat.completions.create({ model: 'x', messages: msgs.slice(0, 2 * t + 1), max_tokens: 8, temperature: 0 });
+    fresh[t] = r.choices[0].message.content;
+    freshCached[t] = r.usage.prompt_tokens_details.cached_tokens;
+  }
+  eq(freshCached, answers.map(() => 0), `${label}: the server with nothing cached reuses nothing`);
+  eq(fresh, answers, `${label}: every answer equals the one computed with nothing cached`);
 }
 
 // Several clients at once (more than the slots: some wait in the queue) get
 // exactly the answers each gets alone.
-async function testConcurrent(port) {
+async function testConcurrent(port, label = 'concurrent') {
   const prompts = ['Tell me about the war.', 'What did the committee decide?', 'Describe the old house.',
     'Who won the game?', 'Where is the river?', 'Why did they leave the city?', 'The president said', 'How was the harvest?'];
   const oa = openai(port), an = anthropic(port);
@@ -308,11 +346,11 @@ async function testConcurrent(port) {
   const m0 = await metrics(port);
   const together = await Promise.all(prompts.map((p, i) => run(p, kinds[i % kinds.length])));
   const m1 = await metrics(port);
-  log(`concurrent: ${m1.moe_generation_tokens_total - m0.moe_generation_tokens_total} tokens in ` +
+  log(`${label}: ${m1.moe_generation_tokens_total - m0.moe_generation_tokens_total} tokens in ` +
       `${m1.moe_decode_rounds_total - m0.moe_decode_rounds_total} decoding passes`);
   for (let i = 0; i < prompts.length; i++)
-    eq(together[i], alone[i], `concurrent: client ${i} (${kinds[i % kinds.length]}) gets its single-client answer`);
-  check(await until(port, (m) => m.moe_slots_busy === 0 && m.moe_queue_depth === 0), 'concurrent: all slots free afterwards');
+    eq(together[i], alone[i], `${label}: client ${i} (${kinds[i % kinds.length]}) gets its single-client answer`);
+  check(await until(port, (m) => m.moe_slots_busy === 0 && m.moe_queue_depth === 0), `${label}: all slots free afterwards`);
 }
 
 // ------------------------------------------------- server B: robustness --
@@ -554,6 +592,15 @@ async function main() {
   const D = await startServer('D', ['-m', toolModel(), '--parallel', '1', '--model-name', 'qwen-tools']);
   await testTools(D.port);
   await stopServer(D);
+
+  // E: a hybrid model; concurrent clients decode in one pass, each slot with its own recurrent state
+  const E = await startServer('E', ['-m', NEXT, '--parallel', '4']);
+  const F = await startServer('F', ['-m', NEXT, '--parallel', '1']);
+  log(`servers E, F (tiny-qwen-next) on ports ${E.port}, ${F.port}`);
+  await testHybridTurns(E.port, F.port, 10);
+  await testConcurrent(E.port, 'tiny-qwen-next concurrent');
+  await stopServer(E);
+  await stopServer(F);
 }
 
 main().then(() => {
