@@ -8,15 +8,17 @@ add_executable(test_offload ${CMAKE_CURRENT_LIST_DIR}/test_offload.c)
 target_link_libraries(test_offload PRIVATE moe m)
 target_include_directories(test_offload PRIVATE ${PROJECT_SOURCE_DIR}/include ${CMAKE_CURRENT_SOURCE_DIR})
 foreach(fx golden/mixtral-top2 golden/mixtral-fused-experts golden/qwen2moe golden/qwen3moe golden/olmoe
-           golden-quant/mixtral-q4-g32 golden-quant/olmoe-mixed-per-expert golden-quant/qwen3moe-q4-g64)
+           golden-quant/mixtral-q4-g32 golden-quant/olmoe-mixed-per-expert golden-quant/qwen3moe-q4-g64
+           golden/qwen3next golden-quant/qwen3next-q4-g64)
   string(REPLACE "/" "_" case ${fx})
   add_test(NAME offload_${case} COMMAND test_offload ${CMAKE_CURRENT_SOURCE_DIR}/${fx}/model
            ${CMAKE_CURRENT_BINARY_DIR}/offload_cache/${case})
   set_tests_properties(offload_${case} PROPERTIES LABELS unit)
 endforeach()
-add_test(NAME offload_tiny-qwen-moe COMMAND test_offload ${PROJECT_SOURCE_DIR}/models/tiny-qwen-moe
-         ${CMAKE_CURRENT_BINARY_DIR}/offload_cache/tiny-qwen-moe)
-set_tests_properties(offload_tiny-qwen-moe PROPERTIES LABELS unit)
+foreach(m tiny-qwen-moe tiny-qwen-next)
+  add_test(NAME offload_${m} COMMAND test_offload ${PROJECT_SOURCE_DIR}/models/${m} ${CMAKE_CURRENT_BINARY_DIR}/offload_cache/${m})
+  set_tests_properties(offload_${m} PROPERTIES LABELS unit)
+endforeach()
 
 cli_fails(offload_dense "status 1: moe: .*expert offloading needs a Mixture-of-Experts model"
   ${expect1} $<TARGET_FILE:moe_cli> generate -m ${bad}/good --tokens 1 --offload)
