@@ -175,6 +175,9 @@ moe_status moe_seq_new(moe_model *m, const moe_seq_params *p, moe_seq **out) {
         int64_t E = c->n_experts, K = c->n_experts_per_tok;
         ALLOC(s->ew, nb);
         ALLOC(s->yk, nb * K * H);
+        s->moe_mid_ld = c->moe_intermediate_size > c->shared_expert_intermediate_size ? c->moe_intermediate_size
+                                                                                     : c->shared_expert_intermediate_size;
+        ALLOC(s->moe_mid, (K + 1) * s->moe_mid_ld);
         ALLOC(s->need, E);
         ALLOC(s->eidx, E);
         ALLOC(s->grp_off, E + 1);
@@ -202,7 +205,7 @@ void moe_seq_free(moe_seq *s) {
     for (int i = 0; i < s->n_snaps; i++) free(s->snaps[i].rec);
     void *bufs[] = {s->rec, s->snaps, s->qg, s->gate, s->lin_in, s->lin_ba, s->lin_mix, s->lin_conv, s->lin_z, s->lin_out,
                     s->lin_g, s->lin_beta, s->lin_scratch, s->history, s->x, s->h, s->q, s->att, s->k, s->v, s->ga, s->moe_acc, s->xe, s->ye,
-                    s->router, s->sel, s->selw, s->ew, s->yk, s->need, s->eidx, s->grp_off,
+                    s->router, s->sel, s->selw, s->ew, s->yk, s->moe_mid, s->need, s->eidx, s->grp_off,
                     s->grp_cur, s->grp_tk, s->skipped, s->dropped, s->att_scratch, s->positions, s->logits,
                     s->batch_logits, s->batch_tokens};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);

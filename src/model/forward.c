@@ -140,6 +140,26 @@ static moe_status run_experts(moe_seq *s, int l, int64_t n, const float *h) {
     const moe_model *m = s->m;
     int K = m->cfg.pub.n_experts_per_tok, n_need = group(s, n);
     for (int64_t i = 0; i < n * K; i++) s->dropped[i] = 0;
+    s->shared_done = 0;
+    if (!m->xc && n == 1 && n_need < MOE_DEC_MAX) {
+        /* decode: every expert of the token, and the shared expert, in one pass of the pool */
+        const layer *L = &m->layers[l];
+        const wtensor *g[MOE_DEC_MAX], *u[MOE_DEC_MAX], *d[MOE_DEC_MAX];
+        float *out[MOE_DEC_MAX];
+        int64_t H = m->cfg.pub.hidden_size, ne = n_need;
+        for (int i = 0; i < n_need; i++) {
+            const expert *e = &L->experts[s->need[i]];
+            g[i] = &e->gate, u[i] = &e->up, d[i] = &e->down;
+            out[i] = s->yk + s->grp_tk[s->grp_off[i]] * H; /* the one choice of expert i */
+        }
+        if (m->cfg.pub.shared_expert_intermediate_size > 0) {
+            g[ne] = &L->shared.gate, u[ne] = &L->shared.up, d[ne] = &L->shared.down;
+            out[ne++] = s->ye;
+            s->shared_done = 1;
+        }
+        be_moe_decode(m->be, (int)ne, g, u, d, h, s->moe_mid, s->moe_mid_ld, out);
+        return MOE_OK;
+    }
     if (!m->xc) {
         for (int i = 0; i < n_need; i++) run_expert(s, &m->layers[l].experts[s->need[i]], i, h);
         return MOE_OK;
@@ -192,7 +212,7 @@ static moe_status moe_ffn(moe_seq *s, int l, const float *h, int64_t n, float *o
         if (first) memset(o, 0, sizeof(float) * (size_t)H); /* every choice dropped */
     }
     if (c->shared_expert_intermediate_size > 0) {
-        swiglu_mlp(s, &L->shared, h, n, s->ye);
+        if (!s->shared_done) swiglu_mlp(s, &L->shared, h, n, s->ye);
         float *g = s->ew; /* [n] gate logits */
         be_matmul(be, &L->shared_gate, h, n, NULL, g);
         for (int64_t t = 0; t < n; t++) {

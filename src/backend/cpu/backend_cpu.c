@@ -401,6 +401,125 @@ void be_matmul_swiglu(backend *be, const wtensor *gate, const wtensor *up, const
         pool_run(be->pool, sw_item, &j, items);
 }
 
+/* ---------------------------------------------- MoE decode, all experts -- */
+
+/* Prepared inputs (cpu_kernels.dec) for nw weights, w[i] reading x[i]: one
+ * per distinct (input, format, group, cols), into be->dec; dx[i] NULL where
+ * matmul[] serves w[i] or memory is short. */
+static void dec_prepare_each(backend *be, int nw, const wtensor *const *w, const float *const *x, const void **dx) {
+    size_t total = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        size_t off = 0;
+        for (int i = 0; i < nw; i++) {
+            const cpu_dec *d = &be->k->dec[w[i]->fmt];
+            dx[i] = NULL;
+            size_t b = d->mm ? d->bytes(w[i]) : 0;
+            if (!b) continue;
+            int same = -1;
+            for (int k = 0; k < i && same < 0; k++)
+                if (x[k] == x[i] && w[k]->fmt == w[i]->fmt && w[k]->group == w[i]->group && w[k]->cols == w[i]->cols &&
+                    (pass == 0 || dx[k]))
+                    same = k;
+            if (pass == 0) {
+                if (same < 0) total += (b + 63) / 64 * 64;
+                dx[i] = same < 0 ? (const void *)1 : NULL;
+                continue;
+            }
+            if (same >= 0) {
+                dx[i] = dx[same];
+                continue;
+            }
+            d->prep(w[i], x[i], be->dec + off);
+            dx[i] = be->dec + off;
+            off += (b + 63) / 64 * 64;
+        }
+        if (pass == 0) {
+            if (!total) return;
+            if (total > be->dec_cap) {
+                free(be->dec);
+                be->dec = aligned_alloc(64, total);
+                be->dec_cap = be->dec ? total : 0;
+                if (!be->dec) {
+                    for (int i = 0; i < nw; i++) dx[i] = NULL;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+typedef struct moe_job {
+    const cpu_kernels *k;
+    int ne, swiglu;          /* phase: 1 = gate/up into mid, 0 = down into out */
+    const wtensor *const *w0, *const *w1; /* gate, up (phase 1) or down (w0) */
+    const float *x;          /* phase 1: the token */
+    float *mid;
+    float *const *out;
+    int64_t ld_mid, rb;
+    const void **dx;         /* [2 * ne] prepared inputs (gate, up / down), or NULLs */
+    int64_t first_item[MOE_DEC_MAX + 1];
+} moe_job;
+
+static void moe_item(void *ctx, int64_t item, int tid) {
+    (void)tid;
+    const moe_job *j = ctx;
+    int i = 0;
+    while (item >= j->first_item[i + 1]) i++;
+    const wtensor *w = j->w0[i];
+    int64_t r0 = (item - j->first_item[i]) * j->rb, nr = w->rows - r0 < j->rb ? w->rows - r0 : j->rb;
+    if (!j->swiglu) { /* down: mid[i] -> out[i] */
+        const float *xi = j->mid + i * j->ld_mid;
+        if (j->dx[i]) j->k->dec[w->fmt].mm(w, r0, r0 + nr, j->dx[i], j->out[i]);
+        else cpu_kernels_mm(j->k, w->fmt)(w, r0, r0 + nr, xi, w->cols, 1, j->out[i], w->rows);
+        return;
+    }
+    float g[SW_ROWS * SW_TOK], u[SW_ROWS * SW_TOK];
+    const wtensor *ws[2] = {w, j->w1[i]};
+    float *y[2] = {g, u};
+    for (int p = 0; p < 2; p++) {
+        wtensor v = wtensor_rows(ws[p], r0, nr);
+        const void *dx = j->dx[2 * i + p];
+        if (dx) j->k->dec[v.fmt].mm(&v, 0, nr, dx, y[p]);
+        else cpu_kernels_mm(j->k, v.fmt)(&v, 0, nr, j->x, v.cols, 1, y[p], nr);
+    }
+    float *o = j->mid + i * j->ld_mid + r0;
+    for (int64_t r = 0; r < nr; r++) o[r] = g[r] / (1.0f + expf(-g[r])) * u[r];
+}
+
+/* Items of about 8 a thread over all the experts' rows, within the SwiGLU
+ * item's stack buffers. */
+static void moe_items(moe_job *j, int nth) {
+    int64_t rows = 0;
+    for (int i = 0; i < j->ne; i++) rows += j->w0[i]->rows;
+    int64_t rb = (rows + nth * 8 - 1) / (nth * 8);
+    j->rb = rb < 16 ? 16 : rb > SW_ROWS * SW_TOK ? SW_ROWS * SW_TOK : (rb + 3) / 4 * 4;
+    for (int i = 0; i < j->ne; i++) j->first_item[i + 1] = j->first_item[i] + (j->w0[i]->rows + j->rb - 1) / j->rb;
+}
+
+void be_moe_decode(backend *be, int ne, const wtensor *const *gate, const wtensor *const *up, const wtensor *const *down,
+                   const float *x, float *mid, int64_t ld_mid, float *const *out) {
+    const void *dx[2 * MOE_DEC_MAX];
+    const wtensor *gw[2 * MOE_DEC_MAX];
+    const float *xs[2 * MOE_DEC_MAX];
+    int nth = pool_threads(be->pool);
+    for (int i = 0; i < ne; i++) {
+        gw[2 * i] = gate[i], gw[2 * i + 1] = up[i];
+        xs[2 * i] = xs[2 * i + 1] = x;
+    }
+    dec_prepare_each(be, 2 * ne, gw, xs, dx);
+    moe_job j = {.k = be->k, .ne = ne, .swiglu = 1, .w0 = gate, .w1 = up, .x = x, .mid = mid, .out = out,
+                 .ld_mid = ld_mid, .dx = dx};
+    moe_items(&j, nth);
+    pool_run(be->pool, moe_item, &j, j.first_item[ne]);
+    for (int i = 0; i < ne; i++) xs[i] = mid + i * ld_mid;
+    dec_prepare_each(be, ne, down, xs, dx);
+    j.swiglu = 0;
+    j.w0 = down;
+    j.first_item[0] = 0;
+    moe_items(&j, nth);
+    pool_run(be->pool, moe_item, &j, j.first_item[ne]);
+}
+
 void be_matmul(backend *be, const wtensor *w, const float *x, int64_t n, const float *bias, float *y) {
     be_matmul_n(be, 1, &w, x, n, &bias, &y);
 }
