@@ -171,41 +171,58 @@ typedef struct mm_job {
     int64_t first_item[MM_MAX + 1]; /* items of weight i: [first_item[i], first_item[i+1]) */
 } mm_job;
 
-/* Decode (n = 1): prepares x once for every weight of w[0..nw) whose kernel
- * takes a prepared input (cpu_kernels.dec), weights of one format, group and
- * cols sharing one, into be->dec (grown here, by the calling thread, and
- * kept). dx[i]: w[i]'s, or NULL where matmul[] serves w[i] (also when memory
- * is short). Every item of the call then reads it instead of redoing it. */
-static void dec_prepare(backend *be, int nw, const wtensor *const *w, const float *x, const void **dx) {
-    size_t off[MM_MAX], total = 0;
-    int src[MM_MAX]; /* the weight whose prepared input w[i] uses, or -1 */
-    for (int i = 0; i < nw; i++) {
-        const cpu_dec *d = &be->k->dec[w[i]->fmt];
-        size_t b = d->mm ? d->bytes(w[i]) : 0;
-        src[i] = -1;
-        dx[i] = NULL;
-        if (!b) continue;
-        src[i] = i;
-        for (int j = 0; j < i; j++)
-            if (src[j] == j && w[j]->fmt == w[i]->fmt && w[j]->group == w[i]->group && w[j]->cols == w[i]->cols)
-                src[i] = j;
-        if (src[i] == i) {
-            off[i] = total;
-            total += (b + 63) / 64 * 64;
+/* Decode (n = 1): prepares the input x[i] of every weight w[i] whose kernel
+ * takes a prepared input (cpu_kernels.dec), once per distinct (input, format,
+ * group, cols), into be->dec (grown here, by the calling thread, and kept).
+ * dx[i]: w[i]'s, or NULL where matmul[] serves w[i] (also when memory is
+ * short). Every item of the call then reads it instead of redoing it. */
+static void dec_prepare_each(backend *be, int nw, const wtensor *const *w, const float *const *x, const void **dx) {
+    size_t total = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        size_t off = 0;
+        for (int i = 0; i < nw; i++) {
+            const cpu_dec *d = &be->k->dec[w[i]->fmt];
+            dx[i] = NULL;
+            size_t b = d->mm ? d->bytes(w[i]) : 0;
+            if (!b) continue;
+            int same = -1;
+            for (int k = 0; k < i && same < 0; k++)
+                if (x[k] == x[i] && w[k]->fmt == w[i]->fmt && w[k]->group == w[i]->group && w[k]->cols == w[i]->cols &&
+                    (pass == 0 || dx[k]))
+                    same = k;
+            if (pass == 0) {
+                if (same < 0) total += (b + 63) / 64 * 64;
+                dx[i] = same < 0 ? (const void *)1 : NULL;
+                continue;
+            }
+            if (same >= 0) {
+                dx[i] = dx[same];
+                continue;
+            }
+            d->prep(w[i], x[i], be->dec + off);
+            dx[i] = be->dec + off;
+            off += (b + 63) / 64 * 64;
+        }
+        if (pass == 0) {
+            if (!total) return;
+            if (total > be->dec_cap) {
+                free(be->dec);
+                be->dec = aligned_alloc(64, total);
+                be->dec_cap = be->dec ? total : 0;
+                if (!be->dec) {
+                    for (int i = 0; i < nw; i++) dx[i] = NULL;
+                    return;
+                }
+            }
         }
     }
-    if (!total) return;
-    if (total > be->dec_cap) {
-        free(be->dec);
-        be->dec = aligned_alloc(64, total);
-        be->dec_cap = be->dec ? total : 0;
-        if (!be->dec) return;
-    }
-    for (int i = 0; i < nw; i++) {
-        if (src[i] < 0) continue;
-        if (src[i] == i) be->k->dec[w[i]->fmt].prep(w[i], x, be->dec + off[i]);
-        dx[i] = be->dec + off[src[i]];
-    }
+}
+
+/* dec_prepare_each with one input x for all nw <= MM_MAX weights */
+static void dec_prepare(backend *be, int nw, const wtensor *const *w, const float *x, const void **dx) {
+    _Static_assert(MM_MAX == 4, "one x per weight below");
+    const float *xs[MM_MAX] = {x, x, x, x};
+    dec_prepare_each(be, nw, w, xs, dx);
 }
 
 /* AMX prompt path: an item is a block of up to AMX_RB rows of one weight (or
@@ -402,51 +419,6 @@ void be_matmul_swiglu(backend *be, const wtensor *gate, const wtensor *up, const
 }
 
 /* ---------------------------------------------- MoE decode, all experts -- */
-
-/* Prepared inputs (cpu_kernels.dec) for nw weights, w[i] reading x[i]: one
- * per distinct (input, format, group, cols), into be->dec; dx[i] NULL where
- * matmul[] serves w[i] or memory is short. */
-static void dec_prepare_each(backend *be, int nw, const wtensor *const *w, const float *const *x, const void **dx) {
-    size_t total = 0;
-    for (int pass = 0; pass < 2; pass++) {
-        size_t off = 0;
-        for (int i = 0; i < nw; i++) {
-            const cpu_dec *d = &be->k->dec[w[i]->fmt];
-            dx[i] = NULL;
-            size_t b = d->mm ? d->bytes(w[i]) : 0;
-            if (!b) continue;
-            int same = -1;
-            for (int k = 0; k < i && same < 0; k++)
-                if (x[k] == x[i] && w[k]->fmt == w[i]->fmt && w[k]->group == w[i]->group && w[k]->cols == w[i]->cols &&
-                    (pass == 0 || dx[k]))
-                    same = k;
-            if (pass == 0) {
-                if (same < 0) total += (b + 63) / 64 * 64;
-                dx[i] = same < 0 ? (const void *)1 : NULL;
-                continue;
-            }
-            if (same >= 0) {
-                dx[i] = dx[same];
-                continue;
-            }
-            d->prep(w[i], x[i], be->dec + off);
-            dx[i] = be->dec + off;
-            off += (b + 63) / 64 * 64;
-        }
-        if (pass == 0) {
-            if (!total) return;
-            if (total > be->dec_cap) {
-                free(be->dec);
-                be->dec = aligned_alloc(64, total);
-                be->dec_cap = be->dec ? total : 0;
-                if (!be->dec) {
-                    for (int i = 0; i < nw; i++) dx[i] = NULL;
-                    return;
-                }
-            }
-        }
-    }
-}
 
 typedef struct moe_job {
     const cpu_kernels *k;
