@@ -51,10 +51,12 @@ typedef struct moe_model moe_model;
 
 /* Expert offloading (MoE models): instead of mapping every expert, each MoE
  * layer keeps `capacity` experts resident in a cache fed from an expert
- * store on disk (one contiguous record per expert, read past the page
- * cache), so a model larger than memory runs. The store is built on first
- * use (minutes for a large model; progress through `progress`) in the
- * model's cache directory and rebuilt when the model changes. */
+ * store on disk, read past the page cache, so a model larger than memory
+ * runs. The store is a pack (one contiguous record per expert, built on
+ * first use, minutes for a large model, progress through `progress`, in the
+ * model's cache directory and rebuilt when the model changes) or the
+ * model's own safetensors files (no copy: each expert read from the ranges
+ * its weights occupy there, several reads instead of one). */
 typedef enum moe_miss_policy {
     MOE_MISS_EXACT = 0, /* wait for the read: output identical to a full load */
     MOE_MISS_SKIP = 1,  /* drop experts not resident (their weights go to the
@@ -66,6 +68,14 @@ typedef enum moe_evict_policy {
     MOE_EVICT_LFU = 0,  /* least frequently used, uses decaying with age (default) */
     MOE_EVICT_LRU = 1,  /* least recently used */
 } moe_evict_policy;
+
+typedef enum moe_store_kind {
+    MOE_STORE_AUTO = 0,  /* a pack when a valid one exists, or when the cache directory's
+                            filesystem has room for one (its size + 5% + 1 GiB free); else
+                            the model's files, and moe_offload_info.note says why */
+    MOE_STORE_PACK = 1,  /* a pack, built when missing or stale (MOE_EIO when the disk has no room) */
+    MOE_STORE_MODEL = 2, /* the model's own files; no pack is built or read */
+} moe_store_kind;
 
 typedef struct moe_load_params {
     int n_threads;        /* worker threads for the kernels; <= 0: all online cores */
@@ -91,6 +101,7 @@ typedef struct moe_load_params {
     const char *cache_dir;/* root of expert stores; NULL: $MOE_CACHE_DIR, else
                              $XDG_CACHE_HOME/moe, else ~/.cache/moe */
     int io_threads;       /* reader threads; <= 0: 4 */
+    moe_store_kind store; /* where experts are read from; MOE_STORE_AUTO (default) */
     /* building the store and preloading report (what, done, total) in bytes; may be NULL */
     void (*progress)(void *ctx, const char *what, uint64_t done, uint64_t total);
     void *progress_ctx;
@@ -117,13 +128,16 @@ typedef struct moe_offload_info {
     int auto_reason;        /* 1: turned on because the model does not fit in memory */
     int64_t available_bytes;/* memory available at load */
     int64_t cache_bytes;    /* all slots of all layers */
-    int64_t store_bytes;    /* the expert store on disk */
+    moe_store_kind store;   /* the store in use: MOE_STORE_PACK or MOE_STORE_MODEL */
+    int64_t store_bytes;    /* the experts as the store lays them out (a pack's records; the
+                               same sum when read from the model's files) */
     int built;              /* the store was (re)built by this load */
     double build_seconds;   /* building it */
     int64_t preloaded;      /* experts read at load (pinned + warm start) */
     double preload_seconds;
-    char store_path[4096];
-    char note[256];         /* why the store was rebuilt, or that the warm state was unusable; "" */
+    char store_path[4096];  /* the pack, or the model's directory (MOE_STORE_MODEL) */
+    char note[256];         /* why the store was rebuilt, why the model's files are read instead
+                               of a pack (auto), that the warm state was unusable; "" */
 } moe_offload_info;
 void moe_model_offload_info(const moe_model *m, moe_offload_info *out);
 

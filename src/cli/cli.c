@@ -216,6 +216,9 @@ void cli_model_help(FILE *f) {
                "  --no-prefetch       do not read the next layer's likely experts ahead\n"
                "  --no-warm           do not save / preload the resident experts across runs\n"
                "  --cache-dir DIR     where expert stores live (default ~/.cache/moe)\n"
+               "  --store auto|pack|model  read experts from a pack in the cache directory (a copy, one\n"
+               "                      read an expert) or from the model's own files (no copy); auto\n"
+               "                      (default): the pack when it exists or the disk has room for it\n"
                "  --io-threads N      reader threads (default 4)\n"
                "  --stats             print the expert cache's hits, misses, reads at the end\n");
 }
@@ -248,6 +251,13 @@ int cli_model_opt(cli_model_opts *o, int argc, char **argv, int *i) {
     else if (!strcmp(a, "--no-prefetch")) p->prefetch = 0;
     else if (!strcmp(a, "--no-warm")) p->warm = 0;
     else if (!strcmp(a, "--cache-dir")) { VAL(); p->cache_dir = v; }
+    else if (!strcmp(a, "--store")) {
+        VAL();
+        if (!strcmp(v, "auto")) p->store = MOE_STORE_AUTO;
+        else if (!strcmp(v, "pack")) p->store = MOE_STORE_PACK;
+        else if (!strcmp(v, "model")) p->store = MOE_STORE_MODEL;
+        else { cli_fail("--store: expected auto, pack or model, got \"%s\"", v); return -1; }
+    }
     else if (!strcmp(a, "--io-threads")) { VAL(); if (cli_int(a, v, 1, 256, &ll)) return -1; p->io_threads = (int)ll; }
     else if (!strcmp(a, "--stats")) o->stats = 1;
     else return 0;
@@ -273,7 +283,10 @@ int cli_load_model(const char *dir, cli_model_opts *o, moe_model **out) {
     fprintf(stderr, "offload: %d of %d experts per MoE layer in memory (%.2f GB of slots", in.capacity, in.n_experts,
             (double)in.cache_bytes / 1e9);
     if (in.pinned) fprintf(stderr, ", %d pinned", in.pinned);
-    fprintf(stderr, "); store %s (%.2f GB%s)", in.store_path, (double)in.store_bytes / 1e9, in.built ? ", built now" : "");
+    if (in.store == MOE_STORE_MODEL)
+        fprintf(stderr, "); experts read from the model's files in %s (%.2f GB)", in.store_path, (double)in.store_bytes / 1e9);
+    else
+        fprintf(stderr, "); store %s (%.2f GB%s)", in.store_path, (double)in.store_bytes / 1e9, in.built ? ", built now" : "");
     if (in.preloaded) fprintf(stderr, "; %lld experts preloaded in %.2f s", (long long)in.preloaded, in.preload_seconds);
     if (in.auto_reason)
         fprintf(stderr, "; on because the model does not fit in the %.2f GB available", (double)in.available_bytes / 1e9);
@@ -293,8 +306,10 @@ void cli_model_report(const moe_model *m, const cli_model_opts *o, FILE *f) {
     moe_expert_stats k;
     if (!o->stats || !m || moe_model_expert_stats(m, -1, &k)) return;
     const moe_config *c = moe_model_config(m);
-    fprintf(f, "expert cache: %s misses, %s eviction\n", o->lp.miss == MOE_MISS_SKIP ? "skip" : "exact",
-            o->lp.evict == MOE_EVICT_LRU ? "LRU" : "LFU");
+    moe_offload_info in;
+    moe_model_offload_info(m, &in);
+    fprintf(f, "expert cache: %s misses, %s eviction, experts read from %s\n", o->lp.miss == MOE_MISS_SKIP ? "skip" : "exact",
+            o->lp.evict == MOE_EVICT_LRU ? "LRU" : "LFU", in.store == MOE_STORE_MODEL ? "the model's files" : "the pack");
     fprintf(f, "%-6s %9s %9s %9s %7s %9s %7s %10s %8s\n", "layer", "hits", "misses", "skipped", "hit", "prefetch",
             "guess", "read MB", "MB/s");
     for (int l = 0; l < c->n_layers; l++) {

@@ -109,10 +109,11 @@ int cmd_bench(int argc, char **argv) {
                    dir, c->model_type, c->dtype, moe_model_threads(m), np, ng, best_pp, best_tg, best_ttft * 1e3, peak_mb,
                    (long long)c->weight_bytes_active, gbs, load_s, first_ttft * 1e3, load_s + first_ttft);
             if (off.enabled)
-                printf(",\"offload\":{\"capacity\":%d,\"n_experts\":%d,\"cache_gb\":%.3f,\"store_built\":%d,"
+                printf(",\"offload\":{\"capacity\":%d,\"n_experts\":%d,\"cache_gb\":%.3f,\"store\":\"%s\",\"store_built\":%d,"
                        "\"build_s\":%.2f,\"preloaded\":%lld,\"preload_s\":%.3f,\"hit_rate\":%.4f,\"skipped_per_token\":%.3f,"
                        "\"read_bytes_per_token\":%.0f,\"read_gbps\":%.3f,\"device_read_gbps\":%.3f,\"prefetch_accuracy\":%.4f}",
-                       off.capacity, off.n_experts, (double)off.cache_bytes / 1e9, off.built, off.build_seconds,
+                       off.capacity, off.n_experts, (double)off.cache_bytes / 1e9,
+                       off.store == MOE_STORE_MODEL ? "model" : "pack", off.built, off.build_seconds,
                        (long long)off.preloaded, off.preload_seconds, hit, (double)gen.skipped / toks, per_tok, read_gbps,
                        dev_gbps, guess);
             printf("}\n");
@@ -122,10 +123,10 @@ int cmd_bench(int argc, char **argv) {
                    dir, c->model_type, c->dtype, moe_model_threads(m), np, best_pp, ng, best_tg, gbs, best_ttft * 1e3, peak_mb,
                    load_s);
             if (off.enabled)
-                printf("offload: %d of %d experts per layer | generation: hit rate %.1f%%, %.1f MB read per token, "
+                printf("offload: %d of %d experts per layer, read from %s | generation: hit rate %.1f%%, %.1f MB read per token, "
                        "%.2f GB/s read (%.2f GB/s while reading), %.2f experts skipped per token, next-layer guesses %.1f%% right "
                        "| first token after launch %.2f s\n",
-                       off.capacity, off.n_experts, 100 * hit, per_tok / 1e6, read_gbps, dev_gbps, (double)gen.skipped / toks,
+                       off.capacity, off.n_experts, off.store == MOE_STORE_MODEL ? "the model's files" : "the pack", 100 * hit, per_tok / 1e6, read_gbps, dev_gbps, (double)gen.skipped / toks,
                        100 * guess, load_s + first_ttft);
         }
     }

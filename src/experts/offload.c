@@ -2,7 +2,8 @@
  *
  * At load (offload_setup, after model.c bound every weight to the mapped
  * files): decide whether to offload (asked for, or the model does not fit
- * in available memory), open the expert store (building it the first time),
+ * in available memory), open the expert store (a pack, built the first time
+ * when there is disk for it, or the model's own files: choose_store),
  * size the cache from --capacity, --expert-mem or the memory left once the
  * other weights, a KV cache and working room are counted, pin a profile's
  * hottest experts, and preload the experts the last run left resident
@@ -10,7 +11,8 @@
  * and the mapped expert weights are never touched.
  * At free (offload_teardown): save the cache's state for the next warm start.
  *
- * The warm-start state is a small JSON file beside the store:
+ * The warm-start state is a small JSON file in the model's cache directory
+ * (beside the pack, if there is one):
  *   {"format": "moe-cache-state", "version": 1, "store_bytes": N,
  *    "n_layers": L, "n_experts": E,
  *    "layers": [{"layer": l, "experts": [e, ...], "scores": [s, ...]}, ...]}
@@ -18,9 +20,11 @@
  * store is ignored (with a note), never trusted.
  */
 #include <jansson.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -33,6 +37,8 @@
 
 #define STATE_FILE "cache-state.json"
 #define WORK_ROOM ((int64_t)512 << 20) /* activations, scratch, the allocator's slack */
+#define PACK_SLACK_BYTES ((uint64_t)1 << 30) /* auto builds a pack only with this much disk to spare, */
+#define PACK_SLACK_PART 20                   /* and 1/20 of the pack's size */
 
 static double now_s(void) {
     struct timespec ts;
@@ -63,9 +69,17 @@ static void progress(void *ctx, uint64_t done, uint64_t total) {
     a->p->progress(a->p->progress_ctx, a->what, done, total);
 }
 
-static void state_path(const moe_model *m, char *buf, size_t cap) {
-    const char *sp = m->off.store_path, *slash = strrchr(sp, '/');
-    snprintf(buf, cap, "%.*s/%s", slash ? (int)(slash - sp) : 1, slash ? sp : ".", STATE_FILE);
+static void state_path(const moe_model *m, char *buf, size_t cap) { snprintf(buf, cap, "%s/%s", xs_dir(m->xs), STATE_FILE); }
+
+/* Appends to the load's note ("; " between two). */
+static void add_note(moe_model *m, const char *fmt, ...) {
+    char *n = m->off.note;
+    size_t len = strlen(n), cap = sizeof m->off.note;
+    if (len && len + 2 < cap) strcpy(n + len, "; "), len += 2;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(n + len, cap - len, fmt, ap);
+    va_end(ap);
 }
 
 /* ------------------------------------------------------------ warm state -- */
@@ -116,12 +130,12 @@ static moe_status load_state(moe_model *m, const moe_load_params *p) {
     if (!root || json_unpack(root, "{s:s, s:i, s:I, s:I, s:I, s:o}", "format", &fmt, "version", &version, "store_bytes", &sb,
                              "n_layers", &nl, "n_experts", &ne, "layers", &layers) ||
         strcmp(fmt, "moe-cache-state") || version != 1 || !json_is_array(layers)) {
-        snprintf(m->off.note, sizeof m->off.note, "warm state unreadable: ignored");
+        add_note(m, "warm state unreadable: ignored");
         json_decref(root);
         return MOE_OK;
     }
     if (sb != m->off.store_bytes || nl != c->n_layers || ne != c->n_experts) {
-        snprintf(m->off.note, sizeof m->off.note, "warm state of another store: ignored");
+        add_note(m, "warm state of another store: ignored");
         json_decref(root);
         return MOE_OK;
     }
@@ -243,9 +257,10 @@ moe_status offload_setup(moe_model *m, const moe_load_params *p) {
         return MOE_OK;
     }
     if (p->capacity < -1 || p->expert_mem < 0 || p->pin < -1 || (p->miss != MOE_MISS_EXACT && p->miss != MOE_MISS_SKIP) ||
-        (p->evict != MOE_EVICT_LFU && p->evict != MOE_EVICT_LRU))
-        return moe_err(MOE_EINVAL, "offloading: bad parameters (capacity %d, expert_mem %lld, pin %d, miss %d, evict %d)",
-                       p->capacity, (long long)p->expert_mem, p->pin, (int)p->miss, (int)p->evict);
+        (p->evict != MOE_EVICT_LFU && p->evict != MOE_EVICT_LRU) ||
+        (p->store != MOE_STORE_AUTO && p->store != MOE_STORE_PACK && p->store != MOE_STORE_MODEL))
+        return moe_err(MOE_EINVAL, "offloading: bad parameters (capacity %d, expert_mem %lld, pin %d, miss %d, evict %d, store %d)",
+                       p->capacity, (long long)p->expert_mem, p->pin, (int)p->miss, (int)p->evict, (int)p->store);
     m->off.available_bytes = mem_available();
     int want = p->offload == 1 || p->capacity >= 0 || p->expert_mem > 0 || p->profile || p->miss == MOE_MISS_SKIP;
     if (!want) {
@@ -261,20 +276,46 @@ moe_status offload_setup(moe_model *m, const moe_load_params *p) {
     return st;
 }
 
+/* Opens the store p->store asks for, in cache directory `dir`: auto takes a
+ * valid pack that is there, builds one when the disk has room for it with
+ * a margin, and else reads the model's own files (saying why in the note). */
+static moe_status choose_store(moe_model *m, const moe_load_params *p, const char *dir, struct xstore **xs) {
+    if (snprintf(m->off.store_path, sizeof m->off.store_path, "%s/experts.pack", dir) >= (int)sizeof m->off.store_path)
+        return moe_err(MOE_EINVAL, "cache directory path too long");
+    const char *pack = m->off.store_path;
+    int model = p->store == MOE_STORE_MODEL;
+    struct stat s;
+    if (p->store == MOE_STORE_AUTO && (stat(pack, &s) != 0 || xs_open(m, pack, xs) != MOE_OK)) {
+        uint64_t need;
+        moe_status st = xs_pack_bytes(m, &need);
+        if (st) return st;
+        int64_t avail = xs_free_bytes(dir);
+        uint64_t want = need + need / PACK_SLACK_PART + PACK_SLACK_BYTES;
+        if ((model = avail >= 0 && (uint64_t)avail < want))
+            add_note(m, "not enough disk for an expert pack (needs %.1f GB, %.1f GB free): reading experts from the model's files",
+                     (double)want / 1e9, (double)avail / 1e9);
+    }
+    if (*xs) return MOE_OK; /* the valid pack auto found */
+    if (model) return xs_open_model(m, dir, xs);
+    progress_adapter pa = {p, "packing experts"};
+    double t0 = now_s();
+    moe_status st = xs_open_or_build(m, pack, p->progress ? progress : NULL, &pa, &m->off.built, m->off.note,
+                                     sizeof m->off.note, xs);
+    if (m->off.built) m->off.build_seconds = now_s() - t0;
+    return st;
+}
+
 /* Offloading, once decided: store, cache, pins, warm state. */
 static moe_status setup(moe_model *m, const moe_load_params *p, const xp_profile *pr) {
     const moe_config *c = &m->cfg.pub;
     char dir[4096];
     moe_status st = xs_cache_dir(m->dir, p->cache_dir, 1, dir, sizeof dir);
     if (st) return st;
-    if (snprintf(m->off.store_path, sizeof m->off.store_path, "%s/experts.pack", dir) >= (int)sizeof m->off.store_path)
-        return moe_err(MOE_EINVAL, "cache directory path too long");
-    progress_adapter pa = {p, "packing experts"};
-    double t0 = now_s();
-    struct xstore *xs;
-    if ((st = xs_open_or_build(m, m->off.store_path, p->progress ? progress : NULL, &pa, &m->off.built, m->off.note, sizeof m->off.note, &xs))) return st;
+    struct xstore *xs = NULL;
+    if ((st = choose_store(m, p, dir, &xs))) return st;
     m->xs = xs;
-    if (m->off.built) m->off.build_seconds = now_s() - t0;
+    m->off.store = xs_is_pack(xs) ? MOE_STORE_PACK : MOE_STORE_MODEL;
+    snprintf(m->off.store_path, sizeof m->off.store_path, "%s", xs_path(xs));
     m->off.store_bytes = (int64_t)xs_total_bytes(xs);
 
     int64_t per_slot = 0, largest = 0; /* one slot in every MoE layer; the largest slot */
@@ -297,7 +338,7 @@ static moe_status setup(moe_model *m, const moe_load_params *p, const xp_profile
     m->off.n_experts = c->n_experts;
     m->off.cache_bytes = (int64_t)xc_bytes(xc);
 
-    t0 = now_s();
+    double t0 = now_s();
     if (pr && cap > 0 && (st = pin_profile(m, p, pr))) return st;
     if (m->warm && (st = load_state(m, p))) return st;
     m->off.preload_seconds = now_s() - t0;

@@ -128,7 +128,7 @@ static void *io_main(void *arg) {
                 memcpy(c->bg_msg, msg, sizeof msg);
             }
         } else {
-            L->cnt.bytes_read += (int64_t)xs_record_of(c->x, j.l, e)->bytes;
+            L->cnt.bytes_read += (int64_t)xs_read_bytes(c->x, j.l, e);
             xs_bind(xs_record_of(c->x, j.l, e), sl->buf, &sl->w);
             sl->state = SL_READY;
         }

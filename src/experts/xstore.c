@@ -1,5 +1,9 @@
 /* xstore.c — the expert store (xstore.h): writes a model's experts into one
- * pack file of aligned records, opens and validates a pack, reads a record.
+ * pack file of aligned records, opens and validates a pack, reads a record;
+ * or, with no pack, maps each expert to the ranges of the model's own
+ * safetensors files that hold it and reads those. Both read through one
+ * path (read_span): a record is a list of (file, offset, length) ranges
+ * landing at fixed places in a slot, one range for a pack.
  *
  * Pack format, version 1. Every integer is little-endian.
  *
@@ -48,6 +52,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -302,6 +307,36 @@ static void layout_record(const expert *ex, xs_record *r) {
     r->bytes = round_up(at, XS_ALIGN);
 }
 
+static xs_record *plan_rec(const plan *p, int l, int e) {
+    if (l < 0 || l >= p->n_layers || e < 0 || e >= p->n_experts || p->moe_index[l] < 0) return NULL;
+    return &p->rec[(size_t)p->moe_index[l] * (size_t)p->n_experts + (size_t)e];
+}
+
+/* The one walk over a model's experts, in the pack's order (layer by layer,
+ * expert by expert): fn(ctx, l, e, the expert's weights, its record) for
+ * each, until one fails. Laying out the pack, writing it and mapping the
+ * experts to the model's files all go through it. */
+typedef moe_status (*record_fn)(void *ctx, int l, int e, const expert *ex, xs_record *r);
+
+static moe_status each_record(const moe_model *m, const plan *p, record_fn fn, void *ctx) {
+    moe_status st = MOE_OK;
+    for (int l = 0; l < p->n_layers && !st; l++)
+        for (int e = 0; p->moe_index[l] >= 0 && e < p->n_experts && !st; e++)
+            st = fn(ctx, l, e, &m->layers[l].experts[e], plan_rec(p, l, e));
+    return st;
+}
+
+/* plan_make's step: the record after the ones placed so far (*at). */
+static moe_status place_record(void *ctx, int l, int e, const expert *ex, xs_record *r) {
+    (void)e;
+    plan *p = ctx;
+    layout_record(ex, r);
+    r->offset = p->file_bytes;
+    p->file_bytes += r->bytes;
+    if (r->bytes > p->slot[l]) p->slot[l] = r->bytes;
+    return MOE_OK;
+}
+
 static moe_status plan_make(const moe_model *m, plan *p) {
     memset(p, 0, sizeof *p);
     const moe_config *c = &m->cfg.pub;
@@ -314,28 +349,37 @@ static moe_status plan_make(const moe_model *m, plan *p) {
     size_t n = (size_t)p->n_moe * (size_t)p->n_experts;
     if (n && !(p->rec = calloc(n, sizeof *p->rec))) goto oom;
     p->data_off = round_up(XS_FIXED + (uint64_t)n * XS_ENTRY, XS_ALIGN);
-    uint64_t at = p->data_off;
-    for (int l = 0; l < p->n_layers; l++) {
-        if (p->moe_index[l] < 0) continue;
-        for (int e = 0; e < p->n_experts; e++) {
-            xs_record *r = &p->rec[(size_t)p->moe_index[l] * (size_t)p->n_experts + (size_t)e];
-            layout_record(&m->layers[l].experts[e], r);
-            r->offset = at;
-            at += r->bytes;
-            if (r->bytes > p->slot[l]) p->slot[l] = r->bytes;
-        }
-    }
-    p->file_bytes = at;
-    p->total = at - p->data_off;
+    p->file_bytes = p->data_off;
+    each_record(m, p, place_record, p);
+    p->total = p->file_bytes - p->data_off;
     return MOE_OK;
 oom:
     plan_free(p);
     return moe_err(MOE_ENOMEM, "out of memory");
 }
 
-static xs_record *plan_rec(const plan *p, int l, int e) {
-    if (l < 0 || l >= p->n_layers || e < 0 || e >= p->n_experts || p->moe_index[l] < 0) return NULL;
-    return &p->rec[(size_t)p->moe_index[l] * (size_t)p->n_experts + (size_t)e];
+/* One contiguous run of an expert's bytes: where it is in memory now (a view
+ * into the model's mapped files) and where it goes in the expert's record. */
+typedef struct piece {
+    const unsigned char *src;
+    uint64_t len, dst;
+} piece;
+
+/* The pieces of expert ex in record r, in record order: gate, up, down, each
+ * values then (quantized formats) scales and biases. Returns how many (3 or 9). */
+static int pieces(const expert *ex, const xs_record *r, piece out[9]) {
+    const wtensor *t[3] = {&ex->gate, &ex->up, &ex->down};
+    int n = 0;
+    for (int i = 0; i < 3; i++) {
+        const xs_part *p = &r->part[i];
+        out[n++] = (piece){t[i]->data, (uint64_t)p->rows * p->row_bytes, p->data_off};
+        if (wfmt_is_quant(p->fmt)) {
+            uint64_t sb = (uint64_t)p->rows * p->sb_row_bytes;
+            out[n++] = (piece){t[i]->scales, sb, p->scales_off};
+            out[n++] = (piece){t[i]->biases, sb, p->biases_off};
+        }
+    }
+    return n;
 }
 
 /* ----------------------------------------------------------- headers -- */
@@ -567,19 +611,13 @@ static moe_status w_put_at(writer *w, uint64_t to, const void *src, uint64_t n) 
 }
 
 static moe_status w_record(writer *w, const expert *ex, xs_record *r) {
-    const wtensor *t[3] = {&ex->gate, &ex->up, &ex->down};
+    piece pc[9];
+    int n = pieces(ex, r, pc);
     hash_init(&w->h);
     w->rec_from = w->fill;
     w->rec_pos = 0;
     moe_status st = MOE_OK;
-    for (int i = 0; i < 3 && !st; i++) {
-        const xs_part *p = &r->part[i];
-        st = w_put_at(w, p->data_off, t[i]->data, (uint64_t)p->rows * p->row_bytes);
-        if (!st && wfmt_is_quant(p->fmt)) {
-            uint64_t sb = (uint64_t)p->rows * p->sb_row_bytes;
-            if (!(st = w_put_at(w, p->scales_off, t[i]->scales, sb))) st = w_put_at(w, p->biases_off, t[i]->biases, sb);
-        }
-    }
+    for (int i = 0; i < n && !st; i++) st = w_put_at(w, pc[i].dst, pc[i].src, pc[i].len);
     if (!st) st = w_put(w, NULL, r->bytes - w->rec_pos);
     if (st) return st;
     hash_blocks(&w->h, w->buf + w->rec_from, w->fill - w->rec_from);
@@ -606,14 +644,11 @@ static void drop_range(const moe_model *m, const int *shard_fds, const void *p, 
     }
 }
 
-/* Drops expert ex's source pages once they are copied. */
-static void drop_expert(const moe_model *m, const int *shard_fds, const expert *ex) {
-    const wtensor *t[3] = {&ex->gate, &ex->up, &ex->down};
-    for (int i = 0; i < 3; i++) {
-        drop_range(m, shard_fds, t[i]->data, (size_t)t[i]->rows * t[i]->row_bytes);
-        drop_range(m, shard_fds, t[i]->scales, (size_t)t[i]->rows * t[i]->sb_row_bytes);
-        drop_range(m, shard_fds, t[i]->biases, (size_t)t[i]->rows * t[i]->sb_row_bytes);
-    }
+/* Drops expert ex's source pages (its pieces in record r) once they are copied. */
+static void drop_expert(const moe_model *m, const int *shard_fds, const expert *ex, const xs_record *r) {
+    piece pc[9];
+    int n = pieces(ex, r, pc);
+    for (int i = 0; i < n; i++) drop_range(m, shard_fds, pc[i].src, pc[i].len);
 }
 
 /* Writes what is buffered, syncs it and drops the pack's pages from the
@@ -626,21 +661,29 @@ static moe_status w_sync(writer *w) {
     return st;
 }
 
+typedef struct write_ctx {
+    writer *w;
+    const moe_model *m;
+    const int *fds; /* [n_shards] the model's shards opened for posix_fadvise, -1 when not */
+} write_ctx;
+
+static moe_status write_one(void *ctx, int l, int e, const expert *ex, xs_record *r) {
+    (void)l, (void)e;
+    write_ctx *c = ctx;
+    moe_status st = w_record(c->w, ex, r);
+    if (!st) drop_expert(c->m, c->fds, ex, r);
+    c->w->unsynced += r->bytes;
+    if (!st && c->w->unsynced >= XS_SYNC_BYTES) st = w_sync(c->w);
+    return st;
+}
+
 static moe_status write_records(writer *w, const moe_model *m, plan *p) {
     int *fds = malloc((size_t)m->n_shards * sizeof *fds);
     if (!fds) return moe_err(MOE_ENOMEM, "out of memory");
     for (int s = 0; s < m->n_shards; s++) fds[s] = open(m->shards[s]->path, O_RDONLY | O_CLOEXEC);
-    moe_status st = MOE_OK;
     if (w->progress) w->progress(w->ctx, 0, w->total);
-    for (int l = 0; l < p->n_layers && !st; l++) {
-        for (int e = 0; p->moe_index[l] >= 0 && e < p->n_experts && !st; e++) {
-            const expert *ex = &m->layers[l].experts[e];
-            xs_record *r = plan_rec(p, l, e);
-            if (!(st = w_record(w, ex, r))) drop_expert(m, fds, ex);
-            w->unsynced += r->bytes;
-            if (!st && w->unsynced >= XS_SYNC_BYTES) st = w_sync(w);
-        }
-    }
+    write_ctx c = {w, m, fds};
+    moe_status st = each_record(m, p, write_one, &c);
     if (!st) st = w_sync(w);
     for (int s = 0; s < m->n_shards; s++)
         if (fds[s] >= 0) close(fds[s]);
@@ -657,17 +700,29 @@ static void dir_of(const char *path, char *dir, size_t cap) {
     else *slash = 0;
 }
 
+int64_t xs_free_bytes(const char *dir) {
+    const char *t = getenv("MOE_TEST_FREE_BYTES");
+    if (t && *t) {
+        char *end;
+        long long v = strtoll(t, &end, 10);
+        if (!*end && v >= 0) return v;
+    }
+    struct statvfs vs;
+    if (statvfs(dir, &vs) != 0) return -1;
+    uint64_t avail = (uint64_t)vs.f_bavail * vs.f_frsize;
+    return avail > INT64_MAX ? INT64_MAX : (int64_t)avail;
+}
+
 /* Fails with the sizes when the filesystem of `path` has less than `need` bytes free. */
 static moe_status check_space(const char *path, uint64_t need) {
     char dir[4200];
     dir_of(path, dir, sizeof dir);
-    struct statvfs vs;
-    if (statvfs(dir, &vs) != 0) return MOE_OK; /* no answer: the writes will tell */
-    uint64_t avail = (uint64_t)vs.f_bavail * vs.f_frsize;
+    int64_t avail = xs_free_bytes(dir);
+    if (avail < 0) return MOE_OK; /* no answer: the writes will tell */
     char a[32], b[32];
-    if (avail < need)
+    if ((uint64_t)avail < need)
         return moe_err(MOE_EIO, "%s: the expert pack needs %s but only %s are free in %s", path, human(need, a),
-                       human(avail, b), dir);
+                       human((uint64_t)avail, b), dir);
     return MOE_OK;
 }
 
@@ -748,43 +803,129 @@ moe_status xs_build(const moe_model *m, const char *path, void (*progress)(void 
     return st;
 }
 
+moe_status xs_pack_bytes(const moe_model *m, uint64_t *out) {
+    plan p;
+    moe_status st = plan_make(m, &p);
+    *out = st ? 0 : p.file_bytes;
+    plan_free(&p);
+    return st;
+}
+
 /* ------------------------------------------------------------- reader -- */
 
+/* Some of a record's bytes: [off, off + len) of the store's file `file`,
+ * landing at dst in the record. A pack's record is one range; an expert in
+ * the model's files is up to 9. */
+typedef struct xs_range {
+    uint32_t file;
+    uint64_t off, len, dst;
+} xs_range;
+
 struct xstore {
-    char *path;
-    int fd;
-    int direct;   /* fd has O_DIRECT */
-    plan p;       /* with the records' checksums from the pack */
+    char *path;             /* the pack, or the model's directory */
+    char *dir;              /* the cache directory */
+    int pack;               /* 1: a pack; 0: the model's own files */
+    int n_files;
+    char **files;           /* [n_files] the pack, or the model's shards */
+    int *fds;               /* [n_files] */
+    int direct;             /* the fds have O_DIRECT */
+    plan p;                 /* a pack's records carry their checksums from it */
+    xs_range *ranges;       /* model: every record's ranges, sorted by file and offset within one */
+    size_t *first;          /* model: [records + 1]; record i's are ranges[first[i] .. first[i + 1]) */
+    size_t n_ranges;
+    uint64_t chunk;         /* bytes of a bounce buffer: READ_CHUNK (tests: $MOE_TEST_READ_CHUNK) */
+    pthread_mutex_t mu;     /* guards the bounce buffers: */
+    unsigned char **spare;  /* [cap_spare] the n_spare not in use, each [chunk], XS_ALIGN-aligned */
+    int n_spare, cap_spare, n_bounce;
 };
 
-static moe_status open_fd(xstore *x, int direct) {
-    if (x->fd >= 0) close(x->fd);
-    x->direct = 0;
-    if (direct) {
-        x->fd = open(x->path, O_RDONLY | O_CLOEXEC | O_DIRECT);
-        if (x->fd >= 0) {
-            x->direct = 1;
-            return MOE_OK;
-        }
-        if (errno != EINVAL) return moe_err(MOE_EIO, "%s: cannot open: %s", x->path, strerror(errno));
+/* A new store of model m (its plan made) with room for n_files files, none
+ * open yet. */
+static moe_status store_new(const moe_model *m, const char *path, const char *dir, int n_files, xstore **out) {
+    xstore *x = *out = calloc(1, sizeof *x);
+    if (!x) return moe_err(MOE_ENOMEM, "out of memory");
+    pthread_mutex_init(&x->mu, NULL);
+    x->path = strdup(path);
+    x->dir = strdup(dir);
+    x->files = calloc((size_t)n_files, sizeof *x->files);
+    x->fds = malloc((size_t)n_files * sizeof *x->fds);
+    if (!x->path || !x->dir || !x->files || !x->fds) return moe_err(MOE_ENOMEM, "out of memory");
+    x->n_files = n_files;
+    for (int i = 0; i < n_files; i++) x->fds[i] = -1;
+    const char *t = getenv("MOE_TEST_READ_CHUNK");
+    long long c = t ? atoll(t) : 0;
+    x->chunk = c > 0 && c % XS_ALIGN == 0 ? (uint64_t)c : READ_CHUNK;
+    moe_status st = plan_make(m, &x->p);
+    if (!st && x->p.n_moe == 0) st = moe_err(MOE_EINVAL, "%s: the model has no MoE layers", m->dir);
+    return st;
+}
+
+/* The end of an open: x handed out, or on failure closed. */
+static moe_status store_done(xstore *x, moe_status st, xstore **out) {
+    if (st) {
+        xs_close(x);
+        x = NULL;
     }
-    x->fd = open(x->path, O_RDONLY | O_CLOEXEC);
-    if (x->fd < 0) return moe_err(MOE_EIO, "%s: cannot open: %s", x->path, strerror(errno));
+    *out = x;
+    return st;
+}
+
+/* (Re)opens every file of x, with O_DIRECT when `direct` and the filesystem
+ * takes it (one that refuses it: all without). Without it, readahead is off,
+ * so a read brings in the pages it asks for and no others. */
+static moe_status open_files(xstore *x, int direct) {
+    for (int i = 0; i < x->n_files; i++) {
+        if (x->fds[i] >= 0) close(x->fds[i]);
+        x->fds[i] = -1;
+    }
+    x->direct = direct;
+    for (int i = 0; i < x->n_files; i++) {
+        x->fds[i] = open(x->files[i], O_RDONLY | O_CLOEXEC | (direct ? O_DIRECT : 0));
+        if (x->fds[i] < 0 && direct && errno == EINVAL) return open_files(x, 0);
+        if (x->fds[i] < 0) return moe_err(MOE_EIO, "%s: cannot open: %s", x->files[i], strerror(errno));
+        if (!direct) posix_fadvise(x->fds[i], 0, 0, POSIX_FADV_RANDOM);
+    }
     return MOE_OK;
+}
+
+/* A bounce buffer for a direct read, made the first time more readers are
+ * at work at once than there are buffers; NULL when out of memory. */
+static unsigned char *bounce_take(xstore *x) {
+    unsigned char *b = NULL;
+    pthread_mutex_lock(&x->mu);
+    if (x->n_spare) {
+        b = x->spare[--x->n_spare];
+    } else if ((b = aligned_alloc(XS_ALIGN, x->chunk))) {
+        if (x->n_bounce == x->cap_spare) { /* room to give every buffer back */
+            int cap = x->cap_spare * 2 + 4;
+            unsigned char **q = realloc(x->spare, (size_t)cap * sizeof *q);
+            if (q) x->spare = q, x->cap_spare = cap;
+            else free(b), b = NULL;
+        }
+        if (b) x->n_bounce++;
+    }
+    pthread_mutex_unlock(&x->mu);
+    return b;
+}
+
+static void bounce_give(xstore *x, unsigned char *b) {
+    pthread_mutex_lock(&x->mu);
+    x->spare[x->n_spare++] = b;
+    pthread_mutex_unlock(&x->mu);
 }
 
 /* Reads the header [0, data_off) into h (as much as the file has: *got).
  * A filesystem that accepts O_DIRECT at open but not on reads (EINVAL) is
  * read without it. */
 static moe_status read_header(xstore *x, unsigned char *h, size_t *got) {
-    int e = read_full(x->fd, h, x->p.data_off, 0, got);
+    int e = read_full(x->fds[0], h, x->p.data_off, 0, got);
     moe_status st;
     if (e == EINVAL && x->direct) {
-        if ((st = open_fd(x, 0))) return st;
-        e = read_full(x->fd, h, x->p.data_off, 0, got);
+        if ((st = open_files(x, 0))) return st;
+        e = read_full(x->fds[0], h, x->p.data_off, 0, got);
     }
     if (e) return moe_err(MOE_EIO, "%s: read failed: %s", x->path, strerror(e));
-    if (!x->direct) posix_fadvise(x->fd, 0, (off_t)x->p.data_off, POSIX_FADV_DONTNEED);
+    if (!x->direct) posix_fadvise(x->fds[0], 0, (off_t)x->p.data_off, POSIX_FADV_DONTNEED);
     return MOE_OK;
 }
 
@@ -793,7 +934,7 @@ static moe_status check_pack(xstore *x, const moe_model *m) {
     moe_status st;
     if ((st = fingerprint(m, &fp))) return st;
     struct stat s;
-    if (fstat(x->fd, &s) != 0) return moe_err(MOE_EIO, "%s: cannot stat: %s", x->path, strerror(errno));
+    if (fstat(x->fds[0], &s) != 0) return moe_err(MOE_EIO, "%s: cannot stat: %s", x->path, strerror(errno));
     if (!S_ISREG(s.st_mode)) return moe_err(MOE_EIO, "%s: not a regular file", x->path);
     uint64_t size = (uint64_t)s.st_size;
     unsigned char *h = aligned_alloc(XS_ALIGN, x->p.data_off);
@@ -829,23 +970,92 @@ done:
 }
 
 moe_status xs_open(const moe_model *m, const char *path, xstore **out) {
-    *out = NULL;
-    xstore *x = calloc(1, sizeof *x);
-    if (!x || !(x->path = strdup(path))) {
-        free(x);
-        return moe_err(MOE_ENOMEM, "out of memory");
-    }
-    x->fd = -1;
-    moe_status st = plan_make(m, &x->p);
-    if (!st && x->p.n_moe == 0) st = moe_err(MOE_EINVAL, "%s: the model has no MoE layers", m->dir);
-    if (!st) st = open_fd(x, direct_allowed());
+    char dir[4200];
+    dir_of(path, dir, sizeof dir);
+    xstore *x;
+    moe_status st = store_new(m, path, dir, 1, &x);
+    if (!st && !(x->files[0] = strdup(path))) st = moe_err(MOE_ENOMEM, "out of memory");
+    if (!st) x->pack = 1;
+    if (!st) st = open_files(x, direct_allowed());
     if (!st) st = check_pack(x, m);
-    if (st) {
-        xs_close(x);
-        return st;
+    return store_done(x, st, out);
+}
+
+/* The shard of m whose mapping holds p[n], and the offset there in *off; -1 when none. */
+static int shard_of(const moe_model *m, const unsigned char *p, uint64_t n, uint64_t *off) {
+    uintptr_t a = (uintptr_t)p;
+    for (int s = 0; s < m->n_shards; s++) {
+        uintptr_t lo = (uintptr_t)m->shards[s]->map.data, size = m->shards[s]->map.size;
+        if (lo && a >= lo && n <= size && a - lo <= size - n) {
+            *off = a - lo;
+            return s;
+        }
     }
-    *out = x;
+    return -1;
+}
+
+/* xs_open_model's step: expert ex's pieces as ranges of the shards, sorted,
+ * those back to back both in the file and in the record made one. */
+static moe_status add_ranges(void *ctx, int l, int e, const expert *ex, xs_record *r) {
+    const moe_model *m = ((void **)ctx)[0];
+    xstore *x = ((void **)ctx)[1];
+    piece pc[9];
+    int n = pieces(ex, r, pc);
+    xs_range *rg = x->ranges + x->n_ranges;
+    for (int i = 0; i < n; i++) {
+        uint64_t off = 0;
+        int s = shard_of(m, pc[i].src, pc[i].len, &off);
+        if (s < 0)
+            return moe_err(MOE_EUNSUPPORTED, "%s: layer %d expert %d: weights not in the model's files as loaded: "
+                                             "they can only be read from an expert pack", x->path, l, e);
+        xs_range v = {(uint32_t)s, off, pc[i].len, pc[i].dst};
+        int j = i;
+        for (; j > 0 && (rg[j - 1].file > v.file || (rg[j - 1].file == v.file && rg[j - 1].off > v.off)); j--) rg[j] = rg[j - 1];
+        rg[j] = v;
+    }
+    int k = 0;
+    for (int i = 1; i < n; i++) {
+        if (rg[i].file == rg[k].file && rg[i].off == rg[k].off + rg[k].len && rg[i].dst == rg[k].dst + rg[k].len)
+            rg[k].len += rg[i].len;
+        else
+            rg[++k] = rg[i];
+    }
+    x->n_ranges += (size_t)k + 1;
+    x->first[(size_t)(r - x->p.rec) + 1] = x->n_ranges;
     return MOE_OK;
+}
+
+/* Each shard as the model mapped it (same size), and readable with
+ * O_DIRECT if opened so: some filesystems accept the flag at open and
+ * refuse the reads (EINVAL), then every shard is reopened without it. */
+static moe_status check_shards(xstore *x, const moe_model *m) {
+    for (int i = 0; i < x->n_files; i++) {
+        struct stat s;
+        if (fstat(x->fds[i], &s) != 0) return moe_err(MOE_EIO, "%s: cannot stat: %s", x->files[i], strerror(errno));
+        if ((uint64_t)s.st_size != m->shards[i]->map.size)
+            return moe_err(MOE_EIO, "%s: %llu bytes, but %llu when the model was loaded: the file changed", x->files[i],
+                           (unsigned long long)s.st_size, (unsigned long long)m->shards[i]->map.size);
+    }
+    unsigned char *b = x->direct ? aligned_alloc(XS_ALIGN, XS_ALIGN) : NULL;
+    if (x->direct && !b) return moe_err(MOE_ENOMEM, "out of memory");
+    int refused = 0;
+    for (int i = 0; b && i < x->n_files && !refused; i++) refused = pread(x->fds[i], b, XS_ALIGN, 0) < 0 && errno == EINVAL;
+    free(b);
+    return refused ? open_files(x, 0) : MOE_OK;
+}
+
+moe_status xs_open_model(const moe_model *m, const char *dir, xstore **out) {
+    xstore *x;
+    moe_status st = store_new(m, m->dir, dir, m->n_shards, &x);
+    for (int s = 0; !st && s < m->n_shards; s++)
+        if (!(x->files[s] = strdup(m->shards[s]->path))) st = moe_err(MOE_ENOMEM, "out of memory");
+    size_t n_rec = st ? 0 : (size_t)x->p.n_moe * (size_t)x->p.n_experts;
+    if (!st && (!(x->first = calloc(n_rec + 1, sizeof *x->first)) || !(x->ranges = malloc(9 * n_rec * sizeof *x->ranges))))
+        st = moe_err(MOE_ENOMEM, "out of memory");
+    if (!st) st = each_record(m, &x->p, add_ranges, (void *[]){(void *)m, x});
+    if (!st) st = open_files(x, direct_allowed());
+    if (!st) st = check_shards(x, m);
+    return store_done(x, st, out);
 }
 
 moe_status xs_open_or_build(const moe_model *m, const char *path, void (*progress)(void *, uint64_t, uint64_t),
@@ -866,9 +1076,20 @@ moe_status xs_open_or_build(const moe_model *m, const char *path, void (*progres
 
 void xs_close(xstore *x) {
     if (!x) return;
-    if (x->fd >= 0) close(x->fd);
+    for (int i = 0; x->fds && i < x->n_files; i++) {
+        if (x->fds[i] >= 0) close(x->fds[i]);
+        free(x->files[i]);
+    }
+    free(x->fds);
+    free(x->files);
     plan_free(&x->p);
+    free(x->ranges);
+    free(x->first);
+    for (int i = 0; i < x->n_spare; i++) free(x->spare[i]); /* all given back: no read runs now */
+    free(x->spare);
+    pthread_mutex_destroy(&x->mu);
     free(x->path);
+    free(x->dir);
     free(x);
 }
 
@@ -876,32 +1097,117 @@ const xs_record *xs_record_of(const xstore *x, int l, int e) { return plan_rec(&
 uint64_t xs_slot_bytes(const xstore *x, int l) { return l >= 0 && l < x->p.n_layers ? x->p.slot[l] : 0; }
 uint64_t xs_total_bytes(const xstore *x) { return x->p.total; }
 const char *xs_path(const xstore *x) { return x->path; }
+const char *xs_dir(const xstore *x) { return x->dir; }
+int xs_is_pack(const xstore *x) { return x->pack; }
 int xs_direct(const xstore *x) { return x->direct; }
+
+/* Record r's ranges: *rg points at them (at *one for a pack); returns how many. */
+static int ranges_of(const xstore *x, const xs_record *r, xs_range *one, const xs_range **rg) {
+    if (x->pack) {
+        *one = (xs_range){0, r->offset, r->bytes, 0};
+        *rg = one;
+        return 1;
+    }
+    size_t i = (size_t)(r - x->p.rec);
+    *rg = x->ranges + x->first[i];
+    return (int)(x->first[i + 1] - x->first[i]);
+}
+
+/* The end of the span of ranges that starts at rg[i]: the ranges after it
+ * that continue it in the same file, fetched by one read. */
+static int span_end(const xs_range *rg, int n, int i) {
+    int j = i + 1;
+    while (j < n && rg[j].file == rg[i].file && rg[j].off == rg[j - 1].off + rg[j - 1].len) j++;
+    return j;
+}
+
+uint64_t xs_read_bytes(const xstore *x, int l, int e) {
+    const xs_record *r = plan_rec(&x->p, l, e);
+    if (!r) return 0;
+    xs_range one;
+    const xs_range *rg;
+    int n = ranges_of(x, r, &one, &rg);
+    uint64_t sum = 0;
+    for (int i = 0, j; i < n; i = j) {
+        j = span_end(rg, n, i);
+        sum += round_up(rg[j - 1].off + rg[j - 1].len, XS_ALIGN) - rg[i].off / XS_ALIGN * XS_ALIGN;
+    }
+    return sum;
+}
+
+/* The error of a read of [off, end) in file f that stopped at `at` with
+ * errno err (0: the end of the file came first). */
+static moe_status read_failed(const xstore *x, int f, int l, int e, uint64_t off, uint64_t end, uint64_t at, int err) {
+    struct stat s;
+    unsigned long long got = at > off ? at - off : 0, want = end - off;
+    /* a cut file shows as a short read, or with O_DIRECT as EINVAL at the unaligned rest */
+    if (fstat(x->fds[f], &s) == 0 && (uint64_t)s.st_size < end)
+        return moe_err(MOE_EIO, "%s: layer %d expert %d: short read (%llu of %llu bytes at offset %llu): "
+                                "the file was truncated after it was opened", x->files[f], l, e, got, want,
+                       (unsigned long long)off);
+    if (err) return moe_err(MOE_EIO, "%s: layer %d expert %d: read failed: %s", x->files[f], l, e, strerror(err));
+    return moe_err(MOE_EIO, "%s: layer %d expert %d: short read (%llu of %llu bytes at offset %llu)", x->files[f], l, e,
+                   got, want, (unsigned long long)off);
+}
+
+/* Reads the span rg[0..n) (ranges back to back in one file) into the record
+ * at buf. Buffered, or direct and aligned at both ends in the file and in
+ * the record (a pack's record), each range goes straight to its place;
+ * else the span's aligned cover is read through a bounce buffer, a chunk at
+ * a time, and each range copied out of it. Buffered reads drop their pages
+ * after (the cover's: a page shared with another tensor that is mapped and
+ * in use stays, as the kernel keeps mapped pages). */
+static moe_status read_span(xstore *x, int l, int e, const xs_range *rg, int n, unsigned char *buf) {
+    int f = (int)rg[0].file, fd = x->fds[f], err;
+    uint64_t lo = rg[0].off, hi = rg[n - 1].off + rg[n - 1].len;
+    uint64_t alo = lo / XS_ALIGN * XS_ALIGN, ahi = round_up(hi, XS_ALIGN);
+    size_t got;
+    moe_status st = MOE_OK;
+    if (!x->direct || (n == 1 && lo == alo && hi == ahi && rg[0].dst % XS_ALIGN == 0)) {
+        for (int i = 0; i < n && !st; i++) {
+            err = read_full(fd, buf + rg[i].dst, rg[i].len, rg[i].off, &got);
+            if (err || got < rg[i].len) st = read_failed(x, f, l, e, rg[i].off, rg[i].off + rg[i].len, rg[i].off + got, err);
+        }
+        if (!x->direct) posix_fadvise(fd, (off_t)alo, (off_t)(ahi - alo), POSIX_FADV_DONTNEED);
+        return st;
+    }
+    unsigned char *b = bounce_take(x);
+    if (!b) return moe_err(MOE_ENOMEM, "out of memory");
+    for (uint64_t at = alo; at < hi && !st; at += x->chunk) {
+        uint64_t want = ahi - at < x->chunk ? ahi - at : x->chunk, need = at + want < hi ? at + want : hi;
+        err = read_full(fd, b, want, at, &got);
+        if (at + got < need) { /* past the end of the file's data is fine (O_DIRECT reads whole blocks) */
+            st = read_failed(x, f, l, e, lo, hi, at + got, err);
+            break;
+        }
+        for (int i = 0; i < n; i++) { /* range i's bytes within [at, need) */
+            uint64_t a = rg[i].off > at ? rg[i].off : at, z = rg[i].off + rg[i].len < need ? rg[i].off + rg[i].len : need;
+            if (a < z) memcpy(buf + rg[i].dst + (a - rg[i].off), b + (a - at), z - a);
+        }
+    }
+    bounce_give(x, b);
+    return st;
+}
 
 moe_status xs_read(xstore *x, int l, int e, void *buf) {
     const xs_record *r = plan_rec(&x->p, l, e);
     if (!r) return moe_err(MOE_EINVAL, "%s: layer %d expert %d: no such record", x->path, l, e);
     if ((uintptr_t)buf % XS_ALIGN)
         return moe_err(MOE_EINVAL, "%s: layer %d expert %d: buffer not %d-byte aligned", x->path, l, e, XS_ALIGN);
-    size_t got;
-    int err = read_full(x->fd, buf, r->bytes, r->offset, &got);
-    if (!x->direct) posix_fadvise(x->fd, (off_t)r->offset, (off_t)r->bytes, POSIX_FADV_DONTNEED);
-    if (err || got < r->bytes) {
-        /* a cut file shows as a short read, or with O_DIRECT as EINVAL at the unaligned rest */
-        struct stat s;
-        if (fstat(x->fd, &s) == 0 && (uint64_t)s.st_size < r->offset + r->bytes)
-            return moe_err(MOE_EIO, "%s: layer %d expert %d: short read (%zu of %llu bytes at offset %llu): "
-                                    "the pack was truncated after it was opened", x->path, l, e, got,
-                           (unsigned long long)r->bytes, (unsigned long long)r->offset);
-        if (err) return moe_err(MOE_EIO, "%s: layer %d expert %d: read failed: %s", x->path, l, e, strerror(err));
-        return moe_err(MOE_EIO, "%s: layer %d expert %d: short read (%zu of %llu bytes at offset %llu)", x->path, l, e,
-                       got, (unsigned long long)r->bytes, (unsigned long long)r->offset);
+    xs_range one;
+    const xs_range *rg;
+    int n = ranges_of(x, r, &one, &rg);
+    moe_status st = MOE_OK;
+    for (int i = 0, j; i < n && !st; i = j) {
+        j = span_end(rg, n, i);
+        st = read_span(x, l, e, rg + i, j - i, buf);
     }
+    if (st || !x->pack) return st;
     if (xs_checksum(buf, r->bytes) != r->checksum) {
         /* never used again: the next load finds no pack and builds a new one
          * (only if the path still names the file read here) */
         struct stat a, b;
-        int gone = fstat(x->fd, &a) == 0 && stat(x->path, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino &&
+        int gone = fstat(x->fds[0], &a) == 0 && stat(x->path, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino &&
                    unlink(x->path) == 0;
         return moe_err(MOE_EFORMAT, "%s: layer %d expert %d: checksum mismatch (record at offset %llu, %llu bytes)%s", x->path,
                        l, e, (unsigned long long)r->offset, (unsigned long long)r->bytes,

@@ -1,21 +1,29 @@
-/* xstore.h — the expert store: every MoE layer's experts rewritten as
- * contiguous, 4 KiB-aligned records in one pack file, so that bringing an
- * expert into memory is one read that bypasses the page cache.
+/* xstore.h — the expert store: where the expert cache reads each expert
+ * from, so that bringing an expert into memory bypasses the page cache. Two
+ * kinds behind one interface:
  *
- * A record holds one expert's gate, up and down weights (values, and for
- * quantized formats their scales and biases), each part 64-byte aligned
- * inside the record. The pack's header names the model it was built from (a
- * fingerprint of config.json and of each safetensors file's name, size and
- * modification time) and carries a checksum of itself and of every record,
- * so a stale, truncated or corrupted pack is detected: xs_open refuses it
- * (and xs_open_or_build rebuilds it); a record whose bytes fail their
- * checksum on a read is reported, never handed out.
+ *  - a pack: every MoE layer's experts rewritten as contiguous, 4 KiB-aligned
+ *    records in one file, so that an expert is one read. A record holds one
+ *    expert's gate, up and down weights (values, and for quantized formats
+ *    their scales and biases), each part 64-byte aligned inside the record.
+ *    The pack's header names the model it was built from (a fingerprint of
+ *    config.json and of each safetensors file's name, size and modification
+ *    time) and carries a checksum of itself and of every record, so a stale,
+ *    truncated or corrupted pack is detected: xs_open refuses it (and
+ *    xs_open_or_build rebuilds it); a record whose bytes fail their checksum
+ *    on a read is reported, never handed out.
+ *  - the model's own files (xs_open_model): no copy on disk. An expert is the
+ *    list of (shard, file offset, length) ranges its weights occupy in the
+ *    model's safetensors files (3 for a float expert, 9 for a quantized one,
+ *    fewer where ranges lie back to back in the file and are read as one),
+ *    each landing at the place the same part has in a pack's record, so a
+ *    slot filled from either binds the same way (xs_bind).
  *
- * The pack lives in a cache directory: <cache_root>/<model dir's base
+ * A pack lives in a cache directory: <cache_root>/<model dir's base
  * name>-<16 hex digits of a hash of its real path>/experts.pack, where
  * cache_root is --cache-dir, else $MOE_CACHE_DIR, else $XDG_CACHE_HOME/moe,
  * else ~/.cache/moe. The same directory holds the expert cache's saved state
- * (warm starts, xcache.c).
+ * (warm starts, offload.c), whichever kind of store is used (xs_dir).
  *
  * Thread-safety: after open, xs_read may be called from many threads at once
  * (it uses pread); everything else is read-only.
@@ -75,6 +83,20 @@ moe_status xs_build(const moe_model *m, const char *path, void (*progress)(void 
  * MOE_XSTORE_DIRECT=0 in the environment turns O_DIRECT off. */
 moe_status xs_open(const moe_model *m, const char *path, xstore **out);
 
+/* Opens a store over model m's own safetensors files: each expert read
+ * straight from the ranges its weights occupy there, no pack. `dir` is the
+ * model's cache directory (xs_dir: where the warm state lives; the pack need
+ * not exist). Each shard is opened again for reading, with O_DIRECT where the
+ * filesystem allows it (reads then go through an aligned bounce buffer of 4
+ * MiB per concurrent reader) and MOE_XSTORE_DIRECT is not 0; else plain reads
+ * with readahead off and the pages dropped after each read (posix_fadvise).
+ * MOE_EUNSUPPORTED when an expert weight is not a view of a mapped shard,
+ * MOE_EINVAL for a model without MoE layers, MOE_EIO when a shard cannot be
+ * opened or is no longer the size it was mapped at. For tests only,
+ * $MOE_TEST_READ_CHUNK (a multiple of XS_ALIGN) replaces the bounce
+ * buffer's 4 MiB, so that small models exercise reads of several chunks. */
+moe_status xs_open_model(const moe_model *m, const char *dir, xstore **out);
+
 /* xs_open, and when the pack is missing or fails its checks, xs_build then
  * xs_open again. *built says whether it was (re)built and why[why_cap] why
  * (both may be NULL). */
@@ -89,16 +111,36 @@ const xs_record *xs_record_of(const xstore *x, int l, int e);
 uint64_t xs_slot_bytes(const xstore *x, int l);
 /* Sum over MoE layers of all their records' bytes. */
 uint64_t xs_total_bytes(const xstore *x);
+/* The pack's path, or for a store over the model's files the model's directory. */
 const char *xs_path(const xstore *x);
+/* The cache directory the store belongs to (the pack's directory, or the one
+ * given to xs_open_model). */
+const char *xs_dir(const xstore *x);
+/* Whether the store is a pack (1) or the model's own files (0). */
+int xs_is_pack(const xstore *x);
 /* Whether reads bypass the page cache (O_DIRECT) rather than drop it after. */
 int xs_direct(const xstore *x);
+/* Bytes a read of expert e of layer l transfers from disk: a pack's record;
+ * from the model's files, its ranges widened to XS_ALIGN boundaries (what an
+ * O_DIRECT read fetches, and the pages a buffered read fills). 0 for no record. */
+uint64_t xs_read_bytes(const xstore *x, int l, int e);
+
+/* The size of the pack xs_build would write for model m (header and
+ * records), without writing it. */
+moe_status xs_pack_bytes(const moe_model *m, uint64_t *out);
+/* Bytes free to an unprivileged writer on the filesystem holding `dir`; -1
+ * when it cannot be asked. For tests only, $MOE_TEST_FREE_BYTES (a count of
+ * bytes) replaces the answer, so the decisions that depend on it can be
+ * checked without a small filesystem. */
+int64_t xs_free_bytes(const char *dir);
 
 /* Reads expert e of layer l into buf (XS_ALIGN-aligned, at least
- * xs_slot_bytes(x, l) bytes) and verifies its checksum. MOE_EIO on a read
- * error or a short read (a pack truncated after it was opened), MOE_EFORMAT
- * when the checksum does not match (the pack file is then removed, so the
- * next load rebuilds it); the message names the pack, layer and expert.
- * Thread-safe. */
+ * xs_slot_bytes(x, l) bytes), laid out as its record; from a pack, verifies
+ * its checksum. MOE_EIO on a read error or a short read (a file truncated
+ * after it was opened), MOE_EFORMAT when a pack record's checksum does not
+ * match (the pack file is then removed, so the next load rebuilds it); the
+ * message names the file, layer and expert. Bytes of buf between the parts
+ * are zero from a pack, unspecified from the model's files. Thread-safe. */
 moe_status xs_read(xstore *x, int l, int e, void *buf);
 
 /* Points *out's three weights at the parts of record r held in buf (what

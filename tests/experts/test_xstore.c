@@ -2,7 +2,9 @@
  *
  *   test_xstore checksum                   xs_checksum: every flipped bit seen, lengths, order
  *   test_xstore pack DIR MODEL             pack MODEL into DIR; every record read back equals
- *                                          the model's own expert weights (a dense MODEL: refused)
+ *                                          the model's own expert weights (a dense MODEL: refused);
+ *                                          the same from the store over the model's own files,
+ *                                          direct and buffered, in whole and in 4 KiB chunks
  *   test_xstore stale DIR MODEL            config.json, a shard's mtime or size changed: stale,
  *                                          rebuilt; unchanged: kept
  *   test_xstore corrupt DIR MODEL          truncated, longer, flipped header bytes, every header
@@ -258,6 +260,42 @@ static void progress(void *ctx, uint64_t done, uint64_t tot) {
     pc->calls++;
 }
 
+/* The store over the model's own files: every expert read equals the
+ * model's, with O_DIRECT (in 4 MiB chunks and, forced, in 4 KiB ones, so
+ * ranges straddle chunks) and buffered, from several threads; the bytes it
+ * reports reading cover each expert's parts with at most a block of slack
+ * at each end of each range. */
+static void check_model_store(const moe_model *m, const char *dir) {
+    for (int mode = 0; mode < 3; mode++) {
+        if (mode == 1) setenv("MOE_TEST_READ_CHUNK", "4096", 1);
+        if (mode == 2) setenv("MOE_XSTORE_DIRECT", "0", 1);
+        xstore *x = NULL;
+        CHECK(xs_open_model(m, dir, &x) == MOE_OK, "xs_open_model (mode %d): %s", mode, moe_errmsg());
+        if (x) {
+            printf("model store, mode %d: %s reads\n", mode, xs_direct(x) ? "O_DIRECT" : "buffered");
+            CHECK(!xs_is_pack(x) && !strcmp(xs_path(x), m->dir) && !strcmp(xs_dir(x), dir), "model store: %s %s",
+                  xs_path(x), xs_dir(x));
+            if (mode == 2) CHECK(!xs_direct(x), "MOE_XSTORE_DIRECT=0 still direct");
+            verify_all(m, x);
+            read_concurrently(m, x);
+            for (int l = 0; l < m->cfg.pub.n_layers; l++)
+                for (int e = 0; xs_record_of(x, l, 0) && e < m->cfg.pub.n_experts; e++) {
+                    const xs_record *r = xs_record_of(x, l, e);
+                    uint64_t payload = 0, got = xs_read_bytes(x, l, e);
+                    for (int i = 0; i < 3; i++)
+                        payload += (uint64_t)r->part[i].rows *
+                                   (r->part[i].row_bytes + (wfmt_is_quant(r->part[i].fmt) ? 2 * r->part[i].sb_row_bytes : 0));
+                    CHECK(got % XS_ALIGN == 0 && got >= payload && got <= payload + 18 * XS_ALIGN,
+                          "layer %d expert %d: %llu bytes read for %llu of weights", l, e, (unsigned long long)got,
+                          (unsigned long long)payload);
+                }
+            xs_close(x);
+        }
+    }
+    unsetenv("MOE_TEST_READ_CHUNK");
+    unsetenv("MOE_XSTORE_DIRECT");
+}
+
 static int test_pack(const char *dir, const char *model) {
     rm_rf(dir);
     mkdirs(dir);
@@ -268,6 +306,8 @@ static int test_pack(const char *dir, const char *model) {
     if (m->cfg.pub.n_moe_layers == 0) {
         EXPECT(xs_build(m, path, NULL, NULL), MOE_EINVAL, "no MoE layers");
         CHECK(access(path, F_OK) != 0, "a pack of a dense model was written");
+        xstore *x = NULL;
+        EXPECT(xs_open_model(m, dir, &x), MOE_EINVAL, "no MoE layers");
         moe_model_free(m);
         TEST_DONE();
     }
@@ -310,6 +350,7 @@ static int test_pack(const char *dir, const char *model) {
     }
     unsetenv("MOE_XSTORE_DIRECT");
     xs_close(NULL);
+    check_model_store(m, dir);
     moe_model_free(m);
     rm_rf(dir);
     TEST_DONE();

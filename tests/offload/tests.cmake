@@ -2,11 +2,14 @@
 #   offload_<model>  test_offload: exact misses bit-identical to a full load at
 #                    every capacity; each expert read once per batch; the skip
 #                    policy's effect and counts; --expert-mem; a damaged store
-#                    gives errors, then is rebuilt
+#                    gives errors, then is rebuilt; the same from the model's
+#                    own files (--store model: several capacities, 1 / 4 I/O
+#                    threads, O_DIRECT on / off, no pack written, a model file
+#                    truncated under it); auto's choice by free disk
 #   cli_offload_*    the flags through the commands; a dense model refused
 add_executable(test_offload ${CMAKE_CURRENT_LIST_DIR}/test_offload.c)
 target_link_libraries(test_offload PRIVATE moe m)
-target_include_directories(test_offload PRIVATE ${PROJECT_SOURCE_DIR}/include ${CMAKE_CURRENT_SOURCE_DIR})
+target_include_directories(test_offload PRIVATE ${PROJECT_SOURCE_DIR}/include ${PROJECT_SOURCE_DIR} ${CMAKE_CURRENT_SOURCE_DIR})
 foreach(fx golden/mixtral-top2 golden/mixtral-fused-experts golden/qwen2moe golden/qwen3moe golden/olmoe
            golden-quant/mixtral-q4-g32 golden-quant/olmoe-mixed-per-expert golden-quant/qwen3moe-q4-g64
            golden/qwen3next golden-quant/qwen3next-q4-g64)
