@@ -39,7 +39,8 @@ typedef struct slot {
     int refs;                 /* held by the current batch */
     int pinned, prefetched;   /* prefetched: read ahead, not used yet */
     expert w;                 /* bound weights when READY */
-    moe_status err;           /* when FAILED */
+    int reads_left;           /* while LOADING: its reads (xs_spans) not yet done */
+    moe_status err;           /* when FAILED, or a read of it failed while others run */
     char msg[256];
 } slot;
 
@@ -59,7 +60,7 @@ typedef struct xlayer {
     xc_counters cnt;
 } xlayer;
 
-typedef struct job { int l, s; } job;
+typedef struct job { int l, s, k; } job; /* read k of the expert going into slot s of layer l */
 
 struct xcache {
     const moe_model *m;
@@ -110,22 +111,25 @@ static void *io_main(void *arg) {
         pthread_mutex_unlock(&c->mu);
 
         double t0 = now_s();
-        moe_status st = xs_read(c->x, j.l, e, sl->buf);
+        moe_status st = xs_read_span(c->x, j.l, e, j.k, sl->buf);
         double dt = now_s() - t0;
         char msg[256] = "";
         if (st) snprintf(msg, sizeof msg, "%s", moe_errmsg());
 
         pthread_mutex_lock(&c->mu);
         if (--c->inflight == 0) c->busy_seconds += now_s() - c->busy_since;
-        L->cnt.reads++;
         L->cnt.read_seconds += dt;
-        if (st) {
-            sl->state = SL_FAILED;
+        if (st && !sl->err) {
             sl->err = st;
             memcpy(sl->msg, msg, sizeof msg);
+        }
+        if (--sl->reads_left > 0) continue; /* the expert's other reads are still running */
+        L->cnt.reads++;
+        if (sl->err) {
+            sl->state = SL_FAILED;
             if (!sl->refs && !c->bg_err) { /* a read ahead: under skip, nobody would wait for it */
-                c->bg_err = st;
-                memcpy(c->bg_msg, msg, sizeof msg);
+                c->bg_err = sl->err;
+                memcpy(c->bg_msg, sl->msg, sizeof sl->msg);
             }
         } else {
             L->cnt.bytes_read += (int64_t)xs_read_bytes(c->x, j.l, e);
@@ -181,10 +185,13 @@ static void start_read(xcache *c, int l, int s, int e) {
     sl->expert = e;
     sl->state = SL_LOADING;
     sl->prefetched = 0;
+    sl->err = MOE_OK;
     L->where[e] = s;
-    c->q[(c->qhead + c->qlen) % c->qcap] = (job){l, s};
-    c->qlen++;
-    pthread_cond_signal(&c->cv_work);
+    /* each of its reads is a job of its own: an expert in 9 pieces (MLX layout
+     * read from the model's files) is fetched by several threads at once */
+    sl->reads_left = xs_spans(c->x, l, e);
+    for (int k = 0; k < sl->reads_left; k++) c->q[(c->qhead + c->qlen++) % c->qcap] = (job){l, s, k};
+    pthread_cond_broadcast(&c->cv_work);
 }
 
 static int stage_slot(xcache *c, int l);
@@ -587,6 +594,10 @@ moe_status xc_new(const moe_model *m, xstore *x, const xc_params *p, xcache **ou
             goto fail;
         }
         L->mem = mem;
+        /* 2 MB pages where the kernel gives them: a slot's first fill would
+         * otherwise fault in ~450 4 KB pages of a 1.8 MB expert, each fault
+         * costly in a VM; advisory, so a refusal changes nothing */
+        madvise(mem, L->mem_bytes, MADV_HUGEPAGE);
         if (!(L->slots = calloc((size_t)(L->n_slots + c->n_stage), sizeof *L->slots)) || !(L->where = malloc(sizeof(int) * (size_t)c->E)) ||
             !(L->score = calloc((size_t)c->E, sizeof *L->score)) || !(L->stamp = calloc((size_t)c->E, sizeof *L->stamp)) ||
             !(L->guess = calloc((size_t)c->E, 1)) || !(L->need = malloc(sizeof(int) * (size_t)c->E)) ||
@@ -597,7 +608,7 @@ moe_status xc_new(const moe_model *m, xstore *x, const xc_params *p, xcache **ou
             L->slots[s].buf = s < L->n_slots ? L->mem + (size_t)s * sb : NULL;
             L->slots[s].expert = -1;
         }
-        c->qcap += L->n_slots + c->n_stage;
+        c->qcap += (L->n_slots + c->n_stage) * XS_MAX_SPANS; /* every slot loading, each read a job */
         if (sb > c->stage_mem_bytes) c->stage_mem_bytes = (size_t)sb; /* for now: the largest slot */
     }
     if (c->n_stage) {

@@ -1189,21 +1189,29 @@ static moe_status read_span(xstore *x, int l, int e, const xs_range *rg, int n, 
     return st;
 }
 
-moe_status xs_read(xstore *x, int l, int e, void *buf) {
+int xs_spans(const xstore *x, int l, int e) {
+    const xs_record *r = plan_rec(&x->p, l, e);
+    if (!r) return 0;
+    xs_range one;
+    const xs_range *rg;
+    int n = ranges_of(x, r, &one, &rg), k = 0;
+    for (int i = 0; i < n; i = span_end(rg, n, i)) k++;
+    return k;
+}
+
+moe_status xs_read_span(xstore *x, int l, int e, int k, void *buf) {
     const xs_record *r = plan_rec(&x->p, l, e);
     if (!r) return moe_err(MOE_EINVAL, "%s: layer %d expert %d: no such record", x->path, l, e);
     if ((uintptr_t)buf % XS_ALIGN)
         return moe_err(MOE_EINVAL, "%s: layer %d expert %d: buffer not %d-byte aligned", x->path, l, e, XS_ALIGN);
     xs_range one;
     const xs_range *rg;
-    int n = ranges_of(x, r, &one, &rg);
-    moe_status st = MOE_OK;
-    for (int i = 0, j; i < n && !st; i = j) {
-        j = span_end(rg, n, i);
-        st = read_span(x, l, e, rg + i, j - i, buf);
-    }
+    int n = ranges_of(x, r, &one, &rg), i = 0;
+    for (int s = 0; s < k && i < n; s++) i = span_end(rg, n, i);
+    if (k < 0 || i >= n) return moe_err(MOE_EINVAL, "%s: layer %d expert %d: no read %d", x->path, l, e, k);
+    moe_status st = read_span(x, l, e, rg + i, span_end(rg, n, i) - i, buf);
     if (st || !x->pack) return st;
-    if (xs_checksum(buf, r->bytes) != r->checksum) {
+    if (xs_checksum(buf, r->bytes) != r->checksum) { /* a pack's record is its one span */
         /* never used again: the next load finds no pack and builds a new one
          * (only if the path still names the file read here) */
         struct stat a, b;
@@ -1214,6 +1222,14 @@ moe_status xs_read(xstore *x, int l, int e, void *buf) {
                        gone ? "; the pack is removed and will be rebuilt at the next load" : "");
     }
     return MOE_OK;
+}
+
+moe_status xs_read(xstore *x, int l, int e, void *buf) {
+    int n = xs_spans(x, l, e);
+    if (!n) return moe_err(MOE_EINVAL, "%s: layer %d expert %d: no such record", x->path, l, e);
+    moe_status st = MOE_OK;
+    for (int k = 0; k < n && !st; k++) st = xs_read_span(x, l, e, k, buf);
+    return st;
 }
 
 static wtensor bind_part(const xs_part *p, const unsigned char *rec) {

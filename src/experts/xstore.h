@@ -143,6 +143,15 @@ int64_t xs_free_bytes(const char *dir);
  * are zero from a pack, unspecified from the model's files. Thread-safe. */
 moe_status xs_read(xstore *x, int l, int e, void *buf);
 
+/* The reads xs_read makes for expert e of layer l: 1 for a pack's record; from
+ * the model's files, one per run of its ranges that lie back to back in one
+ * file (up to 9 for an MLX-quantized expert). xs_read_span(x, l, e, k, buf)
+ * makes read k alone (a pack's also checks the checksum), so the reads of one
+ * expert can run on several threads at once; errors as xs_read's. */
+#define XS_MAX_SPANS 9 /* gate, up, down x values, scales, biases */
+int xs_spans(const xstore *x, int l, int e);
+moe_status xs_read_span(xstore *x, int l, int e, int k, void *buf);
+
 /* Points *out's three weights at the parts of record r held in buf (what
  * xs_read filled). */
 void xs_bind(const xs_record *r, const void *buf, expert *out);
