@@ -274,13 +274,21 @@ moe_status moe_seq_truncate(moe_seq *s, int64_t pos);
 int64_t moe_seq_restore_point(const moe_seq *s, int64_t pos);
 /* Saves the recurrent state of a model with linear-attention layers at the
  * current position (its tokens run; a pending sampled token is not in it),
- * so moe_seq_truncate can come back here: call it at turn boundaries. Keeps
+ * so moe_seq_truncate can come back here, with the last position's logits
+ * when the sequence has them: call it at turn boundaries. Keeps
  * moe_seq_params.n_snapshots of them, replacing the earliest. No-op (MOE_OK)
  * on attention-only models, whose KV cache can always be cut back.
  * MOE_ENOMEM when the copy cannot be allocated (nothing changes). */
 moe_status moe_seq_snapshot(moe_seq *s);
 /* Forgets everything: position 0, empty cache, no snapshots. */
 void moe_seq_reset(moe_seq *s);
+/* Whether the sequence holds the logits of its last position, so that
+ * moe_generate_next can sample without evaluating a token: after
+ * moe_seq_eval, and after moe_seq_truncate back to a snapshot taken with
+ * them (or to the current position). A caller whose new prompt is exactly
+ * the cached tokens evaluates nothing when this is 1, else steps back one
+ * token (moe_seq_restore_point) to get fresh logits. */
+int moe_seq_has_logits(const moe_seq *s);
 
 /* -------------------------------------------------------------- sampler -- */
 

@@ -65,6 +65,21 @@ int main(int argc, char **argv) {
     /* back to 20, then the last turn again: transformers' logits of the whole sequence */
     CHECK(moe_seq_truncate(s, 20) == MOE_OK && moe_seq_pos(s) == 20, "truncate to 20: %s", moe_errmsg());
     CHECK(moe_seq_restore_point(s, 29) == 20, "the snapshot at 29 went with the tokens after 20");
+    /* the snapshot kept position 19's logits: the next token can be sampled with nothing evaluated */
+    CHECK(moe_seq_has_logits(s), "logits restored with the state");
+    {
+        moe_sampler_params spp;
+        moe_sampler_params_defaults(&spp);
+        spp.temperature = 0;
+        moe_sampler *smp;
+        int32_t t = -1, want = 0;
+        for (int v = 1; v < V; v++) want = ref[19 * (size_t)V + v] > ref[19 * (size_t)V + want] ? v : want;
+        CHECK(moe_sampler_new(&spp, &smp) == MOE_OK && moe_generate_next(s, smp, &t) == MOE_OK && t == want,
+              "greedy from the restored logits: %d, transformers' argmax %d", t, want);
+        CHECK(!moe_seq_has_logits(s) && moe_seq_pos(s) == 21, "sampled: pending");
+        moe_sampler_free(smp);
+        CHECK(moe_seq_truncate(s, 20) == MOE_OK && moe_seq_has_logits(s), "back to 20 (the pending token dropped)");
+    }
     float *got = malloc(sizeof *got * 9 * (size_t)V);
     CHECK(moe_seq_eval(s, tok + 20, 9, got, 1) == MOE_OK, "turn 3 again");
     double d = max_diff(got, ref + 20 * (size_t)V, 9 * (size_t)V);
@@ -91,8 +106,10 @@ int main(int argc, char **argv) {
     CHECK(moe_model_load(argv[2], NULL, &m) == MOE_OK, "load %s: %s", argv[2], moe_errmsg());
     CHECK(moe_model_config(m)->n_linear_layers == 0, "attention only");
     CHECK(moe_seq_new(m, &sp, &s) == MOE_OK && moe_seq_eval(s, other, 9, NULL, 0) == MOE_OK, "eval: %s", moe_errmsg());
+    CHECK(moe_seq_has_logits(s) && moe_seq_truncate(s, 9) == MOE_OK && moe_seq_has_logits(s), "logits kept at the same position");
     CHECK(moe_seq_snapshot(s) == MOE_OK && moe_seq_restore_point(s, 7) == 7 && moe_seq_truncate(s, 7) == MOE_OK,
           "attention-only truncation");
+    CHECK(!moe_seq_has_logits(s), "a KV cache cut back has no logits for its new last position");
     moe_seq_free(s);
     moe_model_free(m);
     free(ref);

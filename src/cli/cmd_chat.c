@@ -82,9 +82,13 @@ static moe_status feed_prompt(chat *c, const int32_t *ids, size_t n, size_t *reu
     const int32_t *old = moe_seq_tokens(c->seq, &have);
     size_t common = 0;
     while (common < have && common < n && old[common] == ids[common]) common++;
-    if (common == n) common = n - 1; /* evaluate at least one token, for fresh logits */
     common = (size_t)moe_seq_restore_point(c->seq, (int64_t)common); /* a window or a recurrent state may go back less */
-    if (moe_seq_truncate(c->seq, (int64_t)common) != MOE_OK) {
+    moe_status tst = moe_seq_truncate(c->seq, (int64_t)common);
+    if (!tst && common == n && !moe_seq_has_logits(c->seq)) { /* all cached: fresh logits from one token again */
+        common = (size_t)moe_seq_restore_point(c->seq, (int64_t)n - 1);
+        tst = moe_seq_truncate(c->seq, (int64_t)common);
+    }
+    if (tst != MOE_OK) {
         moe_seq_reset(c->seq);
         common = 0;
     }

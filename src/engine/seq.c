@@ -202,7 +202,10 @@ void moe_seq_free(moe_seq *s) {
             for (size_t i = 0; i < sizeof arrays / sizeof *arrays; i++) free(arrays[i]);
         }
     free(s->cache);
-    for (int i = 0; i < s->n_snaps; i++) free(s->snaps[i].rec);
+    for (int i = 0; i < s->n_snaps; i++) {
+        free(s->snaps[i].rec);
+        free(s->snaps[i].logits);
+    }
     void *bufs[] = {s->rec, s->snaps, s->qg, s->gate, s->lin_in, s->lin_ba, s->lin_mix, s->lin_conv, s->lin_z, s->lin_out,
                     s->lin_g, s->lin_beta, s->lin_scratch, s->history, s->x, s->h, s->q, s->att, s->k, s->v, s->ga, s->moe_acc, s->xe, s->ye,
                     s->router, s->sel, s->selw, s->ew, s->yk, s->moe_mid, s->need, s->eidx, s->grp_off,
@@ -213,6 +216,8 @@ void moe_seq_free(moe_seq *s) {
 }
 
 int64_t moe_seq_pos(const moe_seq *s) { return s->pos + (s->has_pending ? 1 : 0); }
+
+int moe_seq_has_logits(const moe_seq *s) { return s->has_logits && !s->has_pending; }
 
 const int32_t *moe_seq_tokens(const moe_seq *s, size_t *n) {
     *n = (size_t)s->pos;
@@ -230,8 +235,12 @@ static seq_snap *snap_at(moe_seq *s, int64_t pos) {
 static void snaps_drop_after(moe_seq *s, int64_t pos) {
     int k = 0;
     for (int i = 0; i < s->n_snaps; i++) {
-        if (s->snaps[i].pos <= pos) s->snaps[k++] = s->snaps[i];
-        else free(s->snaps[i].rec);
+        if (s->snaps[i].pos <= pos) {
+            s->snaps[k++] = s->snaps[i];
+        } else {
+            free(s->snaps[i].rec);
+            free(s->snaps[i].logits);
+        }
     }
     s->n_snaps = k;
 }
@@ -246,12 +255,21 @@ moe_status moe_seq_snapshot(moe_seq *s) {
             if (s->snaps[i].pos < sn->pos) sn = &s->snaps[i];
     } else {
         sn = &s->snaps[s->n_snaps];
-        if (!(sn->rec = malloc(s->rec_floats * sizeof *sn->rec)))
-            return moe_err(MOE_ENOMEM, "out of memory for a saved state of %zu bytes", s->rec_floats * sizeof(float));
+        size_t V = (size_t)s->m->cfg.pub.vocab_size;
+        sn->rec = malloc(s->rec_floats * sizeof *sn->rec);
+        sn->logits = malloc(V * sizeof *sn->logits);
+        if (!sn->rec || !sn->logits) {
+            free(sn->rec);
+            free(sn->logits);
+            return moe_err(MOE_ENOMEM, "out of memory for a saved state of %zu bytes", (s->rec_floats + V) * sizeof(float));
+        }
         s->n_snaps++;
     }
     sn->pos = s->pos;
     memcpy(sn->rec, s->rec, s->rec_floats * sizeof *s->rec);
+    /* with its logits, going back here needs no token evaluated again to sample the next */
+    sn->has_logits = s->has_logits;
+    if (s->has_logits) memcpy(sn->logits, s->logits, (size_t)s->m->cfg.pub.vocab_size * sizeof *sn->logits);
     return MOE_OK;
 }
 
@@ -290,14 +308,25 @@ moe_status moe_seq_truncate(moe_seq *s, int64_t pos) {
             return moe_err(MOE_ERANGE, "cannot go back %lld tokens under a sliding window of %d (at most %lld)",
                            (long long)(s->pos - pos), w, (long long)(cap - w));
     }
+    int logits = pos == s->pos && s->has_logits; /* still those of position pos - 1 */
+    const seq_snap *here = pos == s->pos && !logits ? snap_at(s, pos) : NULL;
+    if (here && here->has_logits) { /* sampling used them up; the snapshot at pos kept a copy */
+        memcpy(s->logits, here->logits, (size_t)s->m->cfg.pub.vocab_size * sizeof *s->logits);
+        logits = 1;
+    }
     if (s->rec && pos < s->pos) {
-        if (pos == 0) memset(s->rec, 0, s->rec_floats * sizeof *s->rec);
-        else memcpy(s->rec, snap_at(s, pos)->rec, s->rec_floats * sizeof *s->rec);
+        if (pos == 0) {
+            memset(s->rec, 0, s->rec_floats * sizeof *s->rec);
+        } else {
+            const seq_snap *sn = snap_at(s, pos);
+            memcpy(s->rec, sn->rec, s->rec_floats * sizeof *s->rec);
+            if ((logits = sn->has_logits)) memcpy(s->logits, sn->logits, (size_t)s->m->cfg.pub.vocab_size * sizeof *s->logits);
+        }
     }
     snaps_drop_after(s, pos);
     s->pos = pos;
     s->has_pending = 0;
-    s->has_logits = 0;
+    s->has_logits = logits;
     return MOE_OK;
 }
 

@@ -23,6 +23,8 @@ typedef struct layer_cache {
 typedef struct seq_snap {
     int64_t pos;
     float *rec;               /* [rec_floats] */
+    float *logits;            /* [V] the last position's logits, when has_logits */
+    int has_logits;
 } seq_snap;
 
 struct moe_seq {

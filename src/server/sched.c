@@ -202,11 +202,17 @@ static void admit(sched *s, slot *l, job *j) {
     size_t have;
     const int32_t *old = moe_seq_tokens(l->seq, &have);
     size_t common = common_prefix(old, have, l->ids, l->n_ids);
-    if (common == l->n_ids) common--; /* evaluate at least one token, for fresh logits */
     /* as far back as the cache can go: a sliding window, or a linear-attention
-     * state saved only at earlier prompts' ends, may force going further */
+     * state saved only at earlier prompts' ends, may force going further; a
+     * prompt that is all cached needs its last logits, kept in a snapshot, or
+     * one token evaluated again */
     common = (size_t)moe_seq_restore_point(l->seq, (int64_t)common);
-    if (moe_seq_truncate(l->seq, (int64_t)common) != MOE_OK) {
+    moe_status tst = moe_seq_truncate(l->seq, (int64_t)common);
+    if (!tst && common == l->n_ids && !moe_seq_has_logits(l->seq)) {
+        common = (size_t)moe_seq_restore_point(l->seq, (int64_t)common - 1);
+        tst = moe_seq_truncate(l->seq, (int64_t)common);
+    }
+    if (tst != MOE_OK) {
         moe_seq_reset(l->seq);
         common = 0;
     }
