@@ -375,26 +375,35 @@ typedef struct sw_job {
     const void *dx[2];           /* decode: gate's and up's prepared input (dec_prepare), or NULL */
 } sw_job;
 
+/* out[t * ldo + r] = silu(gate . x_t) * (up . x_t) for the nr rows from r0 of
+ * gate and up (r counted from r0) and nt tokens x [nt x cols]; dx: their
+ * prepared inputs (decode) or NULLs. The two products go through stack
+ * buffers of SW_ROWS * SW_TOK floats (nt * nr must fit). */
+static void swiglu_rows(const cpu_kernels *k, const wtensor *gate, const wtensor *up, int64_t r0, int64_t nr, const float *x,
+                        int64_t nt, const void *const *dx, float *out, int64_t ldo) {
+    float g[SW_ROWS * SW_TOK], u[SW_ROWS * SW_TOK]; /* [nt x nr] */
+    const wtensor *w[2] = {gate, up};
+    float *y[2] = {g, u};
+    for (int i = 0; i < 2; i++) {
+        mm_fn mm = cpu_kernels_mm(k, w[i]->fmt);
+        wtensor v = wtensor_rows(w[i], r0, nr); /* so the block's row r0 lands in column 0 of y */
+        if (dx[i]) k->dec[v.fmt].mm(&v, 0, nr, dx[i], y[i]);
+        else mm(&v, 0, nr, x, v.cols, nt, y[i], nr);
+    }
+    for (int64_t t = 0; t < nt; t++) {
+        float *o = out + t * ldo;
+        const float *gt = g + t * nr, *ut = u + t * nr;
+        for (int64_t r = 0; r < nr; r++) o[r] = gt[r] / (1.0f + expf(-gt[r])) * ut[r];
+    }
+}
+
 static void sw_item(void *ctx, int64_t item, int tid) {
     (void)tid;
     const sw_job *j = ctx;
     int64_t rc = item % j->n_row_chunks, tc = item / j->n_row_chunks;
     int64_t rows = j->gate->rows, r0 = rc * j->rb, nr = rows - r0 < j->rb ? rows - r0 : j->rb;
     int64_t t0 = tc * SW_TOK, nt = j->n - t0 < SW_TOK ? j->n - t0 : SW_TOK;
-    float g[SW_ROWS * SW_TOK], u[SW_ROWS * SW_TOK]; /* [nt x nr] */
-    const wtensor *w[2] = {j->gate, j->up};
-    float *y[2] = {g, u};
-    for (int i = 0; i < 2; i++) {
-        mm_fn mm = cpu_kernels_mm(j->k, w[i]->fmt);
-        wtensor v = wtensor_rows(w[i], r0, nr); /* so the block's row r0 lands in column 0 of y */
-        if (j->dx[i]) j->k->dec[v.fmt].mm(&v, 0, nr, j->dx[i], y[i]);
-        else mm(&v, 0, nr, j->x + t0 * v.cols, v.cols, nt, y[i], nr);
-    }
-    for (int64_t t = 0; t < nt; t++) {
-        float *o = j->out + (t0 + t) * rows + r0;
-        const float *gt = g + t * nr, *ut = u + t * nr;
-        for (int64_t r = 0; r < nr; r++) o[r] = gt[r] / (1.0f + expf(-gt[r])) * ut[r];
-    }
+    swiglu_rows(j->k, j->gate, j->up, r0, nr, j->x + t0 * j->gate->cols, nt, j->dx, j->out + t0 * rows + r0, rows);
 }
 
 void be_matmul_swiglu(backend *be, const wtensor *gate, const wtensor *up, const float *x, int64_t n, float *out) {
@@ -445,17 +454,7 @@ static void moe_item(void *ctx, int64_t item, int tid) {
         else cpu_kernels_mm(j->k, w->fmt)(w, r0, r0 + nr, xi, w->cols, 1, j->out[i], w->rows);
         return;
     }
-    float g[SW_ROWS * SW_TOK], u[SW_ROWS * SW_TOK];
-    const wtensor *ws[2] = {w, j->w1[i]};
-    float *y[2] = {g, u};
-    for (int p = 0; p < 2; p++) {
-        wtensor v = wtensor_rows(ws[p], r0, nr);
-        const void *dx = j->dx[2 * i + p];
-        if (dx) j->k->dec[v.fmt].mm(&v, 0, nr, dx, y[p]);
-        else cpu_kernels_mm(j->k, v.fmt)(&v, 0, nr, j->x, v.cols, 1, y[p], nr);
-    }
-    float *o = j->mid + i * j->ld_mid + r0;
-    for (int64_t r = 0; r < nr; r++) o[r] = g[r] / (1.0f + expf(-g[r])) * u[r];
+    swiglu_rows(j->k, w, j->w1[i], r0, nr, j->x, 1, j->dx + 2 * i, j->mid + i * j->ld_mid + r0, 0);
 }
 
 /* Items of about 8 a thread over all the experts' rows, within the SwiGLU
