@@ -231,6 +231,26 @@ static seq_snap *snap_at(moe_seq *s, int64_t pos) {
     return NULL;
 }
 
+/* The latest snapshot at or before pos, or NULL. */
+static const seq_snap *snap_latest(const moe_seq *s, int64_t pos) {
+    const seq_snap *best = NULL;
+    for (int i = 0; i < s->n_snaps; i++)
+        if (s->snaps[i].pos <= pos && (!best || s->snaps[i].pos > best->pos)) best = &s->snaps[i];
+    return best;
+}
+
+/* Puts the recurrent state of sn back (NULL: the empty state of position 0),
+ * and its logits into s->logits when it kept them; returns whether it did. */
+static int snap_restore(moe_seq *s, const seq_snap *sn) {
+    if (!sn) {
+        memset(s->rec, 0, s->rec_floats * sizeof *s->rec);
+        return 0;
+    }
+    memcpy(s->rec, sn->rec, s->rec_floats * sizeof *s->rec);
+    if (sn->has_logits) memcpy(s->logits, sn->logits, (size_t)s->m->cfg.pub.vocab_size * sizeof *s->logits);
+    return sn->has_logits;
+}
+
 /* Drops the snapshots past pos: their states belong to tokens being replaced. */
 static void snaps_drop_after(moe_seq *s, int64_t pos) {
     int k = 0;
@@ -273,12 +293,16 @@ moe_status moe_seq_snapshot(moe_seq *s) {
     return MOE_OK;
 }
 
-/* How far back the sliding-window ring still allows going, from s->pos. */
-static int64_t window_reach(const moe_seq *s) {
+/* How far back the sliding-window ring still allows going, from s->pos
+ * (INT64_MAX without a window); *window: the window that limits it. */
+static int64_t window_reach(const moe_seq *s, int *window) {
     int64_t reach = INT64_MAX;
     for (int l = 0; l < s->m->cfg.pub.n_layers; l++) {
         int w = s->m->cfg.layer_window[l];
-        if (w > 0 && s->cache[l].kv.cap - w < reach) reach = s->cache[l].kv.cap - w;
+        if (w > 0 && s->cache[l].kv.cap - w < reach) {
+            reach = s->cache[l].kv.cap - w;
+            *window = w;
+        }
     }
     return reach;
 }
@@ -286,12 +310,11 @@ static int64_t window_reach(const moe_seq *s) {
 int64_t moe_seq_restore_point(const moe_seq *s, int64_t pos) {
     if (pos > s->pos) pos = s->pos;
     if (pos <= 0) return 0;
-    if (s->pos - pos > window_reach(s)) return 0;
+    int w;
+    if (s->pos - pos > window_reach(s, &w)) return 0;
     if (!s->rec || pos == s->pos) return pos;
-    int64_t best = 0;
-    for (int i = 0; i < s->n_snaps; i++)
-        if (s->snaps[i].pos <= pos && s->snaps[i].pos > best) best = s->snaps[i].pos;
-    return best;
+    const seq_snap *sn = snap_latest(s, pos);
+    return sn ? sn->pos : 0;
 }
 
 moe_status moe_seq_truncate(moe_seq *s, int64_t pos) {
@@ -301,28 +324,18 @@ moe_status moe_seq_truncate(moe_seq *s, int64_t pos) {
                        "saved only where moe_seq_snapshot was called (moe_seq_restore_point finds the nearest)", (long long)pos);
     /* Under a sliding window the ring has overwritten old keys: going back is
      * possible only while the slots of [pos - window + 1, pos) are untouched. */
-    for (int l = 0; l < s->m->cfg.pub.n_layers; l++) {
-        int w = s->m->cfg.layer_window[l];
-        int64_t cap = s->cache[l].kv.cap;
-        if (w > 0 && s->pos - pos > cap - w)
-            return moe_err(MOE_ERANGE, "cannot go back %lld tokens under a sliding window of %d (at most %lld)",
-                           (long long)(s->pos - pos), w, (long long)(cap - w));
-    }
+    int w = 0;
+    int64_t reach = window_reach(s, &w);
+    if (s->pos - pos > reach)
+        return moe_err(MOE_ERANGE, "cannot go back %lld tokens under a sliding window of %d (at most %lld)",
+                       (long long)(s->pos - pos), w, (long long)reach);
     int logits = pos == s->pos && s->has_logits; /* still those of position pos - 1 */
     const seq_snap *here = pos == s->pos && !logits ? snap_at(s, pos) : NULL;
     if (here && here->has_logits) { /* sampling used them up; the snapshot at pos kept a copy */
         memcpy(s->logits, here->logits, (size_t)s->m->cfg.pub.vocab_size * sizeof *s->logits);
         logits = 1;
     }
-    if (s->rec && pos < s->pos) {
-        if (pos == 0) {
-            memset(s->rec, 0, s->rec_floats * sizeof *s->rec);
-        } else {
-            const seq_snap *sn = snap_at(s, pos);
-            memcpy(s->rec, sn->rec, s->rec_floats * sizeof *s->rec);
-            if ((logits = sn->has_logits)) memcpy(s->logits, sn->logits, (size_t)s->m->cfg.pub.vocab_size * sizeof *s->logits);
-        }
-    }
+    if (s->rec && pos < s->pos) logits = snap_restore(s, pos ? snap_at(s, pos) : NULL);
     snaps_drop_after(s, pos);
     s->pos = pos;
     s->has_pending = 0;
@@ -345,11 +358,8 @@ static void recover(moe_seq *s, int64_t start) {
     s->pos = start;
     s->has_logits = 0;
     if (!s->rec) return;
-    seq_snap *best = NULL;
-    for (int i = 0; i < s->n_snaps; i++)
-        if (s->snaps[i].pos <= start && (!best || s->snaps[i].pos > best->pos)) best = &s->snaps[i];
-    if (best) memcpy(s->rec, best->rec, s->rec_floats * sizeof *s->rec);
-    else memset(s->rec, 0, s->rec_floats * sizeof *s->rec);
+    const seq_snap *best = snap_latest(s, start);
+    snap_restore(s, best); /* its logits are not taken: has_logits stays 0, as after any failure */
     s->pos = best ? best->pos : 0;
     snaps_drop_after(s, s->pos);
 }
