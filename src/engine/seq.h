@@ -60,7 +60,6 @@ struct moe_seq {
     float *yk;                /* [nb x top_k x H] each choice's expert output */
     float *moe_mid;           /* [(top_k + 1) x moe_mid_ld] one token's experts' silu(gate) * up, the shared one's last (decode) */
     int64_t moe_mid_ld;       /* max(moe_intermediate, shared_expert_intermediate) */
-    int shared_done;          /* run_experts ran the shared expert too, into ye */
     int *need;                /* [E] the batch's distinct experts (also prefetch guesses) */
     int *eidx;                /* [E] expert -> index in need, -1 */
     int64_t *grp_off;         /* [E + 1] need[i]'s choices at grp_tk[grp_off[i]..grp_off[i+1]) */

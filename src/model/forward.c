@@ -135,12 +135,13 @@ static void prefetch_next(moe_seq *s, int l, int64_t n) {
 
 /* The experts of layer l over its batch: from the model's own mapping, or
  * through the expert cache (which may skip some). Marks skipped choices in
- * s->dropped[t*K + k]. */
-static moe_status run_experts(moe_seq *s, int l, int64_t n, const float *h) {
+ * s->dropped[t*K + k]. *shared_done: the shared expert ran too (decode, with
+ * the others), its output in s->ye. */
+static moe_status run_experts(moe_seq *s, int l, int64_t n, const float *h, int *shared_done) {
     const moe_model *m = s->m;
     int K = m->cfg.pub.n_experts_per_tok, n_need = group(s, n);
     for (int64_t i = 0; i < n * K; i++) s->dropped[i] = 0;
-    s->shared_done = 0;
+    *shared_done = 0;
     if (!m->xc && n == 1 && n_need < MOE_DEC_MAX) {
         /* decode: every expert of the token, and the shared expert, in one pass of the pool */
         const layer *L = &m->layers[l];
@@ -155,7 +156,7 @@ static moe_status run_experts(moe_seq *s, int l, int64_t n, const float *h) {
         if (m->cfg.pub.shared_expert_intermediate_size > 0) {
             g[ne] = &L->shared.gate, u[ne] = &L->shared.up, d[ne] = &L->shared.down;
             out[ne++] = s->ye;
-            s->shared_done = 1;
+            *shared_done = 1;
         }
         be_moe_decode(m->be, (int)ne, g, u, d, h, s->moe_mid, s->moe_mid_ld, out);
         return MOE_OK;
@@ -188,7 +189,8 @@ static moe_status moe_ffn(moe_seq *s, int l, const float *h, int64_t n, float *o
     int K = c->n_experts_per_tok;
     be_matmul(be, &L->router, h, n, NULL, s->router);
     route(s, n, s->m->route_counts + (size_t)l * (size_t)c->n_experts);
-    moe_status st = run_experts(s, l, n, h);
+    int shared_done;
+    moe_status st = run_experts(s, l, n, h, &shared_done);
     if (st) return st;
     /* out[t] = sum over k, in order, of w[t,k] * yk[t,k]: the same sums whatever
      * order the experts ran in. Dropped choices (skip policy) give their weight
@@ -212,7 +214,7 @@ static moe_status moe_ffn(moe_seq *s, int l, const float *h, int64_t n, float *o
         if (first) memset(o, 0, sizeof(float) * (size_t)H); /* every choice dropped */
     }
     if (c->shared_expert_intermediate_size > 0) {
-        if (!s->shared_done) swiglu_mlp(s, &L->shared, h, n, s->ye);
+        if (!shared_done) swiglu_mlp(s, &L->shared, h, n, s->ye);
         float *g = s->ew; /* [n] gate logits */
         be_matmul(be, &L->shared_gate, h, n, NULL, g);
         for (int64_t t = 0; t < n; t++) {
@@ -282,21 +284,17 @@ static void linear_block(moe_seq *s, moe_seq *const *owner, int l, int64_t n) {
             }
         }
     }
+    /* each sequence's rows: the conv over its carried inputs, q and k normalised, its delta state */
     for (int64_t r0 = 0, r1; r0 < n; r0 = r1) {
         moe_seq *o;
         r1 = owner_run(s, owner, r0, n, &o);
-        be_causal_conv(be, s->lin_mix + r0 * cd, r1 - r0, cd, mc->lin_conv, L->conv_w, o->cache[l].conv,
-                       s->lin_conv + r0 * cd);
-    }
-    for (int64_t t = 0; t < n; t++)
-        for (int g = 0; g < nk; g++) {
-            l2norm(s->lin_conv + t * cd + (int64_t)g * dk, dk, 1.0f / sqrtf((float)dk));
-            l2norm(s->lin_conv + t * cd + kd + (int64_t)g * dk, dk, 1.0f);
-        }
-    for (int64_t r0 = 0, r1; r0 < n; r0 = r1) {
-        moe_seq *o;
-        r1 = owner_run(s, owner, r0, n, &o);
-        const float *c0 = s->lin_conv + r0 * cd;
+        float *c0 = s->lin_conv + r0 * cd;
+        be_causal_conv(be, s->lin_mix + r0 * cd, r1 - r0, cd, mc->lin_conv, L->conv_w, o->cache[l].conv, c0);
+        for (int64_t t = 0; t < r1 - r0; t++)
+            for (int g = 0; g < nk; g++) {
+                l2norm(c0 + t * cd + (int64_t)g * dk, dk, 1.0f / sqrtf((float)dk));
+                l2norm(c0 + t * cd + kd + (int64_t)g * dk, dk, 1.0f);
+            }
         be_delta_rule(be, c0, c0 + kd, c0 + 2 * kd, cd, s->lin_g + r0 * nv, s->lin_beta + r0 * nv, r1 - r0, nk, nv, dk, dv,
                       m->delta_chunk, o->cache[l].ssm, s->lin_out + r0 * vd, s->lin_scratch);
     }
