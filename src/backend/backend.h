@@ -52,6 +52,44 @@ size_t wtensor_bytes(const wtensor *w);
 
 typedef struct backend backend;
 
+/* ------------------------------------------------------------ devices --
+ * A backend computes on one device: "cpu", or "cuda" / "cuda:N" where this
+ * build has the CUDA backend (backend_cuda.c). Activations, caches and states
+ * live in the backend's memory (be_alloc); on the CPU that is host memory, so
+ * CPU callers may also pass their own host buffers. Weights are placed once
+ * (be_place_weight): the CPU uses them where they lie (the mmap of a file),
+ * CUDA copies them into device memory in their stored format. */
+/* device NULL, "" or "cpu": the CPU backend (n_threads, isa as below); "cuda", "cuda:N": that GPU;
+ * "auto": the first GPU when this build and machine have one, else the CPU. */
+moe_status backend_open(const char *device, int n_threads, const char *isa, backend **out);
+/* "cpu" or "cuda" */
+const char *backend_kind(const backend *be);
+/* A line naming the device: the CPU's ISA and threads, or the GPU's name and memory. */
+const char *backend_device_name(const backend *be);
+/* 1 where the backend's memory is the host's (be_alloc'd pointers may be dereferenced). */
+int backend_host_memory(const backend *be);
+/* Devices this build can open: "cpu" or "cpu, cuda (N devices)". */
+const char *backend_devices(void);
+
+/* Memory of the backend: zeroed; NULL with a message (moe_errmsg) when out of memory. */
+void *be_alloc(backend *be, size_t bytes);
+void be_free(backend *be, void *p); /* NULL allowed */
+void be_upload(backend *be, void *dst, const void *src, size_t bytes);  /* backend <- host */
+void be_copy(backend *be, void *dst, const void *src, size_t bytes);    /* backend -> backend */
+void be_zero(backend *be, void *p, size_t bytes);
+/* host <- backend, after all work before it; returns the first error of that
+ * work (a GPU fault, out of memory) with its message, or MOE_OK. */
+moe_status be_download(backend *be, void *dst, const void *src, size_t bytes);
+/* Waits for all work; its first error, or MOE_OK. */
+moe_status be_sync(backend *be);
+/* Makes w usable by the backend: the CPU leaves it; CUDA copies values,
+ * scales and biases to device memory (owned by the backend, freed with it) and
+ * repoints w. On failure w is unchanged. */
+moe_status be_place_weight(backend *be, wtensor *w);
+/* A backend copy of n host floats (the CPU returns src itself; CUDA's copy is
+ * owned by the backend); NULL src gives NULL. NULL with a message on failure. */
+const float *be_place_floats(backend *be, const float *src, size_t n, moe_status *st);
+
 /* n_threads <= 0: all cores. `isa` NULL or "auto": the best the CPU has;
  * else "scalar", "avx2", "avx512" (float32 arithmetic throughout) or "amx"
  * (MOE_ISA in the environment also picks). "amx" is avx512 plus AMX-BF16 tiles
@@ -88,12 +126,50 @@ void be_matmul_swiglu(backend *be, const wtensor *gate, const wtensor *up, const
 #define MOE_DEC_MAX 64
 void be_moe_decode(backend *be, int ne, const wtensor *const *gate, const wtensor *const *up, const wtensor *const *down,
                    const float *x, float *mid, int64_t ld_mid, float *const *out);
-/* Row r of W as float32 into out[w->cols] (embedding lookup; quantized rows dequantized). */
+/* Row r of W as float32 into out[w->cols] (quantized rows dequantized); host memory, CPU-side weights. */
 void be_get_row(const wtensor *w, int64_t r, float *out);
+/* out[t] = row tokens[t] of w as float32, t < n (the embedding lookup); tokens host memory. */
+void be_embed(backend *be, const wtensor *w, const int32_t *tokens, int64_t n, float *out);
+
+/* ------------------------------------------------ elementwise and moves --
+ * The arithmetic between the matmuls, as operations so that the forward pass
+ * never touches activations itself. */
+enum { BE_SIGMOID, BE_SILU };
+/* x[i] += y[i], i < n */
+void be_add(backend *be, float *x, const float *y, int64_t n);
+/* x[i] *= sigmoid(g[i]) (BE_SIGMOID) or g[i] * sigmoid(g[i]) (BE_SILU), i < n */
+void be_mul_act(backend *be, float *x, const float *g, int64_t n, int act);
+/* x[i] clamped to [-lim, lim] */
+void be_clip(backend *be, float *x, int64_t n, float lim);
+/* dst[r * dld + j] = src[r * sld + j], r < rows, j < cols */
+void be_copy_rows(backend *be, float *dst, int64_t dld, const float *src, int64_t sld, int64_t rows, int64_t cols);
+/* dst[j] = src[idx[j] / div], rows of `width`, j < n; idx host memory */
+void be_gather_rows(backend *be, float *dst, const float *src, int64_t width, const int64_t *idx, int64_t div, int64_t n);
+/* dst[idx[j]] = src[j], rows of `width`, j < n; idx host memory (distinct) */
+void be_scatter_rows(backend *be, float *dst, const float *src, int64_t width, const int64_t *idx, int64_t n);
+/* The weighted sum of a token's chosen experts: out[t] = sum over k < K in
+ * order, of the choices with use[t*K + k], of w[t*K + k] * yk[t*K + k]
+ * (rows of H; the first term assigned, the others added; no choice: zeros).
+ * w, use: host memory [n x K]. */
+void be_moe_combine(backend *be, float *out, const float *yk, const float *w, const unsigned char *use, int64_t n, int K,
+                    int64_t H);
+/* out[t][j] += sigmoid(g[t]) * y[t][j] (the shared expert's gate), t < n, j < H */
+void be_add_gated(backend *be, float *out, const float *y, const float *g, int64_t n, int64_t H);
+/* Each of the `heads` vectors of d floats at x[t*ld + h*d], t < n, becomes
+ * x / sqrt(sum x^2 + 1e-6) * scale (the sum in double; the l2norm of HF's gated delta rule). */
+void be_l2norm(backend *be, float *x, int64_t ld, int64_t n, int heads, int d, float scale);
+/* Unpacks a gated DeltaNet layer's projections, per token t and key head g
+ * (r = nv/nk value heads each; in rows of 2*nk*dk + 2*nv*dv, ba rows of 2*nv):
+ *   in = [.. q(dk) k(dk) v(r*dv) z(r*dv) ..]  ->  mix = [q(nk*dk) | k(nk*dk) | v(nv*dv)], z [nv*dv]
+ *   ba = [.. b(r) a(r) ..]  ->  beta[h] = sigmoid(b), g[h] = neg_a[h] * softplus(a + dt_bias[h])
+ * neg_a, dt_bias [nv] backend memory (be_place_floats). */
+void be_delta_split(backend *be, const float *in, const float *ba, int64_t n, int nk, int nv, int dk, int dv,
+                    const float *neg_a, const float *dt_bias, float *mix, float *z, float *beta, float *g);
 /* out[n x d] = x / rms(x) * weight, per row of width d (in place allowed). */
 void be_rmsnorm(backend *be, const float *x, const float *weight, int64_t n, int64_t d, float eps, float *out);
 /* Rotates pairs (i, i + rot/2), i < rot/2, of each head of x[n x n_heads*hd] by angle pos[t] * inv_freq[i]
- * (HF rotate_half over the first rot dims; rot = hd for full RoPE, less for partial; the rest pass through). */
+ * (HF rotate_half over the first rot dims; rot = hd for full RoPE, less for partial; the rest pass through).
+ * pos: host memory; inv_freq: backend memory (be_place_floats). */
 void be_rope(backend *be, float *x, int64_t n, int n_heads, int hd, int rot, const int64_t *pos, const float *inv_freq);
 
 /* ------------------------------------------------ gated DeltaNet (delta.c) --
@@ -146,13 +222,13 @@ size_t kv_sb_row_floats(const kv_cache *c);
 /* Writes n key and value rows k, v [n x n_kv*hd] into slots pos[t] % cap,
  * quantizing them (per group: scale = (max - min) / (2^bits - 1), bias = min,
  * q = round((x - bias) / scale) clamped to [0, 2^bits - 1]; an element is off
- * by at most scale/2 plus rounding). */
+ * by at most scale/2 plus rounding). pos: host memory [n]. */
 void be_kv_store(backend *be, const kv_cache *c, const float *k, const float *v, int64_t n, const int64_t *pos);
 
 /* Attention of n queries q[n x n_heads*hd] at positions pos0..pos0+n-1 over
  * cache c; the query at position p sees keys [max(0, p-window+1) .. p]
  * (window 0: [0 .. p]). out[n x n_heads*hd]. `scratch` [threads x (cap + hd)]
- * floats. */
+ * floats (the CPU's; other backends keep their own and ignore it). */
 void be_attention(backend *be, const float *q, int64_t n, int64_t pos0, const kv_cache *c, int n_heads, int window,
                   float scale, float *scratch, float *out);
 
