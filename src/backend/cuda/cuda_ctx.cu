@@ -1,0 +1,187 @@
+/* cuda_ctx.cu — the CUDA context: one device, one stream, the first error,
+ * device memory, and a staging area for the small host arrays (token ids,
+ * positions, routing weights) that operations read.
+ *
+ * Errors are sticky: the first failed CUDA call is kept with its message and
+ * every later operation is skipped, so the forward pass needs no checks
+ * between operations; cuda_sync and cuda_download report it. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_internal.h"
+
+extern "C" moe_status moe_err(moe_status st, const char *fmt, ...);
+
+int cuda_device_count(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError(); /* clear: no driver is not an error to keep */
+        return 0;
+    }
+    return n;
+}
+
+bool cuda_check(cuda_ctx *c, cudaError_t e, const char *what) {
+    if (e == cudaSuccess) return true;
+    if (c && c->err == MOE_OK) {
+        c->err = e == cudaErrorMemoryAllocation ? MOE_ENOMEM : MOE_EIO;
+        snprintf(c->msg, sizeof c->msg, "CUDA: %s: %s", what, cudaGetErrorString(e));
+    }
+    return false;
+}
+
+bool cuda_launched(cuda_ctx *c, const char *what) { return cuda_check(c, cudaGetLastError(), what); }
+
+moe_status cuda_ctx_new(int device, cuda_ctx **out) {
+    *out = NULL;
+    int n = cuda_device_count();
+    if (n == 0) return moe_err(MOE_EUNSUPPORTED, "CUDA: no device (no GPU, or no driver)");
+    if (device < 0 || device >= n)
+        return moe_err(MOE_EINVAL, "CUDA: device %d does not exist (%d device%s present)", device, n, n == 1 ? "" : "s");
+    cuda_ctx *c = (cuda_ctx *)calloc(1, sizeof *c);
+    if (!c) return moe_err(MOE_ENOMEM, "out of memory");
+    c->device = device;
+    cudaError_t e = cudaSetDevice(device);
+    cudaDeviceProp p;
+    if (e == cudaSuccess) e = cudaGetDeviceProperties(&p, device);
+    if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);
+    if (e == cudaSuccess) e = cudaMallocHost(&c->stage, CUDA_STAGE_BYTES);
+    if (e == cudaSuccess) e = cudaMalloc(&c->stage_dev, CUDA_STAGE_BYTES);
+    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&c->stage_done, cudaEventDisableTiming);
+    if (e != cudaSuccess) {
+        moe_status st = moe_err(e == cudaErrorMemoryAllocation ? MOE_ENOMEM : MOE_EUNSUPPORTED, "CUDA: device %d: %s",
+                                device, cudaGetErrorString(e));
+        cuda_ctx_free(c);
+        return st;
+    }
+    c->n_sm = p.multiProcessorCount;
+    c->cc = p.major * 10 + p.minor;
+    snprintf(c->name, sizeof c->name, "%s, sm_%d, %.1f GiB", p.name, c->cc, (double)p.totalGlobalMem / (1 << 30));
+    *out = c;
+    return MOE_OK;
+}
+
+void cuda_ctx_free(cuda_ctx *c) {
+    if (!c) return;
+    cudaSetDevice(c->device);
+    if (c->stream) cudaStreamSynchronize(c->stream);
+    for (size_t i = 0; i < c->n_allocs; i++) cudaFree(c->allocs[i]);
+    free(c->allocs);
+    cudaFree(c->scratch);
+    cudaFree(c->stage_dev);
+    if (c->stage) cudaFreeHost(c->stage);
+    if (c->stage_done) cudaEventDestroy(c->stage_done);
+    if (c->stream) cudaStreamDestroy(c->stream);
+    free(c);
+}
+
+const char *cuda_ctx_name(const cuda_ctx *c) { return c->name; }
+
+void cuda_mem_info(cuda_ctx *c, size_t *free_b, size_t *total_b) {
+    *free_b = *total_b = 0;
+    cuda_check(c, cudaMemGetInfo(free_b, total_b), "cudaMemGetInfo");
+}
+
+/* Every allocation is kept in c->allocs so that cuda_ctx_free releases what a
+ * caller did not: a failed model load leaves nothing behind. */
+void *cuda_alloc(cuda_ctx *c, size_t bytes) {
+    if (c->err) return NULL;
+    if (c->n_allocs == c->cap_allocs) {
+        size_t cap = c->cap_allocs ? 2 * c->cap_allocs : 64;
+        void **a = (void **)realloc(c->allocs, cap * sizeof *a);
+        if (!a) {
+            c->err = MOE_ENOMEM;
+            snprintf(c->msg, sizeof c->msg, "out of memory");
+            return NULL;
+        }
+        c->allocs = a, c->cap_allocs = cap;
+    }
+    void *p = NULL;
+    char what[64];
+    snprintf(what, sizeof what, "cudaMalloc of %zu bytes", bytes);
+    if (!cuda_check(c, cudaMalloc(&p, bytes ? bytes : 1), what)) return NULL;
+    if (!cuda_check(c, cudaMemsetAsync(p, 0, bytes, c->stream), "cudaMemset")) {
+        cudaFree(p);
+        return NULL;
+    }
+    c->allocs[c->n_allocs++] = p;
+    return p;
+}
+
+void cuda_free(cuda_ctx *c, void *p) {
+    if (!p) return;
+    for (size_t i = 0; i < c->n_allocs; i++)
+        if (c->allocs[i] == p) {
+            cudaStreamSynchronize(c->stream); /* work may still read it */
+            cudaFree(p);
+            c->allocs[i] = c->allocs[--c->n_allocs];
+            return;
+        }
+}
+
+void cuda_upload(cuda_ctx *c, void *dst, const void *src, size_t bytes) {
+    if (c->err || !bytes) return;
+    /* pageable source: the copy has read src when it returns */
+    cuda_check(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream), "upload");
+    cuda_check(c, cudaStreamSynchronize(c->stream), "upload");
+}
+
+void cuda_copy(cuda_ctx *c, void *dst, const void *src, size_t bytes) {
+    if (c->err || !bytes) return;
+    cuda_check(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream), "device copy");
+}
+
+void cuda_zero(cuda_ctx *c, void *p, size_t bytes) {
+    if (c->err || !bytes) return;
+    cuda_check(c, cudaMemsetAsync(p, 0, bytes, c->stream), "cudaMemset");
+}
+
+moe_status cuda_sync(cuda_ctx *c) {
+    if (!c->err) cuda_check(c, cudaStreamSynchronize(c->stream), "kernel");
+    return c->err ? moe_err(c->err, "%s", c->msg) : MOE_OK;
+}
+
+moe_status cuda_download(cuda_ctx *c, void *dst, const void *src, size_t bytes) {
+    if (!c->err && bytes) cuda_check(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream), "download");
+    return cuda_sync(c);
+}
+
+/* Host arrays an operation reads go through a pinned staging buffer, copied
+ * on the stream: the copy of one call may still be in flight when the next
+ * stages, so each call takes the next part of the buffer, and wraps to the
+ * start only after the stream has passed the previous wrap. */
+const void *cuda_stage(cuda_ctx *c, const void *src, size_t bytes) {
+    if (c->err) return NULL;
+    bytes = (bytes + 255) & ~(size_t)255;
+    if (bytes > CUDA_STAGE_BYTES) {
+        c->err = MOE_EINVAL;
+        snprintf(c->msg, sizeof c->msg, "CUDA: %zu bytes of host arguments exceed the staging buffer", bytes);
+        return NULL;
+    }
+    if (c->stage_used + bytes > CUDA_STAGE_BYTES) {
+        if (!cuda_check(c, cudaStreamSynchronize(c->stream), "staging")) return NULL;
+        c->stage_used = 0;
+    }
+    char *h = (char *)c->stage + c->stage_used, *d = (char *)c->stage_dev + c->stage_used;
+    memcpy(h, src, bytes);
+    c->stage_used += bytes;
+    if (!cuda_check(c, cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, c->stream), "staging")) return NULL;
+    return d;
+}
+
+/* A device scratch area of at least `bytes`, valid until the next call (the
+ * stream orders its users); grown by freeing and reallocating. */
+void *cuda_scratch(cuda_ctx *c, size_t bytes) {
+    if (c->err) return NULL;
+    if (bytes > c->scratch_bytes) {
+        cudaStreamSynchronize(c->stream);
+        cudaFree(c->scratch);
+        c->scratch = NULL;
+        c->scratch_bytes = 0;
+        size_t want = bytes + bytes / 2;
+        if (!cuda_check(c, cudaMalloc(&c->scratch, want), "scratch")) return NULL;
+        c->scratch_bytes = want;
+    }
+    return c->scratch;
+}

@@ -1,0 +1,45 @@
+/* cuda_internal.h — what the .cu files share: the context's fields, its error
+ * and staging helpers, launch conventions. Included by CUDA sources only. */
+#ifndef MOE_CUDA_INTERNAL_H
+#define MOE_CUDA_INTERNAL_H
+
+#include <cuda_runtime.h>
+
+#include "cuda_ops.h"
+
+#define CUDA_STAGE_BYTES ((size_t)4 << 20)
+
+struct cuda_ctx {
+    int device, n_sm, cc;         /* device index, multiprocessors, compute capability (90 = sm_90) */
+    char name[320];
+    cudaStream_t stream;
+    moe_status err;               /* the first error, MOE_OK while none */
+    char msg[256];                /* its message */
+    void **allocs;                /* every cuda_alloc'd pointer still held [n_allocs] */
+    size_t n_allocs, cap_allocs;
+    void *scratch;                /* cuda_scratch's area [scratch_bytes] */
+    size_t scratch_bytes;
+    void *stage, *stage_dev;      /* pinned host / device staging [CUDA_STAGE_BYTES] */
+    size_t stage_used;
+    cudaEvent_t stage_done;
+};
+
+/* Records e (when it is an error and none is kept yet) with "CUDA: what: ..."; true on success. */
+bool cuda_check(cuda_ctx *c, cudaError_t e, const char *what);
+/* cuda_check of cudaGetLastError() after a launch. */
+bool cuda_launched(cuda_ctx *c, const char *what);
+/* A device copy of bytes of host memory src, enqueued on the stream, valid for
+ * the work enqueued after it (until 4 MiB of later staging); NULL after an error. */
+const void *cuda_stage(cuda_ctx *c, const void *src, size_t bytes);
+/* Device scratch of at least bytes (one area per context, reused by every call). */
+void *cuda_scratch(cuda_ctx *c, size_t bytes);
+
+/* Skip an operation once the context has failed. */
+#define CUDA_LIVE(c) \
+    do {             \
+        if ((c)->err) return; \
+    } while (0)
+
+static inline unsigned cuda_blocks(int64_t n, int per) { return (unsigned)((n + per - 1) / per); }
+
+#endif
