@@ -79,6 +79,9 @@ typedef enum moe_store_kind {
 
 typedef struct moe_load_params {
     int n_threads;        /* worker threads for the kernels; <= 0: all online cores */
+    const char *device;   /* where the model runs: "cpu", "cuda", "cuda:N" (a GPU of a build with
+                             the CUDA backend) or "auto" (the first GPU if any, else the CPU);
+                             NULL: $MOE_DEVICE, else "cpu" */
     /* offloading: */
     int offload;          /* -1 (default): when the model does not fit in available memory,
                              or when capacity >= 0, expert_mem, profile or skip asks for it;
@@ -108,6 +111,8 @@ typedef struct moe_load_params {
 } moe_load_params;
 
 void moe_load_params_defaults(moe_load_params *p);
+/* The devices this build can run on: "cpu", or "cpu, cuda (N devices)". */
+const char *moe_devices(void);
 
 /* Loads the model in directory `dir` (config.json + model.safetensors or the
  * shards listed in model.safetensors.index.json). Weights are memory-mapped,
@@ -199,8 +204,10 @@ typedef struct moe_config {
 const moe_config *moe_model_config(const moe_model *m);
 /* Bytes of KV cache one sequence of context `n_ctx` needs (float32 K and V). */
 int64_t moe_model_kv_bytes(const moe_model *m, int n_ctx);
-/* Number of worker threads the model's kernels use. */
+/* Number of worker threads the model's kernels use (1 on a GPU). */
 int moe_model_threads(const moe_model *m);
+/* The device the model runs on, in words: "cpu (avx512, 2 threads)", "cuda: NVIDIA H100 ..., sm_90, 79.1 GiB". */
+const char *moe_model_device(const moe_model *m);
 /* How many times the router chose each expert of MoE layer `layer` (one count
  * per token and top-k slot) in every forward pass on m since it was loaded or
  * the counts were last reset: counts[n_experts]. MOE_EINVAL when `layer` is not

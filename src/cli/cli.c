@@ -205,6 +205,8 @@ void cli_model_opts_init(cli_model_opts *o) {
 
 void cli_model_help(FILE *f) {
     fprintf(f, "  -t N                threads (default: all cores)\n"
+               "  --device DEV        cpu, cuda, cuda:N or auto (a GPU if there is one); default: $MOE_DEVICE,\n"
+               "                      else cpu. This build: %s\n"
                "expert offloading (MoE models; on by itself when the model does not fit in memory):\n"
                "  --offload           always offload experts (--no-offload: never)\n"
                "  --capacity N        experts kept in memory per MoE layer; 0: none (each use read from disk)\n"
@@ -220,7 +222,8 @@ void cli_model_help(FILE *f) {
                "                      read an expert) or from the model's own files (no copy); auto\n"
                "                      (default): the pack when it exists or the disk has room for it\n"
                "  --io-threads N      reader threads (default 4)\n"
-               "  --stats             print the expert cache's hits, misses, reads at the end\n");
+               "  --stats             print the expert cache's hits, misses, reads at the end\n",
+            moe_devices());
 }
 
 int cli_model_opt(cli_model_opts *o, int argc, char **argv, int *i) {
@@ -232,6 +235,7 @@ int cli_model_opt(cli_model_opts *o, int argc, char **argv, int *i) {
         if (!(v = cli_value(argc, argv, i))) return -1; \
     } while (0)
     if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { VAL(); if (cli_int(a, v, 0, 4096, &ll)) return -1; p->n_threads = (int)ll; }
+    else if (!strcmp(a, "--device")) { VAL(); p->device = v; }
     else if (!strcmp(a, "--offload")) p->offload = 1;
     else if (!strcmp(a, "--no-offload")) p->offload = 0;
     else if (!strcmp(a, "--capacity")) { VAL(); if (cli_int(a, v, 0, 1 << 20, &ll)) return -1; p->capacity = (int)ll; }

@@ -103,11 +103,11 @@ int cmd_bench(int argc, char **argv) {
         double dev_gbps = gen.read_seconds > 0 ? (double)gen.bytes_read / gen.read_seconds / 1e9 : 0;
         double guess = gen.predicted ? (double)gen.predicted_right / (double)gen.predicted : 0;
         if (json) {
-            printf("{\"model\":\"%s\",\"family\":\"%s\",\"dtype\":\"%s\",\"threads\":%d,\"prompt_tokens\":%lld,"
+            printf("{\"model\":\"%s\",\"family\":\"%s\",\"dtype\":\"%s\",\"device\":\"%s\",\"threads\":%d,\"prompt_tokens\":%lld,"
                    "\"gen_tokens\":%lld,\"prompt_tps\":%.3f,\"gen_tps\":%.3f,\"ttft_ms\":%.2f,\"peak_rss_mb\":%.1f,"
                    "\"bytes_per_token\":%lld,\"gen_gbps\":%.3f,\"load_s\":%.3f,\"first_ttft_ms\":%.2f,\"launch_ttft_s\":%.3f",
-                   dir, c->model_type, c->dtype, moe_model_threads(m), np, ng, best_pp, best_tg, best_ttft * 1e3, peak_mb,
-                   (long long)c->weight_bytes_active, gbs, load_s, first_ttft * 1e3, load_s + first_ttft);
+                   dir, c->model_type, c->dtype, moe_model_device(m), moe_model_threads(m), np, ng, best_pp, best_tg,
+                   best_ttft * 1e3, peak_mb, (long long)c->weight_bytes_active, gbs, load_s, first_ttft * 1e3, load_s + first_ttft);
             if (off.enabled)
                 printf(",\"offload\":{\"capacity\":%d,\"n_experts\":%d,\"cache_gb\":%.3f,\"store\":\"%s\",\"store_built\":%d,"
                        "\"build_s\":%.2f,\"preloaded\":%lld,\"preload_s\":%.3f,\"hit_rate\":%.4f,\"skipped_per_token\":%.3f,"
@@ -118,9 +118,9 @@ int cmd_bench(int argc, char **argv) {
                        dev_gbps, guess);
             printf("}\n");
         } else {
-            printf("%s (%s, %s, %d threads): prompt %lld tok: %.2f tok/s | generation %lld tok: %.2f tok/s "
+            printf("%s (%s, %s, %s): prompt %lld tok: %.2f tok/s | generation %lld tok: %.2f tok/s "
                    "(%.2f GB/s of weights) | first token %.1f ms | peak RSS %.1f MB | load %.2f s\n",
-                   dir, c->model_type, c->dtype, moe_model_threads(m), np, best_pp, ng, best_tg, gbs, best_ttft * 1e3, peak_mb,
+                   dir, c->model_type, c->dtype, moe_model_device(m), np, best_pp, ng, best_tg, gbs, best_ttft * 1e3, peak_mb,
                    load_s);
             if (off.enabled)
                 printf("offload: %d of %d experts per layer, read from %s | generation: hit rate %.1f%%, %.1f MB read per token, "

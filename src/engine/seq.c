@@ -90,6 +90,12 @@ int64_t moe_model_kv_bytes(const moe_model *m, int n_ctx) {
         (ptr) = calloc(cnt_ ? cnt_ : 1, sizeof *(ptr));         \
         if (!(ptr)) goto oom;                                   \
     } while (0)
+/* The same in the backend's memory (zeroed). */
+#define BALLOC(ptr, count)                                      \
+    do {                                                        \
+        (ptr) = be_alloc(be, (size_t)(count) * sizeof *(ptr));  \
+        if (!(ptr)) goto oom;                                   \
+    } while (0)
 
 moe_status moe_seq_new(moe_model *m, const moe_seq_params *p, moe_seq **out) {
     *out = NULL;
@@ -99,6 +105,7 @@ moe_status moe_seq_new(moe_model *m, const moe_seq_params *p, moe_seq **out) {
     if (!bits) return MOE_EINVAL;
     moe_seq *s = calloc(1, sizeof *s);
     if (!s) return moe_err(MOE_ENOMEM, "out of memory");
+    backend *be = m->be;
     s->m = m;
     s->kv_bits = bits;
     resolve(m, p, &s->n_ctx, &s->n_batch);
@@ -114,16 +121,16 @@ moe_status moe_seq_new(moe_model *m, const moe_seq_params *p, moe_seq **out) {
         *kv = kv_shape(m, l, s->n_ctx, s->n_batch, bits);
         if (kv->cap > maxcap) maxcap = kv->cap;
         unsigned char *kq, *vq; /* [cap x row bytes] */
-        ALLOC(kq, kv->cap * (int64_t)kv_row_bytes(kv));
+        BALLOC(kq, kv->cap * (int64_t)kv_row_bytes(kv));
         kv->k = kq;
-        ALLOC(vq, kv->cap * (int64_t)kv_row_bytes(kv));
+        BALLOC(vq, kv->cap * (int64_t)kv_row_bytes(kv));
         kv->v = vq;
         if (bits != 32) { /* [cap x n_kv*hd/group] each */
             int64_t nsb = kv->cap * (int64_t)kv_sb_row_floats(kv);
-            ALLOC(kv->ks, nsb);
-            ALLOC(kv->kb, nsb);
-            ALLOC(kv->vs, nsb);
-            ALLOC(kv->vb, nsb);
+            BALLOC(kv->ks, nsb);
+            BALLOC(kv->kb, nsb);
+            BALLOC(kv->vs, nsb);
+            BALLOC(kv->vb, nsb);
         }
     }
     ALLOC(s->history, s->n_ctx);
@@ -131,7 +138,7 @@ moe_status moe_seq_new(moe_model *m, const moe_seq_params *p, moe_seq **out) {
     if (c->n_linear_layers > 0) {
         int64_t kd = (int64_t)mc->lin_nk * mc->lin_dk, vd = (int64_t)mc->lin_nv * mc->lin_dv, nv = mc->lin_nv;
         s->rec_floats = (size_t)c->n_linear_layers * (conv_floats(mc) + ssm_floats(mc));
-        ALLOC(s->rec, s->rec_floats);
+        BALLOC(s->rec, s->rec_floats);
         float *r = s->rec;
         for (int l = 0; l < c->n_layers; l++)
             if (mc->layer_linear[l]) {
@@ -141,43 +148,48 @@ moe_status moe_seq_new(moe_model *m, const moe_seq_params *p, moe_seq **out) {
             }
         s->max_snaps = p && p->n_snapshots > 0 ? p->n_snapshots : 2;
         ALLOC(s->snaps, s->max_snaps);
-        ALLOC(s->lin_in, nb * (2 * kd + 2 * vd));
-        ALLOC(s->lin_ba, nb * 2 * nv);
-        ALLOC(s->lin_mix, nb * (2 * kd + vd));
-        ALLOC(s->lin_conv, nb * (2 * kd + vd));
-        ALLOC(s->lin_z, nb * vd);
-        ALLOC(s->lin_out, nb * vd);
-        ALLOC(s->lin_g, nb * nv);
-        ALLOC(s->lin_beta, nb * nv);
-        ALLOC(s->lin_scratch, (int64_t)backend_threads(m->be) * (int64_t)be_delta_scratch(m->delta_chunk, mc->lin_dk, mc->lin_dv));
+        BALLOC(s->lin_in, nb * (2 * kd + 2 * vd));
+        BALLOC(s->lin_ba, nb * 2 * nv);
+        BALLOC(s->lin_mix, nb * (2 * kd + vd));
+        BALLOC(s->lin_conv, nb * (2 * kd + vd));
+        BALLOC(s->lin_z, nb * vd);
+        BALLOC(s->lin_out, nb * vd);
+        BALLOC(s->lin_g, nb * nv);
+        BALLOC(s->lin_beta, nb * nv);
+        BALLOC(s->lin_scratch, (int64_t)backend_threads(m->be) * (int64_t)be_delta_scratch(m->delta_chunk, mc->lin_dk, mc->lin_dv));
     }
     if (mc->fam->attn_gate) {
-        ALLOC(s->qg, nb * 2 * qd);
-        ALLOC(s->gate, nb * qd);
+        BALLOC(s->qg, nb * 2 * qd);
+        BALLOC(s->gate, nb * qd);
     }
-    ALLOC(s->x, nb * H);
-    ALLOC(s->h, nb * H);
-    ALLOC(s->q, nb * qd);
-    ALLOC(s->att, nb * qd);
-    ALLOC(s->k, nb * kvd);
-    ALLOC(s->v, nb * kvd);
-    ALLOC(s->ga, nb * inter);
+    BALLOC(s->x, nb * H);
+    BALLOC(s->h, nb * H);
+    BALLOC(s->q, nb * qd);
+    BALLOC(s->att, nb * qd);
+    BALLOC(s->k, nb * kvd);
+    BALLOC(s->v, nb * kvd);
+    BALLOC(s->ga, nb * inter);
     ALLOC(s->positions, nb);
     ALLOC(s->logits, c->vocab_size);
-    ALLOC(s->att_scratch, (int64_t)backend_threads(m->be) * (maxcap + c->head_dim));
+    if (!backend_host_memory(be)) BALLOC(s->lg, nb * c->vocab_size);
+    BALLOC(s->att_scratch, (int64_t)backend_threads(m->be) * (maxcap + c->head_dim));
     if (c->n_experts > 0) {
-        ALLOC(s->moe_acc, nb * H);
-        ALLOC(s->xe, nb * H);
-        ALLOC(s->ye, nb * H);
-        ALLOC(s->router, nb * c->n_experts);
+        BALLOC(s->moe_acc, nb * H);
+        BALLOC(s->xe, nb * H);
+        BALLOC(s->ye, nb * H);
+        BALLOC(s->router, nb * c->n_experts);
+        if (backend_host_memory(be)) s->router_h = s->router;
+        else ALLOC(s->router_h, nb * c->n_experts);
         ALLOC(s->sel, nb * c->n_experts_per_tok);
         ALLOC(s->selw, nb * c->n_experts_per_tok);
+        ALLOC(s->usew, nb * c->n_experts_per_tok);
+        ALLOC(s->use, nb * c->n_experts_per_tok);
         int64_t E = c->n_experts, K = c->n_experts_per_tok;
-        ALLOC(s->ew, nb);
-        ALLOC(s->yk, nb * K * H);
+        BALLOC(s->ew, nb);
+        BALLOC(s->yk, nb * K * H);
         s->moe_mid_ld = c->moe_intermediate_size > c->shared_expert_intermediate_size ? c->moe_intermediate_size
                                                                                      : c->shared_expert_intermediate_size;
-        ALLOC(s->moe_mid, (K + 1) * s->moe_mid_ld);
+        BALLOC(s->moe_mid, (K + 1) * s->moe_mid_ld);
         ALLOC(s->need, E);
         ALLOC(s->eidx, E);
         ALLOC(s->grp_off, E + 1);
@@ -195,23 +207,26 @@ oom:
 
 void moe_seq_free(moe_seq *s) {
     if (!s) return;
+    backend *be = s->m->be;
     if (s->cache)
         for (int l = 0; l < s->m->cfg.pub.n_layers; l++) {
             kv_cache *kv = &s->cache[l].kv;
             void *arrays[] = {kv->k, kv->v, kv->ks, kv->kb, kv->vs, kv->vb};
-            for (size_t i = 0; i < sizeof arrays / sizeof *arrays; i++) free(arrays[i]);
+            for (size_t i = 0; i < sizeof arrays / sizeof *arrays; i++) be_free(be, arrays[i]);
         }
     free(s->cache);
     for (int i = 0; i < s->n_snaps; i++) {
-        free(s->snaps[i].rec);
+        be_free(be, s->snaps[i].rec);
         free(s->snaps[i].logits);
     }
-    void *bufs[] = {s->rec, s->snaps, s->qg, s->gate, s->lin_in, s->lin_ba, s->lin_mix, s->lin_conv, s->lin_z, s->lin_out,
-                    s->lin_g, s->lin_beta, s->lin_scratch, s->history, s->x, s->h, s->q, s->att, s->k, s->v, s->ga, s->moe_acc, s->xe, s->ye,
-                    s->router, s->sel, s->selw, s->ew, s->yk, s->moe_mid, s->need, s->eidx, s->grp_off,
-                    s->grp_cur, s->grp_tk, s->skipped, s->dropped, s->att_scratch, s->positions, s->logits,
-                    s->batch_logits, s->batch_tokens};
-    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
+    void *dev[] = {s->rec, s->qg, s->gate, s->lin_in, s->lin_ba, s->lin_mix, s->lin_conv, s->lin_z, s->lin_out,
+                   s->lin_g, s->lin_beta, s->lin_scratch, s->x, s->h, s->q, s->att, s->k, s->v, s->ga, s->moe_acc,
+                   s->xe, s->ye, s->router, s->ew, s->yk, s->moe_mid, s->att_scratch, s->lg};
+    for (size_t i = 0; i < sizeof dev / sizeof *dev; i++) be_free(be, dev[i]);
+    if (s->router_h != s->router) free(s->router_h);
+    void *host[] = {s->snaps, s->history, s->sel, s->selw, s->usew, s->use, s->need, s->eidx, s->grp_off, s->grp_cur,
+                    s->grp_tk, s->skipped, s->dropped, s->positions, s->logits, s->batch_logits, s->batch_tokens};
+    for (size_t i = 0; i < sizeof host / sizeof *host; i++) free(host[i]);
     free(s);
 }
 
@@ -242,11 +257,12 @@ static const seq_snap *snap_latest(const moe_seq *s, int64_t pos) {
 /* Puts the recurrent state of sn back (NULL: the empty state of position 0),
  * and its logits into s->logits when it kept them; returns whether it did. */
 static int snap_restore(moe_seq *s, const seq_snap *sn) {
+    backend *be = s->m->be;
     if (!sn) {
-        memset(s->rec, 0, s->rec_floats * sizeof *s->rec);
+        be_zero(be, s->rec, s->rec_floats * sizeof *s->rec);
         return 0;
     }
-    memcpy(s->rec, sn->rec, s->rec_floats * sizeof *s->rec);
+    be_copy(be, s->rec, sn->rec, s->rec_floats * sizeof *s->rec);
     if (sn->has_logits) memcpy(s->logits, sn->logits, (size_t)s->m->cfg.pub.vocab_size * sizeof *s->logits);
     return sn->has_logits;
 }
@@ -258,7 +274,7 @@ static void snaps_drop_after(moe_seq *s, int64_t pos) {
         if (s->snaps[i].pos <= pos) {
             s->snaps[k++] = s->snaps[i];
         } else {
-            free(s->snaps[i].rec);
+            be_free(s->m->be, s->snaps[i].rec);
             free(s->snaps[i].logits);
         }
     }
@@ -276,17 +292,17 @@ moe_status moe_seq_snapshot(moe_seq *s) {
     } else {
         sn = &s->snaps[s->n_snaps];
         size_t V = (size_t)s->m->cfg.pub.vocab_size;
-        sn->rec = malloc(s->rec_floats * sizeof *sn->rec);
+        sn->rec = be_alloc(s->m->be, s->rec_floats * sizeof *sn->rec);
         sn->logits = malloc(V * sizeof *sn->logits);
         if (!sn->rec || !sn->logits) {
-            free(sn->rec);
+            be_free(s->m->be, sn->rec);
             free(sn->logits);
             return moe_err(MOE_ENOMEM, "out of memory for a saved state of %zu bytes", (s->rec_floats + V) * sizeof(float));
         }
         s->n_snaps++;
     }
     sn->pos = s->pos;
-    memcpy(sn->rec, s->rec, s->rec_floats * sizeof *s->rec);
+    be_copy(s->m->be, sn->rec, s->rec, s->rec_floats * sizeof *s->rec);
     /* with its logits, going back here needs no token evaluated again to sample the next */
     sn->has_logits = s->has_logits;
     if (s->has_logits) memcpy(sn->logits, s->logits, (size_t)s->m->cfg.pub.vocab_size * sizeof *sn->logits);
@@ -347,7 +363,7 @@ void moe_seq_reset(moe_seq *s) {
     s->pos = 0;
     s->has_logits = 0;
     s->has_pending = 0;
-    if (s->rec) memset(s->rec, 0, s->rec_floats * sizeof *s->rec);
+    if (s->rec) be_zero(s->m->be, s->rec, s->rec_floats * sizeof *s->rec);
     snaps_drop_after(s, -1);
 }
 

@@ -1,6 +1,8 @@
 /* seq.h — a sequence: one conversation's caches, position and working
  * buffers. Everything the forward pass writes lives here (the model is
- * read-only), allocated once in moe_seq_new. */
+ * read-only), allocated once in moe_seq_new. The caches, the recurrent
+ * state and the working buffers marked (be) are the backend's memory (be_alloc:
+ * device memory on a GPU); the rest is host memory. */
 #ifndef MOE_ENGINE_SEQ_H
 #define MOE_ENGINE_SEQ_H
 
@@ -22,7 +24,7 @@ typedef struct layer_cache {
  * the way a KV cache can. */
 typedef struct seq_snap {
     int64_t pos;
-    float *rec;               /* [rec_floats] */
+    float *rec;               /* (be) [rec_floats] */
     float *logits;            /* [V] the last position's logits, when has_logits */
     int has_logits;
 } seq_snap;
@@ -34,12 +36,12 @@ struct moe_seq {
     int64_t pos;              /* tokens in the caches */
     layer_cache *cache;       /* [n_layers] */
     int32_t *history;         /* [n_ctx] tokens so far */
-    float *rec;               /* [rec_floats] every DeltaNet layer's conv and delta state, NULL without */
+    float *rec;               /* (be) [rec_floats] every DeltaNet layer's conv and delta state, NULL without */
     size_t rec_floats;
     seq_snap *snaps;          /* [max_snaps], n_snaps in use (hybrid models) */
     int n_snaps, max_snaps;
 
-    /* working buffers, [n_batch x width] */
+    /* working buffers, [n_batch x width], (be) unless marked (host) */
     float *x, *h;             /* [nb x H] residual stream, normed input */
     float *q, *att;           /* [nb x n_heads*hd] */
     float *qg, *gate;         /* gated attention: [nb x n_heads*2*hd] q_proj's output; [nb x n_heads*hd] its gates */
@@ -53,13 +55,17 @@ struct moe_seq {
     float *k, *v;             /* [nb x n_kv*hd] */
     float *ga;                /* [nb x max intermediate] silu(gate) * up */
     float *moe_acc, *xe, *ye; /* [nb x H] expert sum, gathered inputs, expert outputs */
-    float *router;            /* [nb x E] router logits -> probabilities */
-    int *sel;                 /* [nb x top_k] chosen experts */
-    float *selw;              /* [nb x top_k] their weights */
+    float *router;            /* [nb x E] router logits */
+    float *router_h;          /* (host) [nb x E] the router logits -> probabilities (router itself on a host backend) */
+    int *sel;                 /* (host) [nb x top_k] chosen experts */
+    float *selw;              /* (host) [nb x top_k] their weights */
+    float *usew;              /* (host) [nb x top_k] the weights be_moe_combine applies (renormalised after skips) */
+    unsigned char *use;       /* (host) [nb x top_k] the choice ran (not skipped) */
     float *ew;                /* [nb] shared-expert gate logits */
     float *yk;                /* [nb x top_k x H] each choice's expert output */
     float *moe_mid;           /* [(top_k + 1) x moe_mid_ld] one token's experts' silu(gate) * up, the shared one's last (decode) */
     int64_t moe_mid_ld;       /* max(moe_intermediate, shared_expert_intermediate) */
+    /* host: */
     int *need;                /* [E] the batch's distinct experts (also prefetch guesses) */
     int *eidx;                /* [E] expert -> index in need, -1 */
     int64_t *grp_off;         /* [E + 1] need[i]'s choices at grp_tk[grp_off[i]..grp_off[i+1]) */
@@ -69,7 +75,8 @@ struct moe_seq {
     unsigned char *dropped;   /* [nb x top_k] choice dropped */
     float *att_scratch;       /* [threads x (max cap + hd)] */
     int64_t *positions;       /* [nb] */
-    float *logits;            /* [V] the last position's logits */
+    float *logits;            /* (host) [V] the last position's logits */
+    float *lg;                /* [nb x V] the lm_head's output where the backend's memory is not the host's, else NULL */
     float *batch_logits;      /* [batch_rows x V] moe_seq_eval_pending's, when this sequence leads a batch */
     int32_t *batch_tokens;    /* [batch_rows] */
     int64_t batch_rows;

@@ -25,8 +25,6 @@
 #include "../experts/xcache.h"
 #include "model.h"
 
-static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
-
 /* out[n x rows(down)] = down( silu(gate x) * up x ), gate and up in one fused pass */
 static void swiglu_mlp(moe_seq *s, const expert *e, const float *x, int64_t n, float *out) {
     backend *be = s->m->be;
@@ -54,7 +52,7 @@ static void route(moe_seq *s, int64_t n, int64_t *counts) {
     const model_config *mc = &s->m->cfg;
     int E = mc->pub.n_experts, K = mc->pub.n_experts_per_tok;
     for (int64_t t = 0; t < n; t++) {
-        float *p = s->router + t * E;
+        float *p = s->router_h + t * E;
         float mx = p[0], sum = 0;
         for (int e = 1; e < E; e++) mx = p[e] > mx ? p[e] : mx;
         for (int e = 0; e < E; e++) sum += (p[e] = expf(p[e] - mx));
@@ -97,30 +95,32 @@ static int group(moe_seq *s, int64_t n) {
 
 /* Runs expert need[i] (weights w) over its tokens: yk[t*K + k] = expert(h[t]). */
 static void run_expert(moe_seq *s, const expert *w, int i, const float *h) {
+    backend *be = s->m->be;
     int64_t H = s->m->cfg.pub.hidden_size, K = s->m->cfg.pub.n_experts_per_tok;
     int64_t a = s->grp_off[i], m = s->grp_off[i + 1] - a;
-    for (int64_t j = 0; j < m; j++)
-        memcpy(s->xe + j * H, h + s->grp_tk[a + j] / K * H, sizeof(float) * (size_t)H);
+    be_gather_rows(be, s->xe, h, H, s->grp_tk + a, K, m);
     swiglu_mlp(s, w, s->xe, m, s->ye);
-    for (int64_t j = 0; j < m; j++) memcpy(s->yk + s->grp_tk[a + j] * H, s->ye + j * H, sizeof(float) * (size_t)H);
+    be_scatter_rows(be, s->yk, s->ye, H, s->grp_tk + a, m);
 }
 
 /* Offloading: guesses what the next MoE layer after l will need from the
  * current residual stream (its own norm and router applied to it now) and
  * has the cache start reading those experts while layer l computes. */
-static void prefetch_next(moe_seq *s, int l, int64_t n) {
+static moe_status prefetch_next(moe_seq *s, int l, int64_t n) {
     const moe_model *m = s->m;
     const moe_config *c = &m->cfg.pub;
     int ln = l + 1;
     while (ln < c->n_layers && !m->layers[ln].is_moe) ln++;
-    if (ln >= c->n_layers) return;
+    if (ln >= c->n_layers) return MOE_OK;
     const layer *L = &m->layers[ln];
     int E = c->n_experts, K = c->n_experts_per_tok, sel[64], *votes = s->grp_cur, n_want = 0;
     be_rmsnorm(m->be, s->x, L->ffn_norm, n, c->hidden_size, c->rms_norm_eps, s->xe);
     be_matmul(m->be, &L->router, s->xe, n, NULL, s->router); /* softmax keeps the order: top-k of the logits */
+    moe_status st = be_download(m->be, s->router_h, s->router, sizeof(float) * (size_t)(n * E));
+    if (st) return st;
     memset(votes, 0, sizeof *votes * (size_t)E);
     for (int64_t t = 0; t < n; t++) {
-        top_k(s->router + t * E, E, K, sel);
+        top_k(s->router_h + t * E, E, K, sel);
         for (int k = 0; k < K; k++)
             if (!votes[sel[k]]++) s->need[n_want++] = sel[k];
     }
@@ -131,6 +131,7 @@ static void prefetch_next(moe_seq *s, int l, int64_t n) {
             s->need[j - 1] = t;
         }
     xc_prefetch(m->xc, ln, s->need, n_want);
+    return MOE_OK;
 }
 
 /* The experts of layer l over its batch: from the model's own mapping, or
@@ -170,7 +171,7 @@ static moe_status run_experts(moe_seq *s, int l, int64_t n, const float *h, int 
     for (int i = 0; i < n_need; i++)
         if (s->skipped[i])
             for (int64_t j = s->grp_off[i]; j < s->grp_off[i + 1]; j++) s->dropped[s->grp_tk[j]] = 1;
-    if (m->prefetch) prefetch_next(s, l, n); /* after this layer's misses, so its reads go first */
+    if (m->prefetch && (st = prefetch_next(s, l, n))) return st; /* after this layer's misses, so its reads go first */
     for (;;) {
         int i;
         const expert *w;
@@ -188,46 +189,34 @@ static moe_status moe_ffn(moe_seq *s, int l, const float *h, int64_t n, float *o
     int64_t H = c->hidden_size;
     int K = c->n_experts_per_tok;
     be_matmul(be, &L->router, h, n, NULL, s->router);
+    moe_status st = be_download(be, s->router_h, s->router, sizeof(float) * (size_t)(n * c->n_experts));
+    if (st) return st;
     route(s, n, s->m->route_counts + (size_t)l * (size_t)c->n_experts);
     int shared_done;
-    moe_status st = run_experts(s, l, n, h, &shared_done);
-    if (st) return st;
+    if ((st = run_experts(s, l, n, h, &shared_done))) return st;
     /* out[t] = sum over k, in order, of w[t,k] * yk[t,k]: the same sums whatever
      * order the experts ran in. Dropped choices (skip policy) give their weight
      * to the others where the family renormalises. */
     for (int64_t t = 0; t < n; t++) {
-        float *o = out + t * H, scale = 1, kept = 0;
-        int dropped = 0, first = 1;
+        float scale = 1, kept = 0;
+        int dropped = 0;
         for (int k = 0; k < K; k++) {
             dropped += s->dropped[t * K + k];
             kept += s->dropped[t * K + k] ? 0 : s->selw[t * K + k];
         }
         if (dropped && s->m->cfg.norm_topk_prob && kept > 0) scale = 1 / kept;
         for (int k = 0; k < K; k++) {
-            int64_t tk = t * K + k;
-            if (s->dropped[tk]) continue;
-            float w = s->selw[tk] * scale, *y = s->yk + tk * H;
-            if (first) for (int64_t j = 0; j < H; j++) o[j] = w * y[j];
-            else for (int64_t j = 0; j < H; j++) o[j] += w * y[j];
-            first = 0;
+            s->use[t * K + k] = !s->dropped[t * K + k];
+            s->usew[t * K + k] = s->selw[t * K + k] * scale;
         }
-        if (first) memset(o, 0, sizeof(float) * (size_t)H); /* every choice dropped */
     }
+    be_moe_combine(be, out, s->yk, s->usew, s->use, n, K, H);
     if (c->shared_expert_intermediate_size > 0) {
         if (!shared_done) swiglu_mlp(s, &L->shared, h, n, s->ye);
-        float *g = s->ew; /* [n] gate logits */
-        be_matmul(be, &L->shared_gate, h, n, NULL, g);
-        for (int64_t t = 0; t < n; t++) {
-            float sg = sigmoidf(g[t]);
-            float *o = out + t * H, *y = s->ye + t * H;
-            for (int64_t j = 0; j < H; j++) o[j] += sg * y[j];
-        }
+        be_matmul(be, &L->shared_gate, h, n, NULL, s->ew); /* [n] gate logits */
+        be_add_gated(be, out, s->ye, s->ew, n, H);
     }
     return MOE_OK;
-}
-
-static void clip(float *x, int64_t n, float c) {
-    for (int64_t i = 0; i < n; i++) x[i] = x[i] > c ? c : x[i] < -c ? -c : x[i];
 }
 
 /* The end of the run of rows that starts at r0 and belongs to one sequence
@@ -239,18 +228,6 @@ static int64_t owner_run(moe_seq *s, moe_seq *const *owner, int64_t r0, int64_t 
     return r1;
 }
 
-/* log(1 + e^x) as torch's softplus (threshold 20: x itself above). */
-static inline float softplusf(float x) { return x > 20 ? x : log1pf(expf(x)); }
-
-/* x[d] / sqrt(sum x^2 + 1e-6) * scale, in place (the l2norm of HF's
- * gated delta rule, eps 1e-6). */
-static void l2norm(float *x, int d, float scale) {
-    double ss = 0;
-    for (int i = 0; i < d; i++) ss += (double)x[i] * x[i];
-    float inv = scale / sqrtf((float)ss + 1e-6f);
-    for (int i = 0; i < d; i++) x[i] *= inv;
-}
-
 /* A gated DeltaNet layer over s's n rows (rows of sequence owner[t], as in
  * attention_block): each sequence's conv inputs and delta state carry on
  * from its own cache. */
@@ -259,52 +236,31 @@ static void linear_block(moe_seq *s, moe_seq *const *owner, int l, int64_t n) {
     const model_config *mc = &m->cfg;
     const layer *L = &m->layers[l];
     backend *be = m->be;
-    int nk = mc->lin_nk, nv = mc->lin_nv, dk = mc->lin_dk, dv = mc->lin_dv, r = nv / nk;
+    int nk = mc->lin_nk, nv = mc->lin_nv, dk = mc->lin_dk, dv = mc->lin_dv;
     int64_t H = mc->pub.hidden_size, kd = (int64_t)nk * dk, vd = (int64_t)nv * dv, cd = 2 * kd + vd;
-    int64_t wi = 2 * kd + 2 * vd, blk = 2 * dk + 2 * (int64_t)r * dv; /* in_proj_qkvz row; one key head's part */
     float eps = mc->pub.rms_norm_eps;
 
     be_rmsnorm(be, s->x, L->attn_norm, n, H, eps, s->h);
     be_matmul_n(be, 2, (const wtensor *[]){&L->qkvz, &L->ba}, s->h, n, NULL, (float *[]){s->lin_in, s->lin_ba});
-    /* per key head g the projection holds q, k, v, z of g (and b, a of its value
-     * heads): gather q|k|v for the conv, z, and per value head beta and decay */
-    for (int64_t t = 0; t < n; t++) {
-        const float *in = s->lin_in + t * wi, *ba = s->lin_ba + t * 2 * nv;
-        float *mix = s->lin_mix + t * cd, *z = s->lin_z + t * vd;
-        for (int g = 0; g < nk; g++) {
-            const float *p = in + g * blk;
-            memcpy(mix + (int64_t)g * dk, p, sizeof(float) * (size_t)dk);
-            memcpy(mix + kd + (int64_t)g * dk, p + dk, sizeof(float) * (size_t)dk);
-            memcpy(mix + 2 * kd + (int64_t)g * r * dv, p + 2 * dk, sizeof(float) * (size_t)(r * dv));
-            memcpy(z + (int64_t)g * r * dv, p + 2 * dk + r * dv, sizeof(float) * (size_t)(r * dv));
-            for (int i = 0; i < r; i++) {
-                int h = g * r + i;
-                s->lin_beta[t * nv + h] = sigmoidf(ba[g * 2 * r + i]);
-                s->lin_g[t * nv + h] = L->neg_a[h] * softplusf(ba[g * 2 * r + r + i] + L->dt_bias[h]);
-            }
-        }
-    }
+    /* per key head the projections hold q, k, v, z (and b, a of its value heads):
+     * q|k|v for the conv, z, and per value head beta and decay */
+    be_delta_split(be, s->lin_in, s->lin_ba, n, nk, nv, dk, dv, L->neg_a, L->dt_bias, s->lin_mix, s->lin_z, s->lin_beta,
+                   s->lin_g);
     /* each sequence's rows: the conv over its carried inputs, q and k normalised, its delta state */
     for (int64_t r0 = 0, r1; r0 < n; r0 = r1) {
         moe_seq *o;
         r1 = owner_run(s, owner, r0, n, &o);
         float *c0 = s->lin_conv + r0 * cd;
         be_causal_conv(be, s->lin_mix + r0 * cd, r1 - r0, cd, mc->lin_conv, L->conv_w, o->cache[l].conv, c0);
-        for (int64_t t = 0; t < r1 - r0; t++)
-            for (int g = 0; g < nk; g++) {
-                l2norm(c0 + t * cd + (int64_t)g * dk, dk, 1.0f / sqrtf((float)dk));
-                l2norm(c0 + t * cd + kd + (int64_t)g * dk, dk, 1.0f);
-            }
+        be_l2norm(be, c0, cd, r1 - r0, nk, dk, 1.0f / sqrtf((float)dk));
+        be_l2norm(be, c0 + kd, cd, r1 - r0, nk, dk, 1.0f);
         be_delta_rule(be, c0, c0 + kd, c0 + 2 * kd, cd, s->lin_g + r0 * nv, s->lin_beta + r0 * nv, r1 - r0, nk, nv, dk, dv,
                       m->delta_chunk, o->cache[l].ssm, s->lin_out + r0 * vd, s->lin_scratch);
     }
     be_rmsnorm(be, s->lin_out, L->lin_norm, n * nv, dv, eps, s->lin_out);
-    for (int64_t i = 0; i < n * vd; i++) {
-        float zz = s->lin_z[i];
-        s->lin_out[i] *= zz * sigmoidf(zz);
-    }
+    be_mul_act(be, s->lin_out, s->lin_z, n * vd, BE_SILU);
     be_matmul(be, &L->out_proj, s->lin_out, n, NULL, s->h);
-    for (int64_t i = 0; i < n * H; i++) s->x[i] += s->h[i];
+    be_add(be, s->x, s->h, n * H);
 }
 
 /* s's buffers hold the n rows; row t belongs to sequence owner[t] (all to s
@@ -322,11 +278,10 @@ static void attention_block(moe_seq *s, moe_seq *const *owner, int l, int64_t n)
     int gated = mc->fam->attn_gate;
     be_matmul_n(be, 3, (const wtensor *[]){&L->wq, &L->wk, &L->wv}, s->h, n, (const float *[]){L->bq, L->bk, L->bv},
                 (float *[]){gated ? s->qg : s->q, s->k, s->v});
-    if (gated) /* per head: hd query values, then hd gate values */
-        for (int64_t i = 0; i < n * nh; i++) {
-            memcpy(s->q + i * hd, s->qg + i * 2 * hd, sizeof(float) * (size_t)hd);
-            memcpy(s->gate + i * hd, s->qg + i * 2 * hd + hd, sizeof(float) * (size_t)hd);
-        }
+    if (gated) { /* per head: hd query values, then hd gate values */
+        be_copy_rows(be, s->q, hd, s->qg, 2 * hd, n * nh, hd);
+        be_copy_rows(be, s->gate, hd, s->qg + hd, 2 * hd, n * nh, hd);
+    }
     if (mc->fam->qk_norm == QK_NORM_FULL) {
         be_rmsnorm(be, s->q, L->q_norm, n, qd, c->rms_norm_eps, s->q);
         be_rmsnorm(be, s->k, L->k_norm, n, kvd, c->rms_norm_eps, s->k);
@@ -335,12 +290,12 @@ static void attention_block(moe_seq *s, moe_seq *const *owner, int l, int64_t n)
         be_rmsnorm(be, s->k, L->k_norm, n * nkv, hd, c->rms_norm_eps, s->k);
     }
     if (mc->clip_qkv > 0) {
-        clip(s->q, n * qd, mc->clip_qkv);
-        clip(s->k, n * kvd, mc->clip_qkv);
-        clip(s->v, n * kvd, mc->clip_qkv);
+        be_clip(be, s->q, n * qd, mc->clip_qkv);
+        be_clip(be, s->k, n * kvd, mc->clip_qkv);
+        be_clip(be, s->v, n * kvd, mc->clip_qkv);
     }
-    be_rope(be, s->q, n, nh, hd, mc->rot_dim, s->positions, m->inv_freq);
-    be_rope(be, s->k, n, nkv, hd, mc->rot_dim, s->positions, m->inv_freq);
+    be_rope(be, s->q, n, nh, hd, mc->rot_dim, s->positions, m->inv_freq_be);
+    be_rope(be, s->k, n, nkv, hd, mc->rot_dim, s->positions, m->inv_freq_be);
     /* each run of rows of one sequence attends over that sequence's own cache */
     for (int64_t r0 = 0, r1; r0 < n; r0 = r1) {
         moe_seq *o;
@@ -350,10 +305,9 @@ static void attention_block(moe_seq *s, moe_seq *const *owner, int l, int64_t n)
         be_attention(be, s->q + r0 * qd, r1 - r0, s->positions[r0], kv, nh, L->window, 1.0f / sqrtf((float)hd),
                      o->att_scratch, s->att + r0 * qd);
     }
-    if (gated)
-        for (int64_t i = 0; i < n * qd; i++) s->att[i] *= sigmoidf(s->gate[i]);
+    if (gated) be_mul_act(be, s->att, s->gate, n * qd, BE_SIGMOID);
     be_matmul(be, &L->wo, s->att, n, L->bo, s->h);
-    for (int64_t i = 0; i < n * H; i++) s->x[i] += s->h[i];
+    be_add(be, s->x, s->h, n * H);
 }
 
 /* The layers over n rows in s's buffers (s->positions set), row t of
@@ -364,7 +318,7 @@ static moe_status layers(moe_seq *s, moe_seq *const *owner, const int32_t *token
     const moe_config *c = &m->cfg.pub;
     backend *be = m->be;
     int64_t H = c->hidden_size;
-    for (int64_t t = 0; t < n; t++) be_get_row(&m->embed, tokens[t], s->x + t * H);
+    be_embed(be, &m->embed, tokens, n, s->x);
     for (int l = 0; l < c->n_layers; l++) {
         const layer *L = &m->layers[l];
         if (L->is_linear) linear_block(s, owner, l, n);
@@ -373,13 +327,23 @@ static moe_status layers(moe_seq *s, moe_seq *const *owner, const int32_t *token
         if (L->is_moe) {
             moe_status st = moe_ffn(s, l, s->h, n, s->moe_acc);
             if (st) return st;
-            for (int64_t i = 0; i < n * H; i++) s->x[i] += s->moe_acc[i];
+            be_add(be, s->x, s->moe_acc, n * H);
         } else {
             swiglu_mlp(s, &L->mlp, s->h, n, s->h);
-            for (int64_t i = 0; i < n * H; i++) s->x[i] += s->h[i];
+            be_add(be, s->x, s->h, n * H);
         }
     }
     return MOE_OK;
+}
+
+/* logits (host) [rows x V] = s->h's first rows . lm_head^T: straight into
+ * logits where the backend computes in host memory, else through s->lg. */
+static moe_status head(moe_seq *s, int64_t rows, float *logits) {
+    const moe_model *m = s->m;
+    size_t bytes = sizeof(float) * (size_t)rows * (size_t)m->cfg.pub.vocab_size;
+    float *y = backend_host_memory(m->be) ? logits : s->lg;
+    be_matmul(m->be, &m->lm_head, s->h, rows, NULL, y);
+    return be_download(m->be, logits, y, bytes);
 }
 
 static moe_status forward(moe_seq *s, const int32_t *tokens, int64_t n, float *logits, int all) {
@@ -390,12 +354,16 @@ static moe_status forward(moe_seq *s, const int32_t *tokens, int64_t n, float *l
     for (int64_t t = 0; t < n; t++) s->positions[t] = s->pos + t;
     moe_status st = layers(s, NULL, tokens, n);
     if (st) return st;
-    s->pos += n;
-    if (!logits) return MOE_OK;
+    if (!logits) {
+        if ((st = be_sync(be))) return st;
+        s->pos += n;
+        return MOE_OK;
+    }
     const float *xs = all ? s->x : s->x + (n - 1) * H;
     int64_t rows = all ? n : 1;
     be_rmsnorm(be, xs, m->final_norm, rows, H, c->rms_norm_eps, s->h);
-    be_matmul(be, &m->lm_head, s->h, rows, NULL, logits);
+    if ((st = head(s, rows, logits))) return st;
+    s->pos += n;
     return MOE_OK;
 }
 
@@ -419,9 +387,10 @@ moe_status model_forward_batch(moe_seq *const *seqs, const int32_t *tokens, int6
         pthread_mutex_unlock(&s->m->lock);
         return st;
     }
-    for (int64_t t = 0; t < n; t++) seqs[t]->pos++;
     be_rmsnorm(m->be, s->x, m->final_norm, n, c->hidden_size, c->rms_norm_eps, s->h);
-    be_matmul(m->be, &m->lm_head, s->h, n, NULL, logits);
+    st = head(s, n, logits);
+    if (!st)
+        for (int64_t t = 0; t < n; t++) seqs[t]->pos++;
     pthread_mutex_unlock(&s->m->lock);
-    return MOE_OK;
+    return st;
 }

@@ -522,7 +522,79 @@ static moe_status load(moe_model *m, const moe_load_params *p) {
     if (m->delta_chunk < 0 || m->delta_chunk > 1024) m->delta_chunk = 64;
     if (c->n_experts > 0 && !(m->route_counts = calloc((size_t)c->n_layers * (size_t)c->n_experts, sizeof *m->route_counts)))
         return moe_err(MOE_ENOMEM, "out of memory");
-    return backend_new(p->n_threads, NULL, &m->be);
+    const char *dev = p->device && *p->device ? p->device : getenv("MOE_DEVICE");
+    if ((st = backend_open(dev, p->n_threads, NULL, &m->be))) return st;
+    m->inv_freq_be = m->inv_freq;
+    return MOE_OK;
+}
+
+/* ------------------------------------------------------- placement --
+ * Where the backend does not compute in host memory (a GPU), every weight
+ * and vector goes to its memory once, here, in its stored format; the
+ * layer's fields then point there. Host copies stay as they were (the mmap,
+ * the owned float32 vectors) and are freed with the model as before. */
+static moe_status place_vec(moe_model *m, float **v, size_t n) {
+    moe_status st;
+    const float *d = be_place_floats(m->be, *v, n, &st);
+    if (!st) *v = (float *)d;
+    return st;
+}
+
+static moe_status place_expert(moe_model *m, expert *e) {
+    moe_status st;
+    if ((st = be_place_weight(m->be, &e->gate)) || (st = be_place_weight(m->be, &e->up))) return st;
+    return be_place_weight(m->be, &e->down);
+}
+
+static moe_status place_layer(moe_model *m, layer *L) {
+    const moe_config *c = &m->cfg.pub;
+    const model_config *mc = &m->cfg;
+    int64_t H = c->hidden_size, hd = c->head_dim;
+    int qn_full = mc->fam->qk_norm == QK_NORM_FULL;
+    moe_status st;
+    if ((st = place_vec(m, &L->attn_norm, (size_t)H)) || (st = place_vec(m, &L->ffn_norm, (size_t)H))) return st;
+    if (L->is_linear) {
+        int64_t cd = 2 * (int64_t)mc->lin_nk * mc->lin_dk + (int64_t)mc->lin_nv * mc->lin_dv;
+        wtensor *w[] = {&L->qkvz, &L->ba, &L->out_proj};
+        for (size_t i = 0; i < 3; i++)
+            if ((st = be_place_weight(m->be, w[i]))) return st;
+        if ((st = place_vec(m, &L->conv_w, (size_t)(cd * mc->lin_conv))) || (st = place_vec(m, &L->neg_a, (size_t)mc->lin_nv)) ||
+            (st = place_vec(m, &L->dt_bias, (size_t)mc->lin_nv)) || (st = place_vec(m, &L->lin_norm, (size_t)mc->lin_dv)))
+            return st;
+    } else {
+        wtensor *w[] = {&L->wq, &L->wk, &L->wv, &L->wo};
+        for (size_t i = 0; i < 4; i++)
+            if ((st = be_place_weight(m->be, w[i]))) return st;
+        int64_t qd = L->wq.rows, kvd = L->wk.rows;
+        if ((st = place_vec(m, &L->bq, (size_t)qd)) || (st = place_vec(m, &L->bk, (size_t)kvd)) ||
+            (st = place_vec(m, &L->bv, (size_t)kvd)) || (st = place_vec(m, &L->bo, (size_t)H)) ||
+            (st = place_vec(m, &L->q_norm, (size_t)(qn_full ? (int64_t)c->n_heads * hd : hd))) ||
+            (st = place_vec(m, &L->k_norm, (size_t)(qn_full ? (int64_t)c->n_kv_heads * hd : hd))))
+            return st;
+    }
+    if (!L->is_moe) return place_expert(m, &L->mlp);
+    if ((st = be_place_weight(m->be, &L->router))) return st;
+    for (int e = 0; !m->xc && e < c->n_experts; e++)
+        if ((st = place_expert(m, &L->experts[e]))) return st;
+    if (c->shared_expert_intermediate_size > 0 &&
+        ((st = place_expert(m, &L->shared)) || (st = be_place_weight(m->be, &L->shared_gate))))
+        return st;
+    return MOE_OK;
+}
+
+static moe_status place_weights(moe_model *m) {
+    moe_status st;
+    int tied = m->lm_head.data == m->embed.data;
+    if ((st = be_place_weight(m->be, &m->embed))) return st;
+    if (tied) m->lm_head = m->embed;
+    else if ((st = be_place_weight(m->be, &m->lm_head))) return st;
+    if ((st = place_vec(m, &m->final_norm, (size_t)m->cfg.pub.hidden_size))) return st;
+    const float *f = be_place_floats(m->be, m->inv_freq, (size_t)(m->cfg.rot_dim / 2), &st);
+    if (st) return st;
+    m->inv_freq_be = f;
+    for (int l = 0; l < m->cfg.pub.n_layers; l++)
+        if ((st = place_layer(m, &m->layers[l]))) return moe_err_prefix(st, "placing the weights");
+    return MOE_OK;
 }
 
 void moe_load_params_defaults(moe_load_params *p) {
@@ -547,8 +619,13 @@ moe_status moe_model_load(const char *dir, const moe_load_params *p, moe_model *
     strcpy(m->dir, dir);
     moe_load_params dp;
     if (!p) moe_load_params_defaults(&dp);
-    moe_status st = load(m, p ? p : &dp);
-    if (!st) st = offload_setup(m, p ? p : &dp);
+    const moe_load_params *lp = p ? p : &dp;
+    moe_status st = load(m, lp);
+    if (!st && backend_host_memory(m->be)) st = offload_setup(m, lp);
+    else if (!st && (lp->offload == 1 || lp->capacity >= 0 || lp->expert_mem > 0 || lp->profile || lp->miss == MOE_MISS_SKIP))
+        st = moe_err(MOE_EUNSUPPORTED, "expert offloading runs on the CPU only so far (device %s); use --device cpu",
+                     backend_kind(m->be));
+    if (!st && !backend_host_memory(m->be)) st = place_weights(m);
     if (st) {
         moe_model_free(m);
         return st;
@@ -575,6 +652,8 @@ void moe_model_free(moe_model *m) {
 
 const moe_config *moe_model_config(const moe_model *m) { return &m->cfg.pub; }
 int moe_model_threads(const moe_model *m) { return backend_threads(m->be); }
+const char *moe_model_device(const moe_model *m) { return backend_device_name(m->be); }
+const char *moe_devices(void) { return backend_devices(); }
 
 moe_status moe_model_expert_counts(const moe_model *m, int layer, int64_t *counts) {
     const moe_config *c = &m->cfg.pub;

@@ -1,5 +1,6 @@
 /* model.h — the loaded model: its configuration, its weights as views into
- * the mapped safetensors files, and the backend that runs it. Shared
+ * the mapped safetensors files (or, on a GPU, copies placed in its memory at
+ * load: the pointers below then address device memory), and the backend that runs it. Shared
  * read-only by every sequence; forward passes on one model are serialised by
  * `lock` because the backend's worker pool runs one job at a time. */
 #ifndef MOE_MODEL_MODEL_H
@@ -52,6 +53,7 @@ struct moe_model {
     float *final_norm;             /* [H] */
     layer *layers;                 /* [n_layers] */
     float *inv_freq;               /* [rot_dim/2] RoPE frequencies */
+    const float *inv_freq_be;      /* the same in the backend's memory (inv_freq itself on the CPU) */
     int64_t *route_counts;         /* [n_layers x E] times each expert was chosen (forward.c counts) */
     void **owned;                  /* float32 copies of small vectors, freed with the model */
     int n_owned, cap_owned;

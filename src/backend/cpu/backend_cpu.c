@@ -1,32 +1,18 @@
 /* backend_cpu.c — the CPU backend: a thread pool and the kernel table of the
  * best instruction set this CPU has, behind the operations of backend.h. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../../base/err.h"
 #include "../../base/pool.h"
+#include "../backend_impl.h"
 #include "kernels.h"
 
 /* Prompts of at least this many tokens take the AMX path under "amx" (MOE_AMX_MIN_TOKENS overrides). */
 #define AMX_MIN_TOKENS 8
 
-struct backend {
-    pool *pool;
-    const cpu_kernels *k;
-    /* ISA "amx": matmuls of >= amx_min tokens run on AMX tiles (kernels_amx.c) */
-    int amx;
-    int64_t amx_min;
-    int64_t amx_runs;            /* matmuls that took the AMX path (backend_amx_runs) */
-    /* grown by the calling thread, like the pool one call at a time */
-    uint16_t *amx_x;             /* activations packed for AMX, amx_x_elems(n, K) */
-    size_t amx_x_cap;            /* elements */
-    unsigned char *amx_scratch;  /* [threads x amx_stride] bytes: panels and result tiles */
-    size_t amx_stride;
-    /* decode: the input prepared once per call for the kernels' dec entries (dec_prepare) */
-    unsigned char *dec;          /* [dec_cap] bytes, 64-byte aligned; up to MM_MAX prepared inputs */
-    size_t dec_cap;
-};
 
 const char *wfmt_name(wfmt f) {
     static const char *names[WF_COUNT] = {"F32", "F16", "BF16", "Q2", "Q3", "Q4", "Q5", "Q6", "Q8"};
@@ -122,6 +108,7 @@ moe_status backend_new(int n_threads, const char *isa, backend **out) {
     }
     backend *be = calloc(1, sizeof *be);
     if (!be) return moe_err(MOE_ENOMEM, "out of memory");
+    be->ops = &cpu_backend_ops;
     be->k = k;
     be->amx = amx;
     be->amx_min = amx_min;
@@ -130,12 +117,12 @@ moe_status backend_new(int n_threads, const char *isa, backend **out) {
         free(be);
         return moe_err(MOE_ENOMEM, "cannot start worker threads");
     }
+    snprintf(be->name, sizeof be->name, "cpu (%s, %d threads)", amx ? "amx" : k->name, pool_threads(be->pool));
     *out = be;
     return MOE_OK;
 }
 
-void backend_free(backend *be) {
-    if (!be) return;
+static void cpu_destroy(backend *be) {
     pool_free(be->pool);
     free(be->amx_x);
     free(be->amx_scratch);
@@ -143,8 +130,8 @@ void backend_free(backend *be) {
     free(be);
 }
 
-int backend_threads(const backend *be) { return pool_threads(be->pool); }
-const char *backend_isa(const backend *be) { return be->amx ? "amx" : be->k->name; }
+int backend_threads(const backend *be) { return be->pool ? pool_threads(be->pool) : 1; }
+const char *backend_isa(const backend *be) { return be->cuda ? "cuda" : be->amx ? "amx" : be->k->name; }
 int64_t backend_amx_runs(const backend *be) { return be->amx_runs; }
 pool *backend_cpu_pool(backend *be) { return be->pool; }
 const cpu_kernels *backend_cpu_kernels(const backend *be) { return be->k; }
@@ -346,7 +333,7 @@ static void mm_float(backend *be, int nw, const wtensor *const *w, const float *
         pool_run(be->pool, mm_item, &j, j.first_item[nw]);
 }
 
-void be_matmul_n(backend *be, int nw, const wtensor *const *w, const float *x, int64_t n, const float *const *bias,
+static void cpu_matmul_n(backend *be, int nw, const wtensor *const *w, const float *x, int64_t n, const float *const *bias,
                  float *const *y) {
     amx_job aj = {.ep = AMX_STORE, .nw = nw};
     for (int i = 0; i < nw; i++) {
@@ -406,7 +393,7 @@ static void sw_item(void *ctx, int64_t item, int tid) {
     swiglu_rows(j->k, j->gate, j->up, r0, nr, j->x + t0 * j->gate->cols, nt, j->dx, j->out + t0 * rows + r0, rows);
 }
 
-void be_matmul_swiglu(backend *be, const wtensor *gate, const wtensor *up, const float *x, int64_t n, float *out) {
+static void cpu_matmul_swiglu(backend *be, const wtensor *gate, const wtensor *up, const float *x, int64_t n, float *out) {
     amx_job aj = {.ep = AMX_SWIGLU, .nw = 1, .w = {{gate, up}}, .y = {out}};
     if (be->amx && n >= be->amx_min && amx_run(be, &aj, x, n)) return;
     int64_t rb = SW_ROWS;
@@ -467,7 +454,7 @@ static void moe_items(moe_job *j, int nth) {
     for (int i = 0; i < j->ne; i++) j->first_item[i + 1] = j->first_item[i] + (j->w0[i]->rows + j->rb - 1) / j->rb;
 }
 
-void be_moe_decode(backend *be, int ne, const wtensor *const *gate, const wtensor *const *up, const wtensor *const *down,
+static void cpu_moe_decode(backend *be, int ne, const wtensor *const *gate, const wtensor *const *up, const wtensor *const *down,
                    const float *x, float *mid, int64_t ld_mid, float *const *out) {
     const void *dx[2 * MOE_DEC_MAX];
     const wtensor *gw[2 * MOE_DEC_MAX];
@@ -491,17 +478,13 @@ void be_moe_decode(backend *be, int ne, const wtensor *const *gate, const wtenso
     pool_run(be->pool, moe_item, &j, j.first_item[ne]);
 }
 
-void be_matmul(backend *be, const wtensor *w, const float *x, int64_t n, const float *bias, float *y) {
-    be_matmul_n(be, 1, &w, x, n, &bias, &y);
-}
-
 void be_get_row(const wtensor *w, int64_t r, float *out) {
     for (int64_t k = 0; k < w->cols; k++) out[k] = wtensor_at(w, r, k);
 }
 
 /* ------------------------------------------------------- elementwise -- */
 
-void be_rmsnorm(backend *be, const float *x, const float *weight, int64_t n, int64_t d, float eps, float *out) {
+static void cpu_rmsnorm(backend *be, const float *x, const float *weight, int64_t n, int64_t d, float eps, float *out) {
     (void)be;
     for (int64_t t = 0; t < n; t++) {
         const float *xr = x + t * d;
@@ -513,7 +496,7 @@ void be_rmsnorm(backend *be, const float *x, const float *weight, int64_t n, int
     }
 }
 
-void be_rope(backend *be, float *x, int64_t n, int n_heads, int hd, int rot, const int64_t *pos, const float *inv_freq) {
+static void cpu_rope(backend *be, float *x, int64_t n, int n_heads, int hd, int rot, const int64_t *pos, const float *inv_freq) {
     (void)be;
     int half = rot / 2;
     for (int64_t t = 0; t < n; t++) {
@@ -562,7 +545,7 @@ static void kv_quantize(const float *x, int64_t n, int bits, int group, unsigned
     }
 }
 
-void be_kv_store(backend *be, const kv_cache *c, const float *k, const float *v, int64_t n, const int64_t *pos) {
+static void cpu_kv_store(backend *be, const kv_cache *c, const float *k, const float *v, int64_t n, const int64_t *pos) {
     (void)be;
     int64_t w = (int64_t)c->n_kv * c->hd;
     size_t rb = kv_row_bytes(c), sb = kv_sb_row_floats(c);
@@ -634,7 +617,7 @@ static void att_item(void *ctx, int64_t i, int tid) {
     }
 }
 
-void be_attention(backend *be, const float *q, int64_t n, int64_t pos0, const kv_cache *c, int n_heads, int window,
+static void cpu_attention(backend *be, const float *q, int64_t n, int64_t pos0, const kv_cache *c, int n_heads, int window,
                   float scale, float *scratch, float *out) {
     att_job j = {be->k, q, c, scratch, out, pos0, n_heads, window, scale, NULL, NULL};
     if (c->bits != 32) {
@@ -648,3 +631,203 @@ void be_attention(backend *be, const float *q, int64_t n, int64_t pos0, const kv
     else
         pool_run(be->pool, att_item, &j, n * n_heads);
 }
+
+/* ------------------------------------------------------------- memory --
+ * Host memory: the forward pass's buffers are ordinary allocations, and a
+ * copy to or from the host where source and destination are the same buffer
+ * (a caller's host array used directly) is no copy at all. */
+
+static void *cpu_alloc(backend *be, size_t bytes) {
+    (void)be;
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? bytes : 1)) {
+        moe_err(MOE_ENOMEM, "out of memory for a buffer of %zu bytes", bytes);
+        return NULL;
+    }
+    memset(p, 0, bytes);
+    return p;
+}
+
+static void cpu_free(backend *be, void *p) {
+    (void)be;
+    free(p);
+}
+
+static void cpu_copy(backend *be, void *dst, const void *src, size_t bytes) {
+    (void)be;
+    if (dst != src && bytes) memcpy(dst, src, bytes);
+}
+
+static void cpu_zero(backend *be, void *p, size_t bytes) {
+    (void)be;
+    if (bytes) memset(p, 0, bytes);
+}
+
+static moe_status cpu_download(backend *be, void *dst, const void *src, size_t bytes) {
+    cpu_copy(be, dst, src, bytes);
+    return MOE_OK;
+}
+
+static moe_status cpu_sync(backend *be) {
+    (void)be;
+    return MOE_OK;
+}
+
+static moe_status cpu_place_weight(backend *be, wtensor *w) {
+    (void)be, (void)w;
+    return MOE_OK;
+}
+
+static const float *cpu_place_floats(backend *be, const float *src, size_t n, moe_status *st) {
+    (void)be, (void)n;
+    *st = MOE_OK;
+    return src;
+}
+
+/* ---------------------------------------------- elementwise and moves -- */
+
+static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+/* log(1 + e^x) as torch's softplus (threshold 20: x itself above). */
+static inline float softplusf(float x) { return x > 20 ? x : log1pf(expf(x)); }
+
+static void cpu_embed(backend *be, const wtensor *w, const int32_t *tokens, int64_t n, float *out) {
+    (void)be;
+    for (int64_t t = 0; t < n; t++) be_get_row(w, tokens[t], out + t * w->cols);
+}
+
+static void cpu_add(backend *be, float *x, const float *y, int64_t n) {
+    (void)be;
+    for (int64_t i = 0; i < n; i++) x[i] += y[i];
+}
+
+static void cpu_mul_act(backend *be, float *x, const float *g, int64_t n, int act) {
+    (void)be;
+    if (act == BE_SILU)
+        for (int64_t i = 0; i < n; i++) x[i] *= g[i] * sigmoidf(g[i]);
+    else
+        for (int64_t i = 0; i < n; i++) x[i] *= sigmoidf(g[i]);
+}
+
+static void cpu_clip(backend *be, float *x, int64_t n, float c) {
+    (void)be;
+    for (int64_t i = 0; i < n; i++) x[i] = x[i] > c ? c : x[i] < -c ? -c : x[i];
+}
+
+static void cpu_copy_rows(backend *be, float *dst, int64_t dld, const float *src, int64_t sld, int64_t rows,
+                          int64_t cols) {
+    (void)be;
+    for (int64_t r = 0; r < rows; r++) memcpy(dst + r * dld, src + r * sld, sizeof(float) * (size_t)cols);
+}
+
+static void cpu_gather_rows(backend *be, float *dst, const float *src, int64_t width, const int64_t *idx, int64_t div,
+                            int64_t n) {
+    (void)be;
+    for (int64_t j = 0; j < n; j++) memcpy(dst + j * width, src + idx[j] / div * width, sizeof(float) * (size_t)width);
+}
+
+static void cpu_scatter_rows(backend *be, float *dst, const float *src, int64_t width, const int64_t *idx, int64_t n) {
+    (void)be;
+    for (int64_t j = 0; j < n; j++) memcpy(dst + idx[j] * width, src + j * width, sizeof(float) * (size_t)width);
+}
+
+static void cpu_moe_combine(backend *be, float *out, const float *yk, const float *w, const unsigned char *use,
+                            int64_t n, int K, int64_t H) {
+    (void)be;
+    for (int64_t t = 0; t < n; t++) {
+        float *o = out + t * H;
+        int first = 1;
+        for (int k = 0; k < K; k++) {
+            int64_t tk = t * K + k;
+            if (!use[tk]) continue;
+            const float *y = yk + tk * H;
+            float wk = w[tk];
+            if (first) for (int64_t j = 0; j < H; j++) o[j] = wk * y[j];
+            else for (int64_t j = 0; j < H; j++) o[j] += wk * y[j];
+            first = 0;
+        }
+        if (first) memset(o, 0, sizeof(float) * (size_t)H);
+    }
+}
+
+static void cpu_add_gated(backend *be, float *out, const float *y, const float *g, int64_t n, int64_t H) {
+    (void)be;
+    for (int64_t t = 0; t < n; t++) {
+        float sg = sigmoidf(g[t]);
+        float *o = out + t * H;
+        const float *yt = y + t * H;
+        for (int64_t j = 0; j < H; j++) o[j] += sg * yt[j];
+    }
+}
+
+static void cpu_l2norm(backend *be, float *x, int64_t ld, int64_t n, int heads, int d, float scale) {
+    (void)be;
+    for (int64_t t = 0; t < n; t++)
+        for (int h = 0; h < heads; h++) {
+            float *v = x + t * ld + (int64_t)h * d;
+            double ss = 0;
+            for (int i = 0; i < d; i++) ss += (double)v[i] * v[i];
+            float inv = scale / sqrtf((float)ss + 1e-6f);
+            for (int i = 0; i < d; i++) v[i] *= inv;
+        }
+}
+
+static void cpu_delta_split(backend *be, const float *in_all, const float *ba_all, int64_t n, int nk, int nv, int dk,
+                            int dv, const float *neg_a, const float *dt_bias, float *mix_all, float *z_all,
+                            float *beta, float *gdec) {
+    (void)be;
+    int r = nv / nk;
+    int64_t kd = (int64_t)nk * dk, vd = (int64_t)nv * dv, cd = 2 * kd + vd;
+    int64_t wi = 2 * kd + 2 * vd, blk = 2 * dk + 2 * (int64_t)r * dv; /* in_proj_qkvz row; one key head's part */
+    for (int64_t t = 0; t < n; t++) {
+        const float *in = in_all + t * wi, *ba = ba_all + t * 2 * nv;
+        float *mix = mix_all + t * cd, *z = z_all + t * vd;
+        for (int g = 0; g < nk; g++) {
+            const float *p = in + g * blk;
+            memcpy(mix + (int64_t)g * dk, p, sizeof(float) * (size_t)dk);
+            memcpy(mix + kd + (int64_t)g * dk, p + dk, sizeof(float) * (size_t)dk);
+            memcpy(mix + 2 * kd + (int64_t)g * r * dv, p + 2 * dk, sizeof(float) * (size_t)(r * dv));
+            memcpy(z + (int64_t)g * r * dv, p + 2 * dk + r * dv, sizeof(float) * (size_t)(r * dv));
+            for (int i = 0; i < r; i++) {
+                int h = g * r + i;
+                beta[t * nv + h] = sigmoidf(ba[g * 2 * r + i]);
+                gdec[t * nv + h] = neg_a[h] * softplusf(ba[g * 2 * r + r + i] + dt_bias[h]);
+            }
+        }
+    }
+}
+
+const backend_ops cpu_backend_ops = {
+    .kind = "cpu",
+    .host_memory = 1,
+    .destroy = cpu_destroy,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_copy,
+    .copy = cpu_copy,
+    .zero = cpu_zero,
+    .download = cpu_download,
+    .sync = cpu_sync,
+    .place_weight = cpu_place_weight,
+    .place_floats = cpu_place_floats,
+    .matmul_n = cpu_matmul_n,
+    .matmul_swiglu = cpu_matmul_swiglu,
+    .moe_decode = cpu_moe_decode,
+    .embed = cpu_embed,
+    .rmsnorm = cpu_rmsnorm,
+    .rope = cpu_rope,
+    .causal_conv = cpu_causal_conv,
+    .delta_rule = cpu_delta_rule,
+    .kv_store = cpu_kv_store,
+    .attention = cpu_attention,
+    .add = cpu_add,
+    .mul_act = cpu_mul_act,
+    .clip = cpu_clip,
+    .copy_rows = cpu_copy_rows,
+    .gather_rows = cpu_gather_rows,
+    .scatter_rows = cpu_scatter_rows,
+    .moe_combine = cpu_moe_combine,
+    .add_gated = cpu_add_gated,
+    .l2norm = cpu_l2norm,
+    .delta_split = cpu_delta_split,
+};

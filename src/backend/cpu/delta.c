@@ -53,7 +53,7 @@ static void conv_item(void *ctx, int64_t item, int tid) {
     }
 }
 
-void be_causal_conv(backend *be, const float *x, int64_t n, int64_t ch, int K, const float *w, float *state,
+void cpu_causal_conv(backend *be, const float *x, int64_t n, int64_t ch, int K, const float *w, float *state,
                     float *out) {
     conv_job j = {x, w, state, out, n, ch, K};
     int64_t items = (ch + CONV_BLOCK - 1) / CONV_BLOCK;
@@ -183,7 +183,7 @@ static void delta_item(void *ctx, int64_t h, int tid) {
     else delta_recurrent(j, (int)h, sc);
 }
 
-void be_delta_rule(backend *be, const float *q, const float *k, const float *v, int64_t ld, const float *g,
+void cpu_delta_rule(backend *be, const float *q, const float *k, const float *v, int64_t ld, const float *g,
                    const float *beta, int64_t n, int nk, int nv, int dk, int dv, int chunk, float *state, float *out,
                    float *scratch) {
     delta_job j = {backend_cpu_kernels(be), q, k, v, g, beta, state, out, scratch, ld, n, nk, nv, dk, dv, chunk,

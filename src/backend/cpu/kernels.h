@@ -93,6 +93,11 @@ const cpu_kernels *cpu_kernels_scalar(void);
 /* The CPU backend's thread pool and kernel table, for operations kept in their own files (delta.c). */
 struct pool *backend_cpu_pool(backend *be);
 const cpu_kernels *backend_cpu_kernels(const backend *be);
+/* The CPU's gated DeltaNet operations (delta.c): be_causal_conv, be_delta_rule. */
+void cpu_causal_conv(backend *be, const float *x, int64_t n, int64_t ch, int K, const float *w, float *state, float *out);
+void cpu_delta_rule(backend *be, const float *q, const float *k, const float *v, int64_t ld, const float *g,
+                    const float *beta, int64_t n, int nk, int nv, int dk, int dv, int chunk, float *state, float *out,
+                    float *scratch);
 /* The matmul of table k for format f, or the scalar one where k has none. */
 static inline mm_fn cpu_kernels_mm(const cpu_kernels *k, wfmt f) {
     return k->matmul[f] ? k->matmul[f] : cpu_kernels_scalar()->matmul[f];
