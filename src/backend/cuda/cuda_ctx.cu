@@ -98,9 +98,11 @@ void *cuda_alloc(cuda_ctx *c, size_t bytes) {
         c->allocs = a, c->cap_allocs = cap;
     }
     void *p = NULL;
-    char what[64];
-    snprintf(what, sizeof what, "cudaMalloc of %zu bytes", bytes);
-    if (!cuda_check(c, cudaMalloc(&p, bytes ? bytes : 1), what)) return NULL;
+    /* out of memory is the caller's to report: the context stays usable */
+    if (cudaMalloc(&p, bytes ? bytes : 1) != cudaSuccess) {
+        cudaGetLastError();
+        return NULL;
+    }
     if (!cuda_check(c, cudaMemsetAsync(p, 0, bytes, c->stream), "cudaMemset")) {
         cudaFree(p);
         return NULL;

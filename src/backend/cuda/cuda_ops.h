@@ -45,7 +45,8 @@ int cuda_device_count(void); /* 0 when no driver or no device */
 void cuda_mem_info(cuda_ctx *c, size_t *free_b, size_t *total_b);
 
 /* ------------------------------------------------------------- memory -- */
-void *cuda_alloc(cuda_ctx *c, size_t bytes); /* zeroed (dev); NULL and the context's error on failure */
+/* zeroed (dev); NULL when out of memory (the context stays usable) or after an error */
+void *cuda_alloc(cuda_ctx *c, size_t bytes);
 void cuda_free(cuda_ctx *c, void *p);        /* NULL allowed */
 void cuda_upload(cuda_ctx *c, void *dst, const void *src, size_t bytes);   /* dst (dev) <- src (host) */
 void cuda_copy(cuda_ctx *c, void *dst, const void *src, size_t bytes);     /* (dev) -> (dev) */
