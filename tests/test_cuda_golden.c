@@ -1,0 +1,176 @@
+/* test_cuda_golden.c — the CUDA backend against transformers and against the
+ * CPU: for each fixture directory (tests/golden*, written by
+ * tools/gen_fixtures.py), the logits of every sequence on the GPU, fed whole,
+ * in batches of 4 and token by token (each path its own kernels: prompt
+ * matmuls, small-batch and one-token decode), within a relative tolerance of
+ * the reference; the same for the CPU's float32 logits, so a GPU error is
+ * told apart from a CPU one; and the greedy continuation token for token.
+ *
+ * The tolerance is relative (RMS of the error <= RTOL x RMS of the logits)
+ * because the GPU's prompt matmuls multiply bf16-rounded activations on tensor
+ * cores, as the CPU's AMX path does (tests/CMakeLists.txt says what it is
+ * there and why); decode matmuls keep float32 activations. A position whose
+ * reference has its top-2 logits within the bound may flip its argmax.
+ * Exits 77 (skipped) where no GPU is present.
+ * usage: test_cuda_golden RTOL FIXTURE_DIR...  */
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+
+#include "f32file.h"
+#include "moe.h"
+#include "test.h"
+
+static int32_t *ints(json_t *a, size_t *n) {
+    *n = json_array_size(a);
+    int32_t *v = malloc((*n ? *n : 1) * sizeof *v);
+    for (size_t i = 0; i < *n; i++) v[i] = (int32_t)json_integer_value(json_array_get(a, i));
+    return v;
+}
+
+/* logits of tok[n] fed `step` tokens per call (0: all at once), NULL on failure */
+static float *run(moe_model *m, const int32_t *tok, size_t n, size_t step, int V) {
+    moe_seq_params sp;
+    moe_seq_params_defaults(&sp);
+    sp.n_ctx = (int)n + 8;
+    sp.n_batch = step ? (int)step : (int)n;
+    moe_seq *s;
+    if (moe_seq_new(m, &sp, &s) != MOE_OK) return NULL;
+    float *out = malloc(n * (size_t)V * sizeof *out);
+    if (!step) step = n;
+    for (size_t off = 0; off < n && out; off += step) {
+        size_t k = n - off < step ? n - off : step;
+        if (moe_seq_eval(s, tok + off, k, out + off * (size_t)V, 1) != MOE_OK) {
+            fprintf(stderr, "eval: %s\n", moe_errmsg());
+            free(out);
+            out = NULL;
+        }
+    }
+    moe_seq_free(s);
+    return out;
+}
+
+/* RMS(got - ref) / RMS(ref) over count logits */
+static double rel_rms(const float *got, const float *ref, size_t count) {
+    double se = 0, sr = 0;
+    for (size_t i = 0; i < count; i++) {
+        se += ((double)got[i] - ref[i]) * ((double)got[i] - ref[i]);
+        sr += (double)ref[i] * ref[i];
+    }
+    return sr > 0 ? sqrt(se / sr) : sqrt(se);
+}
+
+static moe_model *load(const char *dir, const char *device) {
+    moe_load_params lp;
+    moe_load_params_defaults(&lp);
+    lp.device = device;
+    moe_model *m = NULL;
+    moe_status st = moe_model_load(dir, &lp, &m);
+    CHECK(st == MOE_OK, "load %s on %s: %s", dir, device, moe_errmsg());
+    return m;
+}
+
+static void fixture(const char *dir, double rtol) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/golden.json", dir);
+    json_error_t je;
+    json_t *g = json_load_file(path, 0, &je);
+    CHECK(g != NULL, "%s: %s", path, g ? "" : je.text);
+    if (!g) return;
+    snprintf(path, sizeof path, "%s/model", dir);
+    moe_model *gpu = load(path, "cuda"), *cpu = load(path, "cpu");
+    if (!gpu || !cpu) {
+        moe_model_free(gpu);
+        moe_model_free(cpu);
+        json_decref(g);
+        return;
+    }
+    int V = moe_model_config(gpu)->vocab_size;
+    size_t si;
+    json_t *seq;
+    double worst = 0, worst_cpu = 0, ref_rms = 0;
+    json_array_foreach(json_object_get(g, "sequences"), si, seq) {
+        size_t n, nref = 0;
+        int32_t *tok = ints(json_object_get(seq, "tokens"), &n);
+        char lp[1024];
+        snprintf(lp, sizeof lp, "%s/%s", dir, json_string_value(json_object_get(seq, "logits")));
+        float *ref = read_f32(lp, &nref);
+        CHECK(ref && nref == n * (size_t)V, "%s: %zu floats for %zu x %d", lp, nref, n, V);
+        float *c = ref && nref == n * (size_t)V ? run(cpu, tok, n, 0, V) : NULL;
+        for (size_t i = 0; c && i < n * (size_t)V; i += (size_t)V) {
+            double ss = 0;
+            for (int j = 0; j < V; j++) ss += (double)ref[i + (size_t)j] * ref[i + (size_t)j];
+            ref_rms = fmax(ref_rms, sqrt(ss / V));
+        }
+        if (c) worst_cpu = fmax(worst_cpu, rel_rms(c, ref, n * (size_t)V));
+        const size_t steps[3] = {0, 4, 1};
+        for (int md = 0; md < 3 && c; md++) {
+            float *got = run(gpu, tok, n, steps[md], V);
+            CHECK(got != NULL, "%s seq %zu step %zu: GPU eval failed", dir, si, steps[md]);
+            if (!got) continue;
+            /* per position: each within rtol of the reference, or a near tie there */
+            for (size_t p = 0; p < n; p++) {
+                const float *gp = got + p * (size_t)V, *rp = ref + p * (size_t)V;
+                double e = rel_rms(gp, rp, (size_t)V);
+                worst = fmax(worst, e);
+                CHECK(e <= rtol, "%s seq %zu (len %zu) step %zu position %zu: relative RMS error %.3g > %.3g", dir, si, n,
+                      steps[md], p, e, rtol);
+            }
+            /* the GPU against the CPU too: the same model, the same order of layers */
+            double ec = rel_rms(got, c, n * (size_t)V);
+            CHECK(ec <= rtol, "%s seq %zu step %zu: GPU vs CPU relative RMS %.3g", dir, si, steps[md], ec);
+            free(got);
+        }
+        free(c);
+        free(ref);
+        free(tok);
+    }
+    /* greedy continuation: the reference's tokens, except after a step whose top-2 gap is within reach of the error */
+    json_t *gr = json_object_get(g, "greedy");
+    if (gr) {
+        size_t np, ne;
+        int32_t *prompt = ints(json_object_get(gr, "prompt"), &np), *want = ints(json_object_get(gr, "tokens"), &ne);
+        moe_seq *s;
+        moe_sampler *smp;
+        moe_sampler_params spp;
+        moe_sampler_params_defaults(&spp);
+        spp.temperature = 0;
+        moe_seq_params sp;
+        moe_seq_params_defaults(&sp);
+        sp.n_ctx = (int)(np + ne + 1);
+        CHECK(moe_seq_new(gpu, &sp, &s) == MOE_OK && moe_sampler_new(&spp, &smp) == MOE_OK, "greedy setup");
+        CHECK(moe_seq_eval(s, prompt, np, NULL, 0) == MOE_OK, "prompt: %s", moe_errmsg());
+        size_t same = 0;
+        for (size_t i = 0; i < ne; i++) {
+            int32_t t = -1;
+            moe_generate_next(s, smp, &t);
+            if (t == want[i] && same == i) same++;
+        }
+        double gap = same < ne ? json_number_value(json_array_get(json_object_get(gr, "step_gaps"), same)) : 0;
+        CHECK(same == ne || gap <= 2 * rtol * ref_rms, "%s greedy: first %zu of %zu tokens match (top-2 gap at %zu: %.3g)", dir, same, ne,
+              same, gap);
+        moe_sampler_free(smp);
+        moe_seq_free(s);
+        free(prompt);
+        free(want);
+    }
+    printf("%s: worst relative RMS error per position %.3g (CPU float32: %.3g)\n", dir, worst, worst_cpu);
+    moe_model_free(gpu);
+    moe_model_free(cpu);
+    json_decref(g);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 3) {
+        fprintf(stderr, "usage: test_cuda_golden RTOL FIXTURE_DIR...\n");
+        return 2;
+    }
+    if (!strstr(moe_devices(), "cuda") || strstr(moe_devices(), "(0 devices)")) {
+        printf("no GPU: skipped (%s)\n", moe_devices());
+        return 77;
+    }
+    double rtol = atof(argv[1]);
+    setenv("MOE_ISA", "scalar", 1); /* the CPU side in float32 whatever this CPU has */
+    for (int i = 2; i < argc; i++) fixture(argv[i], rtol);
+    TEST_DONE();
+}
