@@ -13,7 +13,10 @@ for opt in "$@"; do
     # the NEON kernels cross-built for AArch64 and run under emulation (tools/test_neon.sh;
     # debootstrap for its --golden arm64 root)
     --neon) pkgs+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user debootstrap) ;;
-    *) echo "deps.sh: unknown option $opt (--fuzz, --test, --neon)" >&2; exit 2 ;;
+    # the CUDA backend compiled without a GPU (tools/test.sh): Debian's CUDA toolkit, from
+    # the archive's non-free component, which is enabled here if it is not yet
+    --cuda) command -v nvcc >/dev/null 2>&1 || { pkgs+=(nvidia-cuda-toolkit); nonfree=1; } ;;
+    *) echo "deps.sh: unknown option $opt (--fuzz, --test, --neon, --cuda)" >&2; exit 2 ;;
   esac
 done
 missing=()
@@ -25,5 +28,13 @@ echo "installing: ${missing[*]}"
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 export DEBIAN_FRONTEND=noninteractive
+if [ "${nonfree:-0}" = 1 ] && ! apt-cache policy nvidia-cuda-toolkit 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+  # the same archive as the system's own sources, with the non-free component
+  uri=$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | head -1 | awk '{print $2}')
+  [ -n "$uri" ] || uri=$(awk '$1 == "deb" {print $2; exit}' /etc/apt/sources.list 2>/dev/null)
+  suite=$(. /etc/os-release && echo "$VERSION_CODENAME")
+  printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: non-free\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+    "$uri" "$suite" | $SUDO tee /etc/apt/sources.list.d/moe-non-free.sources >/dev/null
+fi
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
