@@ -30,8 +30,8 @@ SUDO=""
 export DEBIAN_FRONTEND=noninteractive
 if [ "${nonfree:-0}" = 1 ] && ! apt-cache policy nvidia-cuda-toolkit 2>/dev/null | grep -q 'Candidate: [0-9]'; then
   # the same archive as the system's own sources, with the non-free component
-  uri=$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | head -1 | awk '{print $2}')
-  [ -n "$uri" ] || uri=$(awk '$1 == "deb" {print $2; exit}' /etc/apt/sources.list 2>/dev/null)
+  uri=$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | head -1 | awk '{print $2}' || true)
+  [ -n "$uri" ] || uri=$(awk '$1 == "deb" {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
   suite=$(. /etc/os-release && echo "$VERSION_CODENAME")
   printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: non-free\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
     "$uri" "$suite" | $SUDO tee /etc/apt/sources.list.d/moe-non-free.sources >/dev/null

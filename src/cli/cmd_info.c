@@ -73,6 +73,7 @@ int cmd_info(int argc, char **argv) {
     char tot[32];
     human(tot, sizeof tot, (double)(c->weight_bytes + kvb));
     printf("memory:       about %s for weights + KV cache\n", tot);
+    printf("devices:      %s (--device)\n", moe_devices());
     moe_model_free(m);
     return 0;
 }
