@@ -14,7 +14,7 @@ for opt in "$@"; do
     # debootstrap for its --golden arm64 root)
     --neon) pkgs+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user debootstrap) ;;
     # the CUDA backend compiled without a GPU (tools/test.sh): Debian's CUDA toolkit, from
-    # the archive's non-free component, which is enabled here if it is not yet
+    # the archive's contrib and non-free components, enabled here if they are not yet
     --cuda) command -v nvcc >/dev/null 2>&1 || { pkgs+=(nvidia-cuda-toolkit); nonfree=1; } ;;
     *) echo "deps.sh: unknown option $opt (--fuzz, --test, --neon, --cuda)" >&2; exit 2 ;;
   esac
@@ -33,7 +33,7 @@ if [ "${nonfree:-0}" = 1 ] && ! apt-cache policy nvidia-cuda-toolkit 2>/dev/null
   uri=$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | head -1 | awk '{print $2}' || true)
   [ -n "$uri" ] || uri=$(awk '$1 == "deb" {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
   suite=$(. /etc/os-release && echo "$VERSION_CODENAME")
-  printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: non-free\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+  printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: contrib non-free\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
     "$uri" "$suite" | $SUDO tee /etc/apt/sources.list.d/moe-non-free.sources >/dev/null
 fi
 $SUDO apt-get update -qq
