@@ -14,8 +14,9 @@ for opt in "$@"; do
     # debootstrap for its --golden arm64 root)
     --neon) pkgs+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user debootstrap) ;;
     # the CUDA backend compiled without a GPU (tools/test.sh): Debian's CUDA toolkit, from
-    # the archive's contrib and non-free components, enabled here if they are not yet
-    --cuda) command -v nvcc >/dev/null 2>&1 || { pkgs+=(nvidia-cuda-toolkit); nonfree=1; } ;;
+    # the archive's contrib and non-free components, enabled here if they are not yet (the -gcc
+    # package makes its nvcc use the g++ it supports)
+    --cuda) command -v nvcc >/dev/null 2>&1 || { pkgs+=(nvidia-cuda-toolkit nvidia-cuda-toolkit-gcc); nonfree=1; } ;;
     *) echo "deps.sh: unknown option $opt (--fuzz, --test, --neon, --cuda)" >&2; exit 2 ;;
   esac
 done
