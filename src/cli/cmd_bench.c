@@ -9,11 +9,12 @@
 #include "cli.h"
 
 static void help(FILE *f) {
-    fprintf(f, "usage: moe bench [-m DIR] [-p N] [-n N] [-r R] [--kv-bits N] [--json] [model options]\n"
+    fprintf(f, "usage: moe bench [-m DIR] [-p N] [-n N] [-r R] [-b N] [--kv-bits N] [--json] [model options]\n"
                "  -m DIR   model directory (default %s)\n"
                "  -p N     prompt tokens (default 128)\n"
                "  -n N     generated tokens (default 32)\n"
                "  -r R     repetitions; the best is reported (default 3)\n"
+               "  -b N     prompt tokens per forward pass (default 256)\n"
                "  --kv-bits N  KV cache: 32 = float32 (default), 8 or 4 bits a value\n"
                "  --json   one JSON object on stdout\n",
             MOE_DEFAULT_MODEL);
@@ -22,7 +23,7 @@ static void help(FILE *f) {
 
 int cmd_bench(int argc, char **argv) {
     const char *dir = cli_default_model(), *v;
-    long long np = 128, ng = 32, reps = 3, kv_bits = 0;
+    long long np = 128, ng = 32, reps = 3, kv_bits = 0, batch = 256;
     cli_model_opts mo;
     cli_model_opts_init(&mo);
     int json = 0;
@@ -38,6 +39,7 @@ int cmd_bench(int argc, char **argv) {
         else if (!strcmp(a, "-n")) { CLI_VALUE(); if (cli_int(a, v, 1, 1 << 20, &ng)) return 1; }
         else if (!strcmp(a, "-r")) { CLI_VALUE(); if (cli_int(a, v, 1, 1000, &reps)) return 1; }
         else if (!strcmp(a, "--kv-bits")) { CLI_VALUE(); if (cli_int(a, v, 0, 64, &kv_bits)) return 1; }
+        else if (!strcmp(a, "-b") || !strcmp(a, "--batch")) { CLI_VALUE(); if (cli_int(a, v, 1, 1 << 16, &batch)) return 1; }
         else return cli_fail("bench: unknown option %s (moe bench --help lists them)", a);
     }
     moe_model *m;
@@ -52,6 +54,7 @@ int cmd_bench(int argc, char **argv) {
     moe_seq_params_defaults(&qp);
     qp.n_ctx = (int)(np + ng + 1);
     qp.kv_bits = (int)kv_bits;
+    qp.n_batch = (int)batch;
     moe_seq *s = NULL;
     moe_sampler *smp = NULL;
     moe_sampler_params sp;
