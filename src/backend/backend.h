@@ -12,6 +12,10 @@
 
 #include "moe.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* Weight formats. WF_Qb is MLX's affine quantization with b bits a value:
  * row r, element k is the b-bit unsigned q at bit k*b of the row's bytes
  * (least-significant bits first: MLX's uint32 packing for 2/4/8 bits and its
@@ -232,4 +236,7 @@ void be_kv_store(backend *be, const kv_cache *c, const float *k, const float *v,
 void be_attention(backend *be, const float *q, int64_t n, int64_t pos0, const kv_cache *c, int n_heads, int window,
                   float scale, float *scratch, float *out);
 
+#ifdef __cplusplus
+}
+#endif
 #endif

@@ -155,6 +155,7 @@ moe_status cuda_download(cuda_ctx *c, void *dst, const void *src, size_t bytes) 
  * start only after the stream has passed the previous wrap. */
 const void *cuda_stage(cuda_ctx *c, const void *src, size_t bytes) {
     if (c->err) return NULL;
+    size_t len = bytes; /* what the caller has; its slot is rounded up to keep the next one aligned */
     bytes = (bytes + 255) & ~(size_t)255;
     if (bytes > CUDA_STAGE_BYTES) {
         c->err = MOE_EINVAL;
@@ -166,9 +167,9 @@ const void *cuda_stage(cuda_ctx *c, const void *src, size_t bytes) {
         c->stage_used = 0;
     }
     char *h = (char *)c->stage + c->stage_used, *d = (char *)c->stage_dev + c->stage_used;
-    memcpy(h, src, bytes);
+    memcpy(h, src, len);
     c->stage_used += bytes;
-    if (!cuda_check(c, cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, c->stream), "staging")) return NULL;
+    if (!cuda_check(c, cudaMemcpyAsync(d, h, len, cudaMemcpyHostToDevice, c->stream), "staging")) return NULL;
     return d;
 }
 

@@ -1,0 +1,353 @@
+/* test_cuda_mm.c — the CUDA matmuls (cuda_matmul, cuda_matmul_swiglu,
+ * cuda_moe_decode, cuda_embed) against the scalar CPU reference, for every
+ * weight format, scale format and group, on random ragged shapes and token
+ * counts n in {1, 2, 3, 7, 8, 9, 33, 130}; and the context's error path.
+ * Exits 77 (skipped) where there is no CUDA device.
+ *
+ * Tolerances, per output y = sum_k w_k x_k with L1 = sum_k |w_k x_k| (for a
+ * quantized w, sum_k (|s q_k| + |b|) |x_k|, the terms a kernel may sum
+ * separately) and L2 = sqrt(sum_k (w_k x_k)^2):
+ * - float32 paths (n <= 8, F32 weights at any n, odd widths): only the order
+ *   of a float32 sum differs, whose error is a few units of 2^-24 x L1 times
+ *   sqrt(cols) in practice; 2e-5 x L1 is far above that for cols <= 8192 and
+ *   far below a wrong term (>= L1 / cols).
+ * - the tensor-core path (n > 8, other formats): w and x rounded to bf16
+ *   (unit roundoff u = 2^-8) give each product an independent relative error
+ *   of either sign and at most 2u; their sum has a standard deviation of
+ *   about 0.8 u L2. 8 u L2 (10 deviations) + the float32 term above.
+ * - SwiGLU: silu'(g) <= 1.1, so silu(g) u is off by 1.1 |u| tol(g) + |silu(g)| tol(u).
+ * - embed: exact (the same float32 dequantization, rounding for rounding). */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "../src/backend/cpu/kernels.h"
+#include "../src/backend/cuda/cuda_ops.h"
+#include "../src/base/half.h"
+#include "test.h"
+
+static uint64_t g_rng = 0x2545f4914f6cdd1dull;
+static float frand(void) { /* uniform in [-1, 1) */
+    g_rng ^= g_rng << 13, g_rng ^= g_rng >> 7, g_rng ^= g_rng << 17;
+    return (float)(g_rng >> 40) * 0x1.0p-24f * 2.0f - 1.0f;
+}
+static int irand(int lo, int hi) { return lo + (int)((g_rng ^= g_rng << 13, g_rng ^= g_rng >> 7, g_rng ^= g_rng << 17) % (uint64_t)(hi - lo + 1)); }
+
+static void put_float(wfmt f, void *p, int64_t i, float v) {
+    uint16_t h = f == WF_BF16 ? f32_to_bf16(v) : f32_to_f16(v);
+    if (f == WF_F32) memcpy((char *)p + 4 * i, &v, 4);
+    else memcpy((char *)p + 2 * i, &h, 2);
+}
+
+/* A random host weight: float values in [-1, 1), or random packed values with
+ * scales of magnitude ~ 1/2^bits (some negative, as MLX makes them) and
+ * biases ~ -2^bits/2 scales, so that weights centre on zero as real ones do. */
+static wtensor host_weight(wfmt f, wfmt sfmt, int group, int64_t rows, int64_t cols) {
+    wtensor w = {f, rows, cols, NULL, wfmt_row_bytes(f, cols), 0, WF_F32, NULL, NULL, 0};
+    unsigned char *d = malloc((size_t)rows * w.row_bytes + 1);
+    if (!wfmt_is_quant(f)) {
+        for (int64_t i = 0; i < rows * cols; i++) put_float(f, d, i, frand());
+    } else {
+        for (size_t i = 0; i < (size_t)rows * w.row_bytes; i++) d[i] = (unsigned char)irand(0, 255);
+        w.group = group, w.sfmt = sfmt;
+        w.sb_row_bytes = (size_t)(cols / group) * wfmt_size(sfmt);
+        int64_t ng = rows * (cols / group);
+        void *s = malloc((size_t)ng * 4), *b = malloc((size_t)ng * 4);
+        float lev = (float)((1 << wfmt_bits(f)) - 1);
+        for (int64_t i = 0; i < ng; i++) {
+            float sc = (0.2f + fabsf(frand())) / lev * (frand() < -0.6f ? -1.0f : 1.0f);
+            put_float(sfmt, s, i, sc);
+            put_float(sfmt, b, i, -sc * lev * 0.5f + 0.1f * frand());
+        }
+        w.scales = s, w.biases = b;
+    }
+    w.data = d;
+    return w;
+}
+
+static void host_free(wtensor *w) {
+    free((void *)w->data), free((void *)w->scales), free((void *)w->biases);
+}
+
+/* The device copy of a host weight (cuda_alloc'd, freed with the context). */
+static wtensor dev_weight(cuda_ctx *c, const wtensor *h) {
+    wtensor d = *h;
+    size_t vb = (size_t)h->rows * h->row_bytes, sb = (size_t)h->rows * h->sb_row_bytes;
+    void *p = cuda_alloc(c, vb);
+    cuda_upload(c, p, h->data, vb);
+    d.data = p;
+    if (wfmt_is_quant(h->fmt)) {
+        void *s = cuda_alloc(c, sb), *b = cuda_alloc(c, sb);
+        cuda_upload(c, s, h->scales, sb);
+        cuda_upload(c, b, h->biases, sb);
+        d.scales = s, d.biases = b;
+    }
+    return d;
+}
+
+static float *dev_floats(cuda_ctx *c, const float *h, size_t n) {
+    float *p = cuda_alloc(c, n * sizeof *p);
+    if (h) cuda_upload(c, p, h, n * sizeof *p);
+    return p;
+}
+
+static float *rand_floats(size_t n) {
+    float *x = malloc(n * sizeof *x);
+    for (size_t i = 0; i < n; i++) x[i] = frand();
+    return x;
+}
+
+/* The scalar reference y[n x rows] (+ bias) and each output's tolerance tol[n x rows]. */
+static void reference(const wtensor *w, const float *x, int64_t n, const float *bias, int tc, float *y, float *tol) {
+    cpu_kernels_scalar()->matmul[w->fmt](w, 0, w->rows, x, w->cols, n, y, w->rows);
+    int bits = wfmt_bits(w->fmt);
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t r = 0; r < w->rows; r++) {
+            double l1 = 0, l2 = 0;
+            for (int64_t k = 0; k < w->cols; k++) {
+                double xv = fabs(x[t * w->cols + k]), wx = fabs(wtensor_at(w, r, k)) * xv;
+                l2 += wx * wx;
+                if (wfmt_is_quant(w->fmt)) {
+                    const unsigned char *s = (const unsigned char *)w->scales + r * w->sb_row_bytes;
+                    const unsigned char *b = (const unsigned char *)w->biases + r * w->sb_row_bytes;
+                    const unsigned char *row = (const unsigned char *)w->data + r * w->row_bytes;
+                    int64_t g = k / w->group;
+                    wx = (fabs(weight_at(w->sfmt, s, g)) * quant_at(row, bits, k) + fabs(weight_at(w->sfmt, b, g))) * xv;
+                }
+                l1 += wx;
+            }
+            if (bias) y[t * w->rows + r] += bias[r];
+            tol[t * w->rows + r] = (float)(2e-5 * l1 + (tc ? 8.0 * 0x1.0p-8 * sqrt(l2) : 0.0) + 1e-6);
+        }
+}
+
+/* The tensor-core path serves n > 8 tokens on formats other than F32 with cols % 32 == 0. */
+static int uses_tc(const wtensor *w, int64_t n) { return n > 8 && w->fmt != WF_F32 && w->cols % 32 == 0; }
+
+static int compare(const char *what, const wtensor *w, int64_t n, const float *got, const float *ref, const float *tol,
+                   int64_t count) {
+    int bad = 0;
+    for (int64_t i = 0; i < count; i++)
+        if (!(fabsf(got[i] - ref[i]) <= tol[i])) {
+            if (bad++ < 3)
+                fprintf(stderr, "%s %s g%d s%s %lldx%lld n=%lld: [%lld] %g, expected %g (tol %g)\n", what,
+                        wfmt_name(w->fmt), w->group, wfmt_name(w->sfmt), (long long)w->rows, (long long)w->cols,
+                        (long long)n, (long long)i, got[i], ref[i], tol[i]);
+        }
+    return bad;
+}
+
+static const int64_t g_ns[] = {1, 2, 3, 7, 8, 9, 33, 130};
+
+/* cuda_matmul (with and without bias) of one weight at every n. */
+static void check_matmul(cuda_ctx *c, const wtensor *h) {
+    wtensor d = dev_weight(c, h);
+    for (size_t i = 0; i < sizeof g_ns / sizeof *g_ns; i++) {
+        int64_t n = g_ns[i];
+        float *x = rand_floats((size_t)(n * h->cols)), *bias = i % 2 ? rand_floats((size_t)h->rows) : NULL;
+        size_t ny = (size_t)(n * h->rows);
+        float *ref = malloc(ny * 4), *tol = malloc(ny * 4), *got = malloc(ny * 4);
+        reference(h, x, n, bias, uses_tc(h, n), ref, tol);
+        float *dx = dev_floats(c, x, (size_t)(n * h->cols)), *dy = dev_floats(c, NULL, ny);
+        float *db = bias ? dev_floats(c, bias, (size_t)h->rows) : NULL;
+        cuda_matmul(c, &d, dx, n, db, dy);
+        moe_status st = cuda_download(c, got, dy, ny * 4);
+        CHECK(st == MOE_OK, "matmul: %s", moe_errmsg());
+        int bad = compare("matmul", h, n, got, ref, tol, (int64_t)ny);
+        CHECK(bad == 0, "matmul %s: %d of %zu outputs off", wfmt_name(h->fmt), bad, ny);
+        cuda_free(c, dx), cuda_free(c, dy), cuda_free(c, db);
+        free(x), free(bias), free(ref), free(tol), free(got);
+    }
+}
+
+static float silu(float g) { return g / (1.0f + expf(-g)); }
+
+/* silu(x gate^T) * (x up^T) from the references of gate and up; tol as the file's header says. */
+static void swiglu_ref(const wtensor *g, const wtensor *u, const float *x, int64_t n, int tc, float *ref, float *tol) {
+    size_t ny = (size_t)(n * g->rows);
+    float *gy = malloc(ny * 4), *gt = malloc(ny * 4), *uy = malloc(ny * 4), *ut = malloc(ny * 4);
+    reference(g, x, n, NULL, tc, gy, gt);
+    reference(u, x, n, NULL, tc, uy, ut);
+    for (size_t i = 0; i < ny; i++) {
+        ref[i] = silu(gy[i]) * uy[i];
+        tol[i] = 1.1f * fabsf(uy[i]) * gt[i] + fabsf(silu(gy[i])) * ut[i] + 1e-6f * fabsf(ref[i]);
+    }
+    free(gy), free(gt), free(uy), free(ut);
+}
+
+static void check_swiglu(cuda_ctx *c, const wtensor *hg, const wtensor *hu) {
+    wtensor dg = dev_weight(c, hg), du = dev_weight(c, hu);
+    for (size_t i = 0; i < sizeof g_ns / sizeof *g_ns; i++) {
+        int64_t n = g_ns[i];
+        float *x = rand_floats((size_t)(n * hg->cols));
+        size_t ny = (size_t)(n * hg->rows);
+        float *ref = malloc(ny * 4), *tol = malloc(ny * 4), *got = malloc(ny * 4);
+        int tc = uses_tc(hg, n) || uses_tc(hu, n);
+        swiglu_ref(hg, hu, x, n, tc, ref, tol);
+        float *dx = dev_floats(c, x, (size_t)(n * hg->cols)), *dy = dev_floats(c, NULL, ny);
+        cuda_matmul_swiglu(c, &dg, &du, dx, n, dy);
+        moe_status st = cuda_download(c, got, dy, ny * 4);
+        CHECK(st == MOE_OK, "swiglu: %s", moe_errmsg());
+        int bad = compare("swiglu", hg, n, got, ref, tol, (int64_t)ny);
+        CHECK(bad == 0, "swiglu %s/%s: %d of %zu outputs off", wfmt_name(hg->fmt), wfmt_name(hu->fmt), bad, ny);
+        cuda_free(c, dx), cuda_free(c, dy);
+        free(x), free(ref), free(tol), free(got);
+    }
+}
+
+/* cuda_embed returns rows exactly as wtensor_at reads them. */
+static void check_embed(cuda_ctx *c, const wtensor *h) {
+    wtensor d = dev_weight(c, h);
+    int64_t n = 5;
+    int32_t tok[5];
+    for (int i = 0; i < 5; i++) tok[i] = irand(0, (int)h->rows - 1);
+    tok[4] = (int32_t)h->rows - 1;
+    size_t ny = (size_t)(n * h->cols);
+    float *got = malloc(ny * 4), *dy = dev_floats(c, NULL, ny);
+    cuda_embed(c, &d, tok, n, dy);
+    CHECK(cuda_download(c, got, dy, ny * 4) == MOE_OK, "embed: %s", moe_errmsg());
+    int bad = 0;
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t k = 0; k < h->cols; k++) bad += got[t * h->cols + k] != wtensor_at(h, tok[t], k);
+    CHECK(bad == 0, "embed %s g%d: %d values differ", wfmt_name(h->fmt), h->group, bad);
+    cuda_free(c, dy);
+    free(got);
+}
+
+/* Every format, scale format and group: matmul, SwiGLU (gate and up of one
+ * layout) and embed on fresh random shapes, ragged rows; float formats also at
+ * odd widths (the element-wise kernel). */
+static void test_formats(cuda_ctx *c) {
+    static const wfmt fmts[] = {WF_F32, WF_F16, WF_BF16, WF_Q2, WF_Q3, WF_Q4, WF_Q5, WF_Q6, WF_Q8};
+    static const wfmt sfmts[] = {WF_F32, WF_F16, WF_BF16};
+    static const int groups[] = {32, 64, 128};
+    for (size_t fi = 0; fi < sizeof fmts / sizeof *fmts; fi++) {
+        wfmt f = fmts[fi];
+        int q = wfmt_is_quant(f);
+        for (int si = 0; si < (q ? 3 : 1); si++)
+            for (int gi = 0; gi < (q ? 3 : 2); gi++) {
+                int group = groups[gi];
+                int64_t rows = irand(1, 170);
+                /* quantized: up to 5 groups (cols % 64 == 32 happens: tc_kernel's half step);
+                 * float: a multiple of 32 (gi 0) or any width (gi 1) */
+                int64_t cols = q ? group * irand(1, 5) : gi == 0 ? 32 * irand(1, 12) : irand(1, 400);
+                wtensor h = host_weight(f, sfmts[si], group, rows, cols);
+                check_matmul(c, &h);
+                check_embed(c, &h);
+                wtensor u = host_weight(f, sfmts[si], group, rows, cols);
+                check_swiglu(c, &h, &u);
+                host_free(&u);
+                host_free(&h);
+            }
+    }
+}
+
+/* Few rows and long ones: warps split the columns and meet in shared memory;
+ * one row of 8192 Q4 values, three of BF16. Also gate and up in different
+ * formats (the unfused fallback). */
+static void test_shapes(cuda_ctx *c) {
+    wtensor a = host_weight(WF_Q4, WF_BF16, 64, 1, 8192), b = host_weight(WF_BF16, WF_F32, 0, 3, 8192);
+    wtensor e = host_weight(WF_Q8, WF_F16, 32, 5, 4096);
+    check_matmul(c, &a), check_matmul(c, &b), check_matmul(c, &e);
+    /* rows padded beyond their values (a view of wider rows): the float kernels' column tail */
+    wtensor p = host_weight(WF_BF16, WF_F32, 0, 37, 264);
+    p.cols = 260;
+    check_matmul(c, &p);
+    host_free(&p);
+    wtensor g = host_weight(WF_Q4, WF_F16, 64, 70, 256), u = host_weight(WF_Q8, WF_F16, 32, 70, 256);
+    check_swiglu(c, &g, &u);
+    host_free(&a), host_free(&b), host_free(&e), host_free(&g), host_free(&u);
+}
+
+/* ne experts of hidden size H, intermediate I (the last of width Is, a shared
+ * expert), format f (the last in fmt_last); mid and out checked. */
+static void check_moe(cuda_ctx *c, int ne, wfmt f, wfmt fmt_last, int64_t H, int64_t I, int64_t Is) {
+    static wtensor hg[MOE_DEC_MAX], hu[MOE_DEC_MAX], hd[MOE_DEC_MAX], dg[MOE_DEC_MAX], du[MOE_DEC_MAX], dd[MOE_DEC_MAX];
+    const wtensor *pg[MOE_DEC_MAX], *pu[MOE_DEC_MAX], *pd[MOE_DEC_MAX];
+    float *dout[MOE_DEC_MAX];
+    int64_t ld_mid = Is > I ? Is : I;
+    float *x = rand_floats((size_t)H), *dx = dev_floats(c, x, (size_t)H);
+    float *dmid = dev_floats(c, NULL, (size_t)(ne * ld_mid));
+    for (int i = 0; i < ne; i++) {
+        wfmt fi = i == ne - 1 ? fmt_last : f;
+        int64_t w = i == ne - 1 ? Is : I;
+        hg[i] = host_weight(fi, WF_BF16, 32, w, H), hu[i] = host_weight(fi, WF_BF16, 32, w, H);
+        hd[i] = host_weight(fi, WF_BF16, 32, H, w);
+        dg[i] = dev_weight(c, &hg[i]), du[i] = dev_weight(c, &hu[i]), dd[i] = dev_weight(c, &hd[i]);
+        pg[i] = &dg[i], pu[i] = &du[i], pd[i] = &dd[i];
+        dout[i] = dev_floats(c, NULL, (size_t)H);
+    }
+    cuda_moe_decode(c, ne, pg, pu, pd, dx, dmid, ld_mid, dout);
+    float *mid = malloc((size_t)(ne * ld_mid) * 4), *out = malloc((size_t)H * 4);
+    CHECK(cuda_download(c, mid, dmid, (size_t)(ne * ld_mid) * 4) == MOE_OK, "moe_decode: %s", moe_errmsg());
+    for (int i = 0; i < ne; i++) {
+        int64_t w = hg[i].rows;
+        float *ref = malloc((size_t)(H > w ? H : w) * 4), *tol = malloc((size_t)(H > w ? H : w) * 4);
+        swiglu_ref(&hg[i], &hu[i], x, 1, 0, ref, tol);
+        CHECK(compare("moe mid", &hg[i], 1, mid + i * ld_mid, ref, tol, w) == 0, "moe_decode mid of expert %d", i);
+        /* down's reference from the device's mid (its own error is checked above) */
+        reference(&hd[i], mid + i * ld_mid, 1, NULL, 0, ref, tol);
+        CHECK(cuda_download(c, out, dout[i], (size_t)H * 4) == MOE_OK, "moe_decode: %s", moe_errmsg());
+        CHECK(compare("moe out", &hd[i], 1, out, ref, tol, H) == 0, "moe_decode out of expert %d of %d", i, ne);
+        free(ref), free(tol);
+        host_free(&hg[i]), host_free(&hu[i]), host_free(&hd[i]);
+        cuda_free(c, dout[i]);
+    }
+    cuda_free(c, dx), cuda_free(c, dmid);
+    free(x), free(mid), free(out);
+}
+
+static void test_moe(cuda_ctx *c) {
+    check_moe(c, 8, WF_Q4, WF_Q4, 256, 96, 160);    /* top-8 + a wider shared expert, one launch a phase */
+    check_moe(c, 2, WF_BF16, WF_BF16, 192, 224, 224);
+    check_moe(c, 3, WF_Q8, WF_Q4, 128, 64, 32);     /* mixed formats: expert by expert */
+    check_moe(c, MOE_DEC_MAX, WF_Q3, WF_Q6, 64, 32, 64);
+    check_moe(c, 5, WF_F32, WF_F32, 100, 36, 20);   /* float32 */
+    check_moe(c, 3, WF_F16, WF_F16, 102, 37, 21);   /* odd widths: the element-wise kernel */
+}
+
+/* Failures are clean statuses: an impossible allocation, a bad token id; the
+ * context then skips work and keeps the first error. */
+static void test_errors(void) {
+    cuda_ctx *c = NULL;
+    CHECK(cuda_ctx_new(0, &c) == MOE_OK, "ctx: %s", moe_errmsg());
+    void *p = cuda_alloc(c, (size_t)1 << 50);
+    CHECK(p == NULL, "a 1 PiB allocation succeeded");
+    moe_status st = cuda_sync(c);
+    CHECK(st == MOE_ENOMEM, "huge allocation: status %d (%s)", st, moe_errmsg());
+    wtensor h = host_weight(WF_Q4, WF_F16, 32, 4, 64);
+    wtensor d = h; /* host pointers: never dereferenced by a failed context */
+    cuda_matmul(c, &d, NULL, 1, NULL, NULL);
+    CHECK(cuda_sync(c) == MOE_ENOMEM, "a later call replaced the first error");
+    cuda_ctx_free(c);
+
+    CHECK(cuda_ctx_new(0, &c) == MOE_OK, "ctx: %s", moe_errmsg());
+    d = dev_weight(c, &h);
+    float *y = dev_floats(c, NULL, 64);
+    int32_t tok[2] = {1, 4};
+    cuda_embed(c, &d, tok, 2, y);
+    st = cuda_sync(c);
+    CHECK(st == MOE_EINVAL && strstr(moe_errmsg(), "token 4"), "embed of token 4 of 4: %d %s", st, moe_errmsg());
+    cuda_ctx_free(c);
+    host_free(&h);
+}
+
+int main(void) {
+    if (cuda_device_count() == 0) {
+        printf("no CUDA device: skipped\n");
+        return 77;
+    }
+    cuda_ctx *c = NULL;
+    if (cuda_ctx_new(0, &c) != MOE_OK) {
+        fprintf(stderr, "cuda_ctx_new: %s\n", moe_errmsg());
+        return 1;
+    }
+    printf("%s\n", cuda_ctx_name(c));
+    test_formats(c);
+    test_shapes(c);
+    test_moe(c);
+    CHECK(cuda_sync(c) == MOE_OK, "%s", moe_errmsg());
+    cuda_ctx_free(c);
+    test_errors();
+    TEST_DONE();
+}
