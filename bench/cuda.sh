@@ -5,29 +5,39 @@
 # `moe bench --device cuda` on each, printing one JSON line per run with the
 # decode speed as a fraction of the bandwidth roofline.
 # usage: bench/cuda.sh [OUT_DIR] [SHAPES="mistral-7b:bf16 mistral-7b:q4 mixtral-8x7b:q4"]
-# (MOE_BENCH_DIR: where models are written, default /tmp/moe-cuda-bench)
+# (MOE_BENCH_DIR: where models are written, default /tmp/moe-cuda-bench;
+#  MOE_BIN: binaries made by tools/gpu_bundle.sh, run as they are instead of building here)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-/tmp/moe-cuda-out}; mkdir -p "$out"
 shapes=${2:-"mistral-7b:bf16 mistral-7b:q4 mixtral-8x7b:q4"}
 dir=${MOE_BENCH_DIR:-/tmp/moe-cuda-bench}
-jobs=$(nproc)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DMOE_CUDA_REQUIRED=ON -DMOE_CUDA_ARCHS=90 >/dev/null
-cmake --build build-gpu -j"$jobs" >"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
+if [ -z "${MOE_BIN:-}" ]; then
+  cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DMOE_CUDA_REQUIRED=ON -DMOE_CUDA_ARCHS=90 >/dev/null
+  cmake --build build-gpu -j"$(nproc)" >"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
+  bin=build-gpu; tbin=build-gpu/tests
+else
+  bin=$MOE_BIN; tbin=$MOE_BIN
+  export LD_LIBRARY_PATH="$MOE_BIN/../lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
 echo "== cuda tests"
-ctest --test-dir build-gpu -L cuda --output-on-failure 2>&1 | tee "$out/tests.log" | tail -40
-bw=$(build-gpu/cuda_membw 4096 20 | sed 's/.*"read_gbps": \([0-9.]*\).*/\1/')
+fixtures=$(for d in tests/golden/* tests/golden-quant/*; do [ -f "$d/golden.json" ] && echo "$d"; done)
+for t in "$tbin/test_cuda_mm" "$tbin/test_cuda_ops" "$tbin/test_cuda_golden 0.08 $fixtures"; do
+  log=$out/$(basename "${t%% *}").log
+  $t >"$log" 2>&1 && echo "pass: ${t%% *}: $(tail -1 "$log")" || { echo "FAIL: ${t%% *}"; tail -30 "$log"; }
+done
+bw=$("$bin/cuda_membw" 4096 20 | sed 's/.*"read_gbps": \([0-9.]*\).*/\1/')
 echo "GPU read bandwidth: $bw GB/s"
 for s in $shapes; do
   like=${s%%:*}; dt=${s##*:}
   m=$dir/$like-$dt
   if [ ! -f "$m/config.json" ]; then
     case $dt in q*) extra=(--bits "${dt#q}") ;; *) extra=(--dtype "$dt") ;; esac
-    build-gpu/moe synth --like "$like" "${extra[@]}" -o "$m" >/dev/null
+    "$bin/moe" synth --like "$like" "${extra[@]}" -o "$m" >/dev/null
   fi
   for p in 512 4096; do
-    res=$(build-gpu/moe bench -m "$m" --device cuda -p "$p" -b "$p" -n 128 -r 3 --json) || { echo "$like $dt: bench failed"; continue; }
+    res=$("$bin/moe" bench -m "$m" --device cuda -p "$p" -b "$p" -n 128 -r 3 --json) || { echo "$like $dt: bench failed"; continue; }
     python3 - "$bw" "$res" "$like" "$dt" <<'PY' | tee -a "$out/bench.jsonl"
 import json, sys
 bw = float(sys.argv[1]); r = json.loads(sys.argv[2])
