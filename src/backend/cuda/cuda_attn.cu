@@ -1,0 +1,507 @@
+/* cuda_attn.cu — RMSNorm, RoPE, the KV cache store and attention as CUDA
+ * kernels, with backend.h's contracts (be_rmsnorm, be_rope, be_kv_store,
+ * be_attention) and the CPU's arithmetic where it decides bits: the cache is
+ * quantized exactly as kv_quantize does (the same float operations, so the
+ * same codes), and a quantized element is dequantized as scale * q + bias
+ * rounded twice, as the scalar reference does.
+ *
+ * Attention has two kernels:
+ * - decode (a few queries): "flash-decoding". A block takes one query token,
+ *   one KV head with up to GB of the query heads that read it (GQA: the keys
+ *   are loaded once for all of them), and one split of the keys; its 4 warps
+ *   take every 4th key, one lane per 32nd element of the head, with an online
+ *   softmax per warp. The warps merge in shared memory; with several splits
+ *   each writes (max, sum, unnormalised output) to scratch and a second
+ *   kernel merges the splits.
+ * - prompts: a block per tile of 32 queries x head; key tiles of 32 are
+ *   dequantized into shared memory, each warp scores its 8 queries against
+ *   the tile (a lane a key), and keeps an online softmax and the output
+ *   accumulators (a lane per 32nd element) in registers.
+ * Keys are read from slot p % cap for every position p a query sees, as the
+ * CPU reads them: a ring buffer under a sliding window. */
+#include <math.h>
+#include <stdio.h>
+
+#include "cuda_internal.h"
+
+static void op_fail(cuda_ctx *c, moe_status st, const char *what) {
+    if (c->err) return;
+    c->err = st;
+    snprintf(c->msg, sizeof c->msg, "CUDA: %s", what);
+}
+
+/* ------------------------------------------------------------- RMSNorm -- */
+
+/* The sum of squares in double, as the CPU; a warp a row for short rows,
+ * a block of 256 a row for long ones. */
+__device__ static inline void rms_apply(const float *xr, const float *w, int64_t d, double ss, float eps, float *o,
+                                        int i0, int step) {
+    float inv = 1.0f / sqrtf((float)(ss / (double)d) + eps);
+    for (int64_t i = i0; i < d; i += step) o[i] = w[i] * (xr[i] * inv);
+}
+
+__global__ static void k_rmsnorm_warp(const float *x, const float *w, int64_t n, int64_t d, float eps, float *out) {
+    int64_t row = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= n) return;
+    int lane = threadIdx.x % 32;
+    const float *xr = x + row * d;
+    double ss = 0;
+    for (int64_t i = lane; i < d; i += 32) ss += (double)xr[i] * xr[i];
+    for (int o = 16; o; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    rms_apply(xr, w, d, ss, eps, out + row * d, lane, 32);
+}
+
+__global__ static void k_rmsnorm_block(const float *x, const float *w, int64_t d, float eps, float *out) {
+    __shared__ double part[32];
+    int64_t row = blockIdx.x;
+    const float *xr = x + row * d;
+    double ss = 0;
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) ss += (double)xr[i] * xr[i];
+    for (int o = 16; o; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = ss;
+    __syncthreads();
+    ss = 0;
+    for (int i = 0; i < (int)blockDim.x / 32; i++) ss += part[i];
+    rms_apply(xr, w, d, ss, eps, out + row * d, threadIdx.x, blockDim.x);
+}
+
+extern "C" void cuda_rmsnorm(cuda_ctx *c, const float *x, const float *weight, int64_t n, int64_t d, float eps,
+                             float *out) {
+    CUDA_LIVE(c);
+    if (n <= 0 || d <= 0) return;
+    if (d <= 512) k_rmsnorm_warp<<<cuda_blocks(n, 8), 256, 0, c->stream>>>(x, weight, n, d, eps, out);
+    else k_rmsnorm_block<<<(unsigned)n, 256, 0, c->stream>>>(x, weight, d, eps, out);
+    cuda_launched(c, "rmsnorm");
+}
+
+/* ---------------------------------------------------------------- RoPE -- */
+
+/* A thread a pair (t, head, i < rot/2). */
+__global__ static void k_rope(float *x, int64_t n, int n_heads, int hd, int half, const int64_t *pos,
+                              const float *inv_freq) {
+    int64_t total = n * n_heads * half;
+    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
+        int i = (int)(e % half);
+        int64_t th = e / half, t = th / n_heads;
+        float ang = (float)pos[t] * inv_freq[i], s, co;
+        sincosf(ang, &s, &co);
+        float *v = x + th * hd;
+        float a = v[i], b = v[i + half];
+        v[i] = a * co - b * s;
+        v[i + half] = b * co + a * s;
+    }
+}
+
+extern "C" void cuda_rope(cuda_ctx *c, float *x, int64_t n, int n_heads, int hd, int rot, const int64_t *pos,
+                          const float *inv_freq) {
+    CUDA_LIVE(c);
+    int half = rot / 2;
+    if (n <= 0 || half <= 0 || n_heads <= 0) return;
+    const int64_t *d_pos = (const int64_t *)cuda_stage(c, pos, sizeof *pos * (size_t)n);
+    if (!d_pos) return;
+    unsigned b = cuda_blocks(n * n_heads * half, 256), most = (unsigned)c->n_sm * 16;
+    k_rope<<<b < most ? b : most, 256, 0, c->stream>>>(x, n, n_heads, hd, half, d_pos, inv_freq);
+    cuda_launched(c, "rope");
+}
+
+/* ------------------------------------------------------------ KV store -- */
+
+/* Token t's write to slot `slot` is lost to a later token of the batch with
+ * the same slot (the CPU writes in order): t_first >= 0 when the positions
+ * are consecutive (then exactly t < t_first is overwritten), else a scan. */
+__device__ static inline bool kv_overwritten(const int64_t *pos, int64_t n, int64_t cap, int64_t t, int64_t slot,
+                                             int64_t t_first) {
+    if (t_first >= 0) return t < t_first;
+    for (int64_t u = t + 1; u < n; u++)
+        if (pos[u] % cap == slot) return true;
+    return false;
+}
+
+/* float32 cache: a thread an element of a key and a value row */
+__global__ static void k_kv_store32(float *kc, float *vc, const float *k, const float *v, int64_t n, int64_t w,
+                                    const int64_t *pos, int64_t cap, int64_t t_first) {
+    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n * w; e += (int64_t)gridDim.x * blockDim.x) {
+        int64_t t = e / w, j = e % w, slot = pos[t] % cap;
+        if (kv_overwritten(pos, n, cap, t, slot, t_first)) continue;
+        kc[slot * w + j] = k[e];
+        vc[slot * w + j] = v[e];
+    }
+}
+
+/* Quantized cache: a warp a group of one token's key (blockIdx.y 0) or value
+ * (1) row: min and max, then kv_quantize's rule, operation for operation.
+ * 4 bits: the even lane of each pair writes the byte (group and its start are even). */
+template <int BITS>
+__global__ static void k_kv_quant(unsigned char *kc, unsigned char *vc, float *ks, float *kb, float *vs, float *vb,
+                                  const float *k, const float *v, int64_t n, int64_t w, int group,
+                                  const int64_t *pos, int64_t cap, int64_t t_first) {
+    int64_t gpr = w / group, unit = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
+    if (unit >= n * gpr) return;
+    int lane = threadIdx.x % 32;
+    int64_t t = unit / gpr, gg = unit % gpr, g0 = gg * group, slot = pos[t] % cap;
+    if (kv_overwritten(pos, n, cap, t, slot, t_first)) return;
+    bool is_v = blockIdx.y == 1;
+    const float *xg = (is_v ? v : k) + t * w + g0;
+    unsigned char *row = (is_v ? vc : kc) + (size_t)slot * (size_t)(w * BITS / 8);
+    float lo = xg[0], hi = xg[0];
+    for (int j = lane; j < group; j += 32) {
+        lo = xg[j] < lo ? xg[j] : lo;
+        hi = xg[j] > hi ? xg[j] : hi;
+    }
+    for (int o = 16; o; o >>= 1) {
+        float l2 = __shfl_xor_sync(0xffffffffu, lo, o), h2 = __shfl_xor_sync(0xffffffffu, hi, o);
+        lo = l2 < lo ? l2 : lo;
+        hi = h2 > hi ? h2 : hi;
+    }
+    const float qmax = (float)((1 << BITS) - 1);
+    float s = (hi - lo) / qmax, inv = s > 0 ? 1.0f / s : 0.0f;
+    if (lane == 0) {
+        (is_v ? vs : ks)[slot * gpr + gg] = s;
+        (is_v ? vb : kb)[slot * gpr + gg] = lo;
+    }
+    for (int j0 = 0; j0 < group; j0 += 32) {
+        int j = j0 + lane;
+        unsigned qv = 0;
+        if (j < group) {
+            float qf = rintf((xg[j] - lo) * inv);
+            qf = qf > qmax ? qmax : qf >= 0 ? qf : 0.0f;
+            qv = (unsigned)qf;
+        }
+        if (BITS == 8) {
+            if (j < group) row[g0 + j] = (unsigned char)qv;
+        } else {
+            unsigned hi4 = __shfl_down_sync(0xffffffffu, qv, 1);
+            if (j < group && (lane & 1) == 0) row[(g0 + j) / 2] = (unsigned char)(qv | hi4 << 4);
+        }
+    }
+}
+
+extern "C" void cuda_kv_store(cuda_ctx *c, const kv_cache *kv, const float *k, const float *v, int64_t n,
+                              const int64_t *pos) {
+    CUDA_LIVE(c);
+    if (n <= 0) return;
+    int64_t w = (int64_t)kv->n_kv * kv->hd, t_first = n > kv->cap ? n - kv->cap : 0;
+    for (int64_t t = 1; t < n && t_first >= 0; t++)
+        if (pos[t] != pos[0] + t) t_first = -1; /* not consecutive: the kernels scan */
+    const int64_t *d_pos = (const int64_t *)cuda_stage(c, pos, sizeof *pos * (size_t)n);
+    if (!d_pos) return;
+    if (kv->bits == 32) {
+        unsigned b = cuda_blocks(n * w, 256), most = (unsigned)c->n_sm * 16;
+        k_kv_store32<<<b < most ? b : most, 256, 0, c->stream>>>((float *)kv->k, (float *)kv->v, k, v, n, w, d_pos,
+                                                                 kv->cap, t_first);
+        cuda_launched(c, "kv_store");
+        return;
+    }
+    if ((kv->bits != 8 && kv->bits != 4) || kv->group <= 0 || kv->hd % kv->group || (kv->bits == 4 && kv->group % 2)) {
+        op_fail(c, MOE_EUNSUPPORTED, "kv_store: cache of bits/group not 8 or 4 bits in even groups dividing the head");
+        return;
+    }
+    dim3 grid(cuda_blocks(n * (w / kv->group), 8), 2);
+    if (kv->bits == 8)
+        k_kv_quant<8><<<grid, 256, 0, c->stream>>>((unsigned char *)kv->k, (unsigned char *)kv->v, kv->ks, kv->kb,
+                                                   kv->vs, kv->vb, k, v, n, w, kv->group, d_pos, kv->cap, t_first);
+    else
+        k_kv_quant<4><<<grid, 256, 0, c->stream>>>((unsigned char *)kv->k, (unsigned char *)kv->v, kv->ks, kv->kb,
+                                                   kv->vs, kv->vb, k, v, n, w, kv->group, d_pos, kv->cap, t_first);
+    cuda_launched(c, "kv_store");
+}
+
+/* ----------------------------------------------------------- attention -- */
+
+#define ATT_WARPS 4      /* warps a block, both kernels */
+#define ATT_DECODE_MAX 4 /* queries up to which the decode kernel serves */
+#define ATT_MIN_CHUNK 32 /* keys a split, at least */
+#define PQ 32            /* prompt kernel: queries a block */
+#define PK 32            /* keys a tile */
+#define QPW (PQ / ATT_WARPS)
+
+typedef struct att_args {
+    const float *q;
+    float *out, *part;          /* part: decode splits' [n x n_heads x nsplit x (hd + 2)] */
+    const void *k, *v;          /* cache values, float32 or packed */
+    const float *ks, *kb, *vs, *vb;
+    int64_t n, pos0, cap, row;  /* row: values a slot (n_kv * hd) */
+    int64_t rb, gpr;            /* packed bytes and groups a slot row */
+    int n_heads, hd, group, G, window, nsplit, chunk;
+    float scale;
+} att_args;
+
+/* Element e (= kv head * hd + j) of slot sl's row, as float32 */
+template <int BITS>
+__device__ static inline float kv_elem(const void *base, const float *sc, const float *bi, const att_args &a,
+                                       int64_t sl, int64_t e) {
+    if (BITS == 32) return ((const float *)base)[sl * a.row + e];
+    const unsigned char *r = (const unsigned char *)base + sl * a.rb;
+    unsigned q = BITS == 8 ? r[e] : (r[e >> 1] >> ((e & 1) * 4)) & 15u;
+    int64_t gi = sl * a.gpr + e / a.group;
+    return __fadd_rn(__fmul_rn(sc[gi], (float)q), bi[gi]); /* unfused, as the CPU */
+}
+
+__device__ static inline float warp_sum(float x) {
+    for (int o = 16; o; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+__device__ static inline float warp_max(float x) {
+    for (int o = 16; o; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    return x;
+}
+
+/* The first key position the query at p sees */
+__device__ static inline int64_t att_lo(int64_t p, int window) {
+    return window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+}
+
+/* Decode: grid (nsplit, n_kv * ceil(G / GB), n). EPL = elements of the head a lane (hd <= 32 * EPL). */
+template <int BITS, int EPL, int GB>
+__global__ static void __launch_bounds__(ATT_WARPS * 32) k_att_decode(att_args a) {
+    extern __shared__ float sm[]; /* [ATT_WARPS x GB] max, sum; [ATT_WARPS x GB x hd] output */
+    int gblocks = (a.G + GB - 1) / GB, kvh = blockIdx.y / gblocks, g0 = blockIdx.y % gblocks * GB;
+    int ng = a.G - g0 < GB ? a.G - g0 : GB, warp = threadIdx.x / 32, lane = threadIdx.x % 32, hd = a.hd;
+    int64_t t = blockIdx.z, p = a.pos0 + t, k0 = att_lo(p, a.window) + (int64_t)blockIdx.x * a.chunk;
+    int64_t k1 = k0 + a.chunk < p + 1 ? k0 + a.chunk : p + 1;
+    float qv[GB][EPL], acc[GB][EPL], m[GB], l[GB];
+#pragma unroll
+    for (int g = 0; g < GB; g++) {
+        const float *qh = a.q + (t * a.n_heads + (int64_t)kvh * a.G + g0 + g) * hd;
+        m[g] = -INFINITY, l[g] = 0;
+#pragma unroll
+        for (int i = 0; i < EPL; i++) {
+            int j = lane + 32 * i;
+            qv[g][i] = g < ng && j < hd ? qh[j] : 0.0f;
+            acc[g][i] = 0;
+        }
+    }
+    for (int64_t kp = k0 + warp; kp < k1; kp += ATT_WARPS) {
+        int64_t sl = kp % a.cap, e0 = (int64_t)kvh * hd + lane;
+        float kr[EPL], vr[EPL];
+#pragma unroll
+        for (int i = 0; i < EPL; i++) {
+            bool in = lane + 32 * i < hd;
+            kr[i] = in ? kv_elem<BITS>(a.k, a.ks, a.kb, a, sl, e0 + 32 * i) : 0.0f;
+            vr[i] = in ? kv_elem<BITS>(a.v, a.vs, a.vb, a, sl, e0 + 32 * i) : 0.0f;
+        }
+#pragma unroll
+        for (int g = 0; g < GB; g++) {
+            if (g >= ng) break;
+            float s = 0;
+#pragma unroll
+            for (int i = 0; i < EPL; i++) s += qv[g][i] * kr[i];
+            s = warp_sum(s) * a.scale;
+            float mn = fmaxf(m[g], s), al = expf(m[g] - mn), pe = expf(s - mn);
+            l[g] = l[g] * al + pe;
+#pragma unroll
+            for (int i = 0; i < EPL; i++) acc[g][i] = acc[g][i] * al + pe * vr[i];
+            m[g] = mn;
+        }
+    }
+    /* merge the warps */
+    float *wm = sm, *wl = wm + ATT_WARPS * GB, *wacc = wl + ATT_WARPS * GB;
+#pragma unroll
+    for (int g = 0; g < GB; g++) {
+        if (lane == 0) wm[warp * GB + g] = m[g], wl[warp * GB + g] = l[g];
+#pragma unroll
+        for (int i = 0; i < EPL; i++)
+            if (lane + 32 * i < hd) wacc[(warp * GB + g) * hd + lane + 32 * i] = acc[g][i];
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < ng * hd; e += blockDim.x) {
+        int g = e / hd, j = e % hd;
+        float M = -INFINITY, L = 0, O = 0;
+        for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, wm[w * GB + g]);
+        if (M > -INFINITY)
+            for (int w = 0; w < ATT_WARPS; w++) {
+                float mw = wm[w * GB + g], f = mw > -INFINITY ? expf(mw - M) : 0.0f;
+                L += wl[w * GB + g] * f;
+                O += wacc[(w * GB + g) * hd + j] * f;
+            }
+        int64_t th = t * a.n_heads + (int64_t)kvh * a.G + g0 + g;
+        if (a.nsplit == 1) { /* split 0 holds key p: L > 0 */
+            a.out[th * hd + j] = O / L;
+            continue;
+        }
+        float *pp = a.part + (th * a.nsplit + blockIdx.x) * (hd + 2);
+        if (j == 0) pp[0] = M, pp[1] = L;
+        pp[2 + j] = O;
+    }
+}
+
+/* Merges the splits of (t, head) blockIdx.x: out = sum_s O_s e^(m_s - M) / sum_s l_s e^(m_s - M). */
+__global__ static void k_att_merge(att_args a) {
+    int64_t th = blockIdx.x;
+    int hd = a.hd;
+    const float *pp = a.part + th * a.nsplit * (hd + 2);
+    float M = -INFINITY;
+    for (int s = 0; s < a.nsplit; s++) M = fmaxf(M, pp[s * (hd + 2)]);
+    for (int j = threadIdx.x; j < hd; j += blockDim.x) {
+        float L = 0, O = 0;
+        for (int s = 0; s < a.nsplit; s++) {
+            float ms = pp[s * (hd + 2)], f = ms > -INFINITY ? expf(ms - M) : 0.0f;
+            L += pp[s * (hd + 2) + 1] * f;
+            O += pp[s * (hd + 2) + 2 + j] * f;
+        }
+        a.out[th * hd + j] = O / L;
+    }
+}
+
+/* Prompts: grid (ceil(n / PQ), n_heads). Shared: Q [PQ x hd], K [PK x (hd+1)]
+ * (padded: lane-per-key reads hit distinct banks), V [PK x hd], slots [PK]. */
+template <int BITS, int EPL>
+__global__ static void __launch_bounds__(ATT_WARPS * 32) k_att_prompt(att_args a) {
+    extern __shared__ float sm[];
+    int hd = a.hd, h = blockIdx.y, kvh = h / a.G, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float *Qs = sm, *Ks = Qs + PQ * hd, *Vs = Ks + PK * (hd + 1);
+    int64_t *slots = (int64_t *)(Vs + PK * hd); /* 8-byte aligned: the float counts before it are even */
+    int64_t t0 = (int64_t)blockIdx.x * PQ, nq = a.n - t0 < PQ ? a.n - t0 : PQ;
+    int64_t plast = a.pos0 + t0 + nq - 1, kstart = att_lo(a.pos0 + t0, a.window);
+    for (int e = threadIdx.x; e < PQ * hd; e += blockDim.x) {
+        int r = e / hd, j = e % hd;
+        Qs[e] = r < nq ? a.q[((t0 + r) * a.n_heads + h) * hd + j] : 0.0f;
+    }
+    float m[QPW], l[QPW], acc[QPW][EPL];
+    int64_t qp[QPW];
+#pragma unroll
+    for (int i = 0; i < QPW; i++) {
+        m[i] = -INFINITY, l[i] = 0;
+        qp[i] = warp * QPW + i < nq ? a.pos0 + t0 + warp * QPW + i : -1; /* -1: no query, sees no key */
+#pragma unroll
+        for (int e = 0; e < EPL; e++) acc[i][e] = 0;
+    }
+    for (int64_t kt = kstart; kt <= plast; kt += PK) {
+        __syncthreads(); /* the previous tile is consumed (and Q stored, the first time) */
+        if (threadIdx.x < PK) slots[threadIdx.x] = (kt + threadIdx.x) % a.cap;
+        __syncthreads();
+        for (int e = threadIdx.x; e < PK * hd; e += blockDim.x) {
+            int r = e / hd, j = e % hd;
+            bool in = kt + r <= plast;
+            int64_t ej = (int64_t)kvh * hd + j;
+            Ks[r * (hd + 1) + j] = in ? kv_elem<BITS>(a.k, a.ks, a.kb, a, slots[r], ej) : 0.0f;
+            Vs[r * hd + j] = in ? kv_elem<BITS>(a.v, a.vs, a.vb, a, slots[r], ej) : 0.0f;
+        }
+        __syncthreads();
+        /* scores: lane = key kt + lane, for the warp's QPW queries */
+        float s[QPW];
+#pragma unroll
+        for (int i = 0; i < QPW; i++) s[i] = 0;
+        const float *kr = Ks + lane * (hd + 1), *qw = Qs + warp * QPW * hd;
+        if ((hd & 3) == 0)
+            for (int j = 0; j < hd; j += 4) {
+                float k0 = kr[j], k1 = kr[j + 1], k2 = kr[j + 2], k3 = kr[j + 3];
+#pragma unroll
+                for (int i = 0; i < QPW; i++) {
+                    float4 qq = *(const float4 *)(qw + i * hd + j);
+                    s[i] += qq.x * k0 + qq.y * k1 + qq.z * k2 + qq.w * k3;
+                }
+            }
+        else
+            for (int j = 0; j < hd; j++) {
+                float kj = kr[j];
+#pragma unroll
+                for (int i = 0; i < QPW; i++) s[i] += qw[i * hd + j] * kj;
+            }
+        int64_t kp = kt + lane;
+        float pr[QPW];
+#pragma unroll
+        for (int i = 0; i < QPW; i++) {
+            bool ok = kp <= qp[i] && kp >= att_lo(qp[i], a.window);
+            float sv = ok ? s[i] * a.scale : -INFINITY, mn = fmaxf(m[i], warp_max(sv));
+            pr[i] = 0;
+            if (mn == -INFINITY) continue; /* no key yet for this query (uniform in the warp) */
+            float al = expf(m[i] - mn);
+            pr[i] = ok ? expf(sv - mn) : 0.0f;
+            l[i] = l[i] * al + pr[i];
+#pragma unroll
+            for (int e = 0; e < EPL; e++) acc[i][e] *= al;
+            m[i] = mn;
+        }
+        for (int kk = 0; kk < PK; kk++) {
+            float vv[EPL];
+#pragma unroll
+            for (int e = 0; e < EPL; e++) vv[e] = lane + 32 * e < hd ? Vs[kk * hd + lane + 32 * e] : 0.0f;
+#pragma unroll
+            for (int i = 0; i < QPW; i++) {
+                float pk = __shfl_sync(0xffffffffu, pr[i], kk);
+#pragma unroll
+                for (int e = 0; e < EPL; e++) acc[i][e] += pk * vv[e];
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < QPW; i++) {
+        float L = warp_sum(l[i]);
+        if (qp[i] < 0) continue;
+        float *o = a.out + ((t0 + warp * QPW + i) * a.n_heads + h) * hd;
+#pragma unroll
+        for (int e = 0; e < EPL; e++)
+            if (lane + 32 * e < hd) o[lane + 32 * e] = acc[i][e] / L;
+    }
+}
+
+/* Launches with the smem opt-in beyond 48 KiB, which the prompt kernel needs from hd 128 on. */
+template <typename K>
+static bool att_launch(cuda_ctx *c, K kern, dim3 grid, size_t smem, const att_args &a, const char *what) {
+    if (smem > 48 * 1024 &&
+        !cuda_check(c, cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), what))
+        return false;
+    kern<<<grid, ATT_WARPS * 32, smem, c->stream>>>(a);
+    return cuda_launched(c, what);
+}
+
+template <int BITS, int EPL>
+static void att_run(cuda_ctx *c, att_args a, int n_kv) {
+    int hd = a.hd;
+    if (a.n > ATT_DECODE_MAX) {
+        size_t smem = sizeof(float) * (size_t)(PQ * hd + PK * (hd + 1) + PK * hd) + sizeof(int64_t) * PK;
+        dim3 grid(cuda_blocks(a.n, PQ), (unsigned)a.n_heads);
+        att_launch(c, k_att_prompt<BITS, EPL>, grid, smem, a, "attention (prompt)");
+        return;
+    }
+    int GB = a.G >= 8 ? 8 : a.G >= 4 ? 4 : a.G >= 2 ? 2 : 1, gblocks = (a.G + GB - 1) / GB;
+    /* splits: about 4 blocks an SM, at least ATT_MIN_CHUNK keys each */
+    int64_t span = a.pos0 + a.n, base = (int64_t)n_kv * gblocks * a.n;
+    if (a.window > 0 && a.window < span) span = a.window;
+    int64_t want = (4 * (int64_t)c->n_sm + base - 1) / base, chunk = (span + want - 1) / want;
+    chunk = chunk < ATT_MIN_CHUNK ? ATT_MIN_CHUNK : chunk;
+    a.chunk = (int)chunk;
+    a.nsplit = (int)((span + chunk - 1) / chunk);
+    if (a.nsplit > 1) {
+        a.part = (float *)cuda_scratch(c, sizeof(float) * (size_t)(a.n * a.n_heads * a.nsplit) * (size_t)(hd + 2));
+        if (!a.part) return;
+    }
+    dim3 grid((unsigned)a.nsplit, (unsigned)(n_kv * gblocks), (unsigned)a.n);
+    size_t smem = sizeof(float) * ATT_WARPS * (size_t)GB * (size_t)(hd + 2);
+    bool ok = GB == 8   ? att_launch(c, k_att_decode<BITS, EPL, 8>, grid, smem, a, "attention (decode)")
+              : GB == 4 ? att_launch(c, k_att_decode<BITS, EPL, 4>, grid, smem, a, "attention (decode)")
+              : GB == 2 ? att_launch(c, k_att_decode<BITS, EPL, 2>, grid, smem, a, "attention (decode)")
+                        : att_launch(c, k_att_decode<BITS, EPL, 1>, grid, smem, a, "attention (decode)");
+    if (!ok || a.nsplit == 1) return;
+    k_att_merge<<<(unsigned)(a.n * a.n_heads), 128, 0, c->stream>>>(a);
+    cuda_launched(c, "attention (merge)");
+}
+
+template <int BITS>
+static void att_bits(cuda_ctx *c, const att_args &a, int n_kv) {
+    if (a.hd <= 32) att_run<BITS, 1>(c, a, n_kv);
+    else if (a.hd <= 64) att_run<BITS, 2>(c, a, n_kv);
+    else if (a.hd <= 128) att_run<BITS, 4>(c, a, n_kv);
+    else att_run<BITS, 8>(c, a, n_kv);
+}
+
+extern "C" void cuda_attention(cuda_ctx *c, const float *q, int64_t n, int64_t pos0, const kv_cache *kv, int n_heads,
+                               int window, float scale, float *out) {
+    CUDA_LIVE(c);
+    if (n <= 0) return;
+    if (kv->hd < 1 || kv->hd > 256 || kv->n_kv < 1 || n_heads % kv->n_kv ||
+        (kv->bits != 32 && kv->bits != 8 && kv->bits != 4) || (kv->bits != 32 && (kv->group < 1 || kv->hd % kv->group))) {
+        op_fail(c, MOE_EUNSUPPORTED, "attention: head dim above 256, heads not a multiple of the KV heads, or bad cache");
+        return;
+    }
+    att_args a = {};
+    a.q = q, a.out = out, a.k = kv->k, a.v = kv->v, a.ks = kv->ks, a.kb = kv->kb, a.vs = kv->vs, a.vb = kv->vb;
+    a.n = n, a.pos0 = pos0, a.cap = kv->cap, a.row = (int64_t)kv->n_kv * kv->hd;
+    a.rb = a.row * kv->bits / 8, a.gpr = kv->bits == 32 ? 0 : a.row / kv->group;
+    a.n_heads = n_heads, a.hd = kv->hd, a.group = kv->bits == 32 ? 1 : kv->group, a.G = n_heads / kv->n_kv;
+    a.window = window, a.nsplit = 1, a.chunk = 1, a.scale = scale;
+    if (kv->bits == 32) att_bits<32>(c, a, kv->n_kv);
+    else if (kv->bits == 8) att_bits<8>(c, a, kv->n_kv);
+    else att_bits<4>(c, a, kv->n_kv);
+}
