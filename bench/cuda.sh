@@ -22,7 +22,7 @@ else
   export LD_LIBRARY_PATH="$MOE_BIN/../lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
 echo "== cuda tests"
-fixtures=$(for d in tests/golden/* tests/golden-quant/*; do [ -f "$d/golden.json" ] && echo "$d"; done)
+fixtures=$(for d in tests/golden/* tests/golden-quant/*; do if [ -f "$d/golden.json" ]; then echo "$d"; fi; done)
 for t in "$tbin/test_cuda_mm" "$tbin/test_cuda_ops" "$tbin/test_cuda_golden 0.08 $fixtures"; do
   log=$out/$(basename "${t%% *}").log
   $t >"$log" 2>&1 && echo "pass: ${t%% *}: $(tail -1 "$log")" || { echo "FAIL: ${t%% *}"; tail -30 "$log"; }
