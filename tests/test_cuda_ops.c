@@ -419,6 +419,10 @@ static void timings(void) {
         printf("timing: attention decode, 4096 context, 32/8 heads, hd 128, %2d-bit cache: %.1f us (%.0f GB/s of K+V)\n",
                bits, dt * 1e6, bytes / dt / 1e9);
     }
+    for (int64_t ctx = 256; ctx <= 32768; ctx *= 8) { /* the fixed part and the part per key */
+        double dc = time_attention(32, ctx, 1, 200);
+        printf("timing: attention decode, %lld context, 32-bit cache: %.1f us\n", (long long)ctx, dc * 1e6);
+    }
     double dt = time_attention(32, 4096, 512, 5);
     double flops = 4.0 * 32 * 128 * 512 * (4096 - 256); /* QK and PV over the causal keys, about */
     printf("timing: attention prompt, 512 queries at 3584..4095, 32/8 heads, hd 128, 32-bit: %.2f ms (%.1f TFLOP/s)\n",

@@ -3,10 +3,11 @@
  * causal depthwise conv with its carried state, the l2 normalisation of q
  * and k, and the gated delta rule.
  *
- * The delta rule runs token by token (the recurrent form of delta.c): one
- * block per value head keeps S [dk x dv] in registers for the whole call,
- * thread (group gi, column c) holding rows gi*rpt .. of column c, so S is read
- * from and written to memory once per call rather than once per token. */
+ * The delta rule runs token by token (the recurrent form of delta.c): a
+ * block per value head and block of 32 columns keeps its part of S [dk x dv]
+ * in registers for the whole call, thread (group gi, column c) holding rows
+ * gi*rpt .. of column c, so S is read from and written to memory once per
+ * call rather than once per token. */
 #include <stdio.h>
 
 #include "cuda_internal.h"
@@ -118,35 +119,54 @@ extern "C" void cuda_causal_conv(cuda_ctx *c, const float *x, int64_t n, int64_t
 
 /* ---------------------------------------------------------- delta rule -- */
 
-#define DELTA_RPT 32 /* rows of S a thread holds at most */
+#define DELTA_RPT 16  /* rows of S a thread holds at most */
+#define DELTA_COLS 32 /* columns of S a block */
+#define DELTA_PF 4    /* q and k values a thread prefetches, at most */
 
-/* Block h (value head), blockDim = dv * R threads with R = ceil(dk / DELTA_RPT):
- * thread (gi, c) = (tid / dv, tid % dv) holds S[r][c] for rows
- * r = gi*rpt + i, i < rpt (rpt = ceil(dk / R)). Per token (with d = exp(g)):
+/* Block (h, column block): the value head h's columns c0 .. c0+cb-1 of S, for
+ * blockDim = cb * R threads with R = ceil(dk / DELTA_RPT): thread (gi, cl) =
+ * (tid / cb, tid % cb) holds S[r][c0 + cl] for rows r = gi*rpt + i, i < rpt
+ * (rpt = ceil(dk / R)). The columns of S are independent but for k.q, which
+ * each block computes. Per token (with d = exp(g)):
  *   Sk = S^T k, Sq = S^T q, kq = k.q   (partial over a thread's rows, summed over gi in shared memory)
  *   u = (v - d Sk) beta;  o = d Sq + kq u;  S = d S + k u^T
- * as delta.c's delta_recurrent. q, k, the partials in double-buffered shared
- * memory: two barriers a token. */
-__global__ static void __launch_bounds__(1024) k_delta_rule(const float *q, const float *k, const float *v, int64_t ld, const float *g,
-                                    const float *beta, int64_t n, int nk, int nv, int dk, int dv, float *state,
-                                    float *out) {
+ * as delta.c's delta_recurrent. q and k are double-buffered in shared memory,
+ * and the next token's are loaded while this one computes: two barriers a token. */
+__global__ static void __launch_bounds__(1024)
+    k_delta_rule(const float *q, const float *k, const float *v, int64_t ld, const float *g, const float *beta,
+                 int64_t n, int nk, int nv, int dk, int dv, float *state, float *out) {
     extern __shared__ float sm[];
-    int h = blockIdx.x, kh = h / (nv / nk), R = blockDim.x / dv, rpt = (dk + R - 1) / R;
-    int tid = threadIdx.x, gi = tid / dv, cc = tid % dv, r0 = gi * rpt;
-    int nr = dk - r0 < rpt ? dk - r0 : rpt; /* this thread's rows (may be < rpt, or <= 0 past dk) */
-    /* [2 x dk] q, [2 x dk] k, [2 x R x dv] Sk and Sq partials, [2 x R] kq partials */
-    float *qs = sm, *ks = qs + 2 * dk, *psk = ks + 2 * dk, *psq = psk + 2 * R * dv, *pkq = psq + 2 * R * dv;
+    int R = (dk + DELTA_RPT - 1) / DELTA_RPT, rpt = (dk + R - 1) / R, cb = blockDim.x / R;
+    int h = blockIdx.x, kh = h / (nv / nk), tid = threadIdx.x, gi = tid / cb, cl = tid % cb;
+    int cc = blockIdx.y * cb + cl, r0 = gi * rpt, nr = dk - r0 < rpt ? dk - r0 : rpt;
+    bool col = cc < dv; /* a column of S (the last block may have fewer) */
+    /* [2 x dk] q, [2 x dk] k, [2 x R x cb] Sk and Sq partials, [2 x R] kq partials */
+    float *qs = sm, *ks = qs + 2 * dk, *psk = ks + 2 * dk, *psq = psk + 2 * R * cb, *pkq = psq + 2 * R * cb;
     float S[DELTA_RPT];
     float *Sh = state + (size_t)h * dk * dv;
 #pragma unroll
-    for (int i = 0; i < DELTA_RPT; i++) S[i] = i < nr ? Sh[(size_t)(r0 + i) * dv + cc] : 0.0f;
+    for (int i = 0; i < DELTA_RPT; i++) S[i] = col && i < nr ? Sh[(size_t)(r0 + i) * dv + cc] : 0.0f;
+    float nq[DELTA_PF], nkk[DELTA_PF], nvv = 0, ng = 0, nb = 0; /* the next token's inputs */
+    auto fetch = [&](int64_t t) {
+#pragma unroll
+        for (int m = 0; m < DELTA_PF; m++) {
+            int i = tid + m * (int)blockDim.x;
+            if (i < dk) nq[m] = q[t * ld + (int64_t)kh * dk + i], nkk[m] = k[t * ld + (int64_t)kh * dk + i];
+        }
+        if (col) nvv = v[t * ld + (int64_t)h * dv + cc];
+        ng = g[t * nv + h], nb = beta[t * nv + h];
+    };
+    fetch(0);
     for (int64_t t = 0; t < n; t++) {
         int b = (int)(t & 1);
         float *qb = qs + b * dk, *kb = ks + b * dk;
-        for (int i = tid; i < dk; i += blockDim.x) {
-            qb[i] = q[t * ld + (int64_t)kh * dk + i];
-            kb[i] = k[t * ld + (int64_t)kh * dk + i];
+#pragma unroll
+        for (int m = 0; m < DELTA_PF; m++) {
+            int i = tid + m * (int)blockDim.x;
+            if (i < dk) qb[i] = nq[m], kb[i] = nkk[m];
         }
+        float vc = nvv, d = expf(ng), bt = nb;
+        if (t + 1 < n) fetch(t + 1);
         __syncthreads();
         float sk = 0, sq = 0, kq = 0;
 #pragma unroll
@@ -154,20 +174,20 @@ __global__ static void __launch_bounds__(1024) k_delta_rule(const float *q, cons
             if (i < nr) {
                 sk += S[i] * kb[r0 + i];
                 sq += S[i] * qb[r0 + i];
-                if (cc == 0) kq += kb[r0 + i] * qb[r0 + i];
+                if (cl == 0) kq += kb[r0 + i] * qb[r0 + i];
             }
-        psk[(b * R + gi) * dv + cc] = sk;
-        psq[(b * R + gi) * dv + cc] = sq;
-        if (cc == 0) pkq[b * R + gi] = kq;
+        psk[(b * R + gi) * cb + cl] = sk;
+        psq[(b * R + gi) * cb + cl] = sq;
+        if (cl == 0) pkq[b * R + gi] = kq;
         __syncthreads();
+        if (!col) continue;
         sk = sq = kq = 0;
         for (int j = 0; j < R; j++) {
-            sk += psk[(b * R + j) * dv + cc];
-            sq += psq[(b * R + j) * dv + cc];
+            sk += psk[(b * R + j) * cb + cl];
+            sq += psq[(b * R + j) * cb + cl];
             kq += pkq[b * R + j];
         }
-        float d = expf(g[t * nv + h]), bt = beta[t * nv + h];
-        float u = (v[t * ld + (int64_t)h * dv + cc] - d * sk) * bt;
+        float u = (vc - d * sk) * bt;
         if (gi == 0) out[(t * nv + h) * dv + cc] = d * sq + kq * u;
 #pragma unroll
         for (int i = 0; i < DELTA_RPT; i++)
@@ -175,7 +195,7 @@ __global__ static void __launch_bounds__(1024) k_delta_rule(const float *q, cons
     }
 #pragma unroll
     for (int i = 0; i < DELTA_RPT; i++)
-        if (i < nr) Sh[(size_t)(r0 + i) * dv + cc] = S[i];
+        if (col && i < nr) Sh[(size_t)(r0 + i) * dv + cc] = S[i];
 }
 
 extern "C" void cuda_delta_rule(cuda_ctx *c, const float *q, const float *k, const float *v, int64_t ld,
@@ -183,15 +203,14 @@ extern "C" void cuda_delta_rule(cuda_ctx *c, const float *q, const float *k, con
                                 float *state, float *out) {
     CUDA_LIVE(c);
     if (n <= 0) return;
-    int R = (dk + DELTA_RPT - 1) / DELTA_RPT, threads = R * dv;
-    if (threads > 1024 || dk < 1 || dv < 1) {
+    int R = (dk + DELTA_RPT - 1) / DELTA_RPT, cb = dv < DELTA_COLS ? dv : DELTA_COLS, threads = R * cb;
+    if (dk < 1 || dv < 1 || threads > 1024 || dk > DELTA_PF * threads) {
         c->err = MOE_EUNSUPPORTED;
-        snprintf(c->msg, sizeof c->msg, "CUDA delta rule: dk %d x dv %d does not fit a block (dv * ceil(dk/%d) <= 1024)",
-                 dk, dv, DELTA_RPT);
+        snprintf(c->msg, sizeof c->msg, "CUDA delta rule: dk %d x dv %d does not fit a block", dk, dv);
         return;
     }
-    size_t smem = sizeof(float) * (4 * (size_t)dk + 4 * (size_t)R * dv + 2 * (size_t)R);
-    k_delta_rule<<<(unsigned)nv, (unsigned)threads, smem, c->stream>>>(q, k, v, ld, g, beta, n, nk, nv, dk, dv, state,
-                                                                       out);
+    size_t smem = sizeof(float) * (4 * (size_t)dk + 4 * (size_t)R * cb + 2 * (size_t)R);
+    dim3 grid((unsigned)nv, (unsigned)((dv + cb - 1) / cb));
+    k_delta_rule<<<grid, (unsigned)threads, smem, c->stream>>>(q, k, v, ld, g, beta, n, nk, nv, dk, dv, state, out);
     cuda_launched(c, "delta_rule");
 }
