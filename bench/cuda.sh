@@ -33,6 +33,7 @@ for s in $shapes; do
   like=${s%%:*}; dt=${s##*:}
   m=$dir/$like-$dt
   if [ ! -f "$m/config.json" ]; then
+    mkdir -p "$dir"
     case $dt in q*) extra=(--bits "${dt#q}") ;; *) extra=(--dtype "$dt") ;; esac
     "$bin/moe" synth --like "$like" "${extra[@]}" -o "$m" >/dev/null
   fi

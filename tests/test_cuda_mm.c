@@ -11,8 +11,8 @@
  *   of a float32 sum differs, whose error is a few units of 2^-24 x L1 times
  *   sqrt(cols) in practice; 2e-5 x L1 is far above that for cols <= 8192 and
  *   far below a wrong term (>= L1 / cols).
- * - the tensor-core path (n > 8, other formats): w and x rounded to bf16
- *   (unit roundoff u = 2^-8) give each product an independent relative error
+ * - the tensor-core path (n > 8, other formats): w and x rounded to float16
+ *   (unit roundoff u = 2^-11) give each product an independent relative error
  *   of either sign and at most 2u; their sum has a standard deviation of
  *   about 0.8 u L2. 8 u L2 (10 deviations) + the float32 term above.
  * - SwiGLU: silu'(g) <= 1.1, so silu(g) u is off by 1.1 |u| tol(g) + |silu(g)| tol(u).
@@ -117,7 +117,7 @@ static void reference(const wtensor *w, const float *x, int64_t n, const float *
                 l1 += wx;
             }
             if (bias) y[t * w->rows + r] += bias[r];
-            tol[t * w->rows + r] = (float)(2e-5 * l1 + (tc ? 8.0 * 0x1.0p-8 * sqrt(l2) : 0.0) + 1e-6);
+            tol[t * w->rows + r] = (float)(2e-5 * l1 + (tc ? 8.0 * 0x1.0p-11 * sqrt(l2) : 0.0) + 1e-6);
         }
 }
 
@@ -306,28 +306,27 @@ static void test_moe(cuda_ctx *c) {
     check_moe(c, 3, WF_F16, WF_F16, 102, 37, 21);   /* odd widths: the element-wise kernel */
 }
 
-/* Failures are clean statuses: an impossible allocation, a bad token id; the
- * context then skips work and keeps the first error. */
+/* Failures are clean statuses. An impossible allocation returns NULL and
+ * leaves the context usable (the caller reports it); a bad token id is a
+ * kernel-side error: the context keeps it, skips later work, and a later call
+ * does not replace it. */
 static void test_errors(void) {
     cuda_ctx *c = NULL;
     CHECK(cuda_ctx_new(0, &c) == MOE_OK, "ctx: %s", moe_errmsg());
     void *p = cuda_alloc(c, (size_t)1 << 50);
     CHECK(p == NULL, "a 1 PiB allocation succeeded");
     moe_status st = cuda_sync(c);
-    CHECK(st == MOE_ENOMEM, "huge allocation: status %d (%s)", st, moe_errmsg());
+    CHECK(st == MOE_OK, "a failed allocation left the context failed: %d (%s)", st, moe_errmsg());
     wtensor h = host_weight(WF_Q4, WF_F16, 32, 4, 64);
-    wtensor d = h; /* host pointers: never dereferenced by a failed context */
-    cuda_matmul(c, &d, NULL, 1, NULL, NULL);
-    CHECK(cuda_sync(c) == MOE_ENOMEM, "a later call replaced the first error");
-    cuda_ctx_free(c);
-
-    CHECK(cuda_ctx_new(0, &c) == MOE_OK, "ctx: %s", moe_errmsg());
-    d = dev_weight(c, &h);
+    wtensor d = dev_weight(c, &h);
     float *y = dev_floats(c, NULL, 64);
     int32_t tok[2] = {1, 4};
     cuda_embed(c, &d, tok, 2, y);
     st = cuda_sync(c);
     CHECK(st == MOE_EINVAL && strstr(moe_errmsg(), "token 4"), "embed of token 4 of 4: %d %s", st, moe_errmsg());
+    wtensor bad = h; /* host pointers: never dereferenced by a failed context */
+    cuda_matmul(c, &bad, NULL, 1, NULL, NULL);
+    CHECK(cuda_sync(c) == MOE_EINVAL, "a later call replaced the first error");
     cuda_ctx_free(c);
     host_free(&h);
 }

@@ -26,15 +26,19 @@
  *   latency and unpacking, not by HBM.
  *
  * - tc_kernel, matrix x matrix (prompts, n > MV_MAX_N) on tensor cores:
- *   mma.sync m16n8k16 with bf16 operands and float32 accumulation over tiles of
- *   128 weight rows x 128 tokens x 64 columns. Weights are dequantized on the
- *   fly, tile by tile, into shared memory (never a bf16 copy of a weight);
- *   activations are rounded to bf16 on the way in. Each product w*x then
- *   carries a relative error of at most 2u + u^2 (u = 2^-8, bf16's unit
- *   roundoff), and as these errors are independent and of either sign, an
- *   output's error is about u * sqrt(sum_k (w_k x_k)^2): a relative error of
- *   ~0.4% / sqrt(cols) of the typical term, not of the sum (tests/test_cuda_mm.c
- *   holds it to 8 u sqrt(sum (w x)^2)). F32 weights skip this path (their
+ *   mma.sync m16n8k16 with float16 operands and float32 accumulation over
+ *   tiles of 128 weight rows x 128 tokens x 64 columns. Weights are
+ *   dequantized on the fly, tile by tile, into shared memory (never a 16-bit
+ *   copy of a weight); activations are rounded to float16 on the way in
+ *   (saturated at +-65504). float16, not bf16: its unit roundoff u = 2^-11 is
+ *   8 times smaller, which the small test models showed to matter (bf16
+ *   operands moved their prompt logits by up to 39% RMS where a recurrent
+ *   state or a router near-tie amplified it; float16 keeps them near 5%), and
+ *   the range a model's matmul inputs and weights use fits. Each product w*x
+ *   carries a relative error of at most 2u + u^2, and as these errors are
+ *   independent and of either sign, an output's error is about
+ *   u * sqrt(sum_k (w_k x_k)^2) (tests/test_cuda_mm.c holds it to
+ *   8 u_bf16 sqrt(sum (w x)^2), a bound float16 meets with room). F32 weights skip this path (their
  *   user asked for float32): their prompts run mv_kernel 8 tokens at a time.
  *
  * Either kernel needs aligned weights (data and row_bytes multiples of the
@@ -392,8 +396,11 @@ template <bool SWI> __global__ void mv_generic(const mm_seg s, int fmt, int64_t 
 
 /* ------------------------------------------------ matrix x matrix (tc) -- */
 
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+/* Two floats as a pair of float16, saturated at +-65504 (float16's largest):
+ * an activation beyond it keeps its sign and a large value instead of
+ * becoming infinite. */
+__device__ __forceinline__ uint32_t pack_h(float lo, float hi) {
+    __half2 h = __floats2half2_rn(fminf(fmaxf(lo, -65504.0f), 65504.0f), fminf(fmaxf(hi, -65504.0f), 65504.0f));
     return *(uint32_t *)&h;
 }
 
@@ -404,8 +411,8 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t *r, const uint16_t *p) {
                  : "r"(a));
 }
 
-__device__ __forceinline__ void mma_bf16(float *d, const uint32_t *a, const uint32_t *b) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+__device__ __forceinline__ void mma_h(float *d, const uint32_t *a, const uint32_t *b) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
                  "{%0,%1,%2,%3};\n"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
@@ -451,9 +458,9 @@ template <int F, bool SWI> __global__ void __launch_bounds__(256) tc_kernel(cons
 #pragma unroll
         for (int i = 0; i < 8; i++) breg[i] = __ldg((const float4 *)(xrow + k0) + i);
     };
-    /* ... then dequantized, rounded to bf16 and stored to the tiles */
+    /* ... then dequantized, rounded to float16 and stored to the tiles */
     auto store = [&]() {
-        uint32_t areg[16], xb[16]; /* 32 bf16 of weights, of activations */
+        uint32_t areg[16], xb[16]; /* 32 float16 of weights, of activations */
         const float sc = T::QUANT ? sb_value(sraw, s.sfmt) : 1.0f, bi = T::QUANT ? sb_value(braw, s.sfmt) : 0.0f;
 #pragma unroll
         for (int c = 0; c < NCH; c++)
@@ -465,13 +472,13 @@ template <int F, bool SWI> __global__ void __launch_bounds__(256) tc_kernel(cons
 #pragma unroll
                     for (int i = 0; i < 4; i++) q[i] = sc * q[i] + bi;
                 const int e = c * T::VC + 4 * j; /* element of the thread's 32 */
-                areg[e / 2] = zero ? 0u : pack_bf16(q[0], q[1]);
-                areg[e / 2 + 1] = zero ? 0u : pack_bf16(q[2], q[3]);
+                areg[e / 2] = zero ? 0u : pack_h(q[0], q[1]);
+                areg[e / 2 + 1] = zero ? 0u : pack_h(q[2], q[3]);
             }
 #pragma unroll
         for (int i = 0; i < 8; i++) {
-            xb[2 * i] = zero ? 0u : pack_bf16(breg[i].x, breg[i].y);
-            xb[2 * i + 1] = zero ? 0u : pack_bf16(breg[i].z, breg[i].w);
+            xb[2 * i] = zero ? 0u : pack_h(breg[i].x, breg[i].y);
+            xb[2 * i + 1] = zero ? 0u : pack_h(breg[i].z, breg[i].w);
         }
         uint4 *ad = (uint4 *)(As + ar * TC_LDS + h * 32), *bd = (uint4 *)(Bs + ar * TC_LDS + h * 32);
 #pragma unroll
@@ -509,7 +516,7 @@ template <int F, bool SWI> __global__ void __launch_bounds__(256) tc_kernel(cons
 #pragma unroll
             for (int mi = 0; mi < 2; mi++)
 #pragma unroll
-                for (int ni = 0; ni < 8; ni++) mma_bf16(acc[mi][ni], af[mi], &bf[ni / 2][(ni % 2) * 2]);
+                for (int ni = 0; ni < 8; ni++) mma_h(acc[mi][ni], af[mi], &bf[ni / 2][(ni % 2) * 2]);
         }
     }
 
