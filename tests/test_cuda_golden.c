@@ -6,13 +6,13 @@
  * the reference; the same for the CPU's float32 logits, so a GPU error is
  * told apart from a CPU one; and the greedy continuation token for token.
  *
- * The tolerance is relative (RMS of the error <= RTOL x RMS of the logits)
- * because the GPU's prompt matmuls multiply bf16-rounded activations on tensor
- * cores, as the CPU's AMX path does (tests/CMakeLists.txt says what it is
- * there and why); decode matmuls keep float32 activations. A position whose
- * reference has its top-2 logits within the bound may flip its argmax.
- * Exits 77 (skipped) where no GPU is present.
- * usage: test_cuda_golden RTOL FIXTURE_DIR...  */
+ * Tolerances are relative, per position: RMS of the error <= RTOL x RMS of
+ * the logits. Whole-sequence calls (prompt matmuls on tensor cores with
+ * float16 operands) are held to RTOL_PROMPT; calls of 4 tokens and 1 token
+ * (the float32 matrix x vector kernels) to RTOL_DECODE. The greedy
+ * continuation may leave the reference's only where its top-2 gap is within
+ * reach of the prompt tolerance. Exits 77 (skipped) where no GPU is present.
+ * usage: test_cuda_golden RTOL_PROMPT RTOL_DECODE FIXTURE_DIR...  */
 #include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
@@ -70,7 +70,7 @@ static moe_model *load(const char *dir, const char *device) {
     return m;
 }
 
-static void fixture(const char *dir, double rtol) {
+static void fixture(const char *dir, double rtol, double rtol_dec) {
     char path[1024];
     snprintf(path, sizeof path, "%s/golden.json", dir);
     json_error_t je;
@@ -113,12 +113,14 @@ static void fixture(const char *dir, double rtol) {
                 const float *gp = got + p * (size_t)V, *rp = ref + p * (size_t)V;
                 double e = rel_rms(gp, rp, (size_t)V);
                 worst[md] = fmax(worst[md], e);
-                CHECK(e <= rtol, "%s seq %zu (len %zu) step %zu position %zu: relative RMS error %.3g > %.3g", dir, si, n,
-                      steps[md], p, e, rtol);
+                double bound = md == 0 ? rtol : rtol_dec;
+                CHECK(e <= bound, "%s seq %zu (len %zu) step %zu position %zu: relative RMS error %.3g > %.3g", dir, si,
+                      n, steps[md], p, e, bound);
             }
             /* the GPU against the CPU too: the same model, the same order of layers */
             double ec = rel_rms(got, c, n * (size_t)V);
-            CHECK(ec <= rtol, "%s seq %zu step %zu: GPU vs CPU relative RMS %.3g", dir, si, steps[md], ec);
+            CHECK(ec <= (md == 0 ? rtol : rtol_dec), "%s seq %zu step %zu: GPU vs CPU relative RMS %.3g", dir, si,
+                  steps[md], ec);
             free(got);
         }
         free(c);
@@ -162,16 +164,16 @@ static void fixture(const char *dir, double rtol) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 3) {
-        fprintf(stderr, "usage: test_cuda_golden RTOL FIXTURE_DIR...\n");
+    if (argc < 4) {
+        fprintf(stderr, "usage: test_cuda_golden RTOL_PROMPT RTOL_DECODE FIXTURE_DIR...\n");
         return 2;
     }
     if (!strstr(moe_devices(), "cuda") || strstr(moe_devices(), "(0 devices)")) {
         printf("no GPU: skipped (%s)\n", moe_devices());
         return 77;
     }
-    double rtol = atof(argv[1]);
+    double rtol = atof(argv[1]), rtol_dec = atof(argv[2]);
     setenv("MOE_ISA", "scalar", 1); /* the CPU side in float32 whatever this CPU has */
-    for (int i = 2; i < argc; i++) fixture(argv[i], rtol);
+    for (int i = 3; i < argc; i++) fixture(argv[i], rtol, rtol_dec);
     TEST_DONE();
 }
