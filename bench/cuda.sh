@@ -27,6 +27,12 @@ for t in "$tbin/test_cuda_mm" "$tbin/test_cuda_ops" "$tbin/test_cuda_golden 0.08
   log=$out/$(basename "${t%% *}").log
   $t >"$log" 2>&1 && echo "pass: ${t%% *}: $(tail -1 "$log")" || { echo "FAIL: ${t%% *}"; tail -30 "$log"; }
 done
+echo "== the CLI on the GPU: greedy tokens as on the CPU"
+for d in tests/golden/mixtral-top2 tests/golden/qwen3next tests/golden-quant/mistral-q4-g64-tied; do
+  a=$("$bin/moe" generate -m "$d/model" --tokens 1,2,3,4,5 -n 24 --temp 0 --device cpu 2>/dev/null)
+  b=$("$bin/moe" generate -m "$d/model" --tokens 1,2,3,4,5 -n 24 --temp 0 --device cuda 2>/dev/null)
+  [ -n "$a" ] && [ "$a" = "$b" ] && echo "same: $d: $b" || echo "DIFFERENT: $d: cpu [$a] cuda [$b]"
+done
 bw=$("$bin/cuda_membw" 4096 20 | sed 's/.*"read_gbps": \([0-9.]*\).*/\1/')
 echo "GPU read bandwidth: $bw GB/s"
 for s in $shapes; do
