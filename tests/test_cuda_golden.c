@@ -86,6 +86,17 @@ static void fixture(const char *dir, double rtol, double rtol_dec) {
         return;
     }
     int V = moe_model_config(gpu)->vocab_size;
+    /* a sequence too large for the GPU: a clean MOE_ENOMEM naming it, and the model still works */
+    moe_seq_params big;
+    moe_seq_params_defaults(&big);
+    big.n_ctx = 1 << 30;
+    moe_seq *bs = NULL;
+    if (moe_model_config(gpu)->sliding_window == 0) { /* a window bounds the cache whatever the context */
+        moe_status bst = moe_seq_new(gpu, &big, &bs);
+        CHECK(bst == MOE_ENOMEM && !bs && strstr(moe_errmsg(), "GPU out of memory"), "%s: a 2^30-token sequence: %d (%s)",
+              dir, bst, moe_errmsg());
+        moe_seq_free(bs);
+    }
     size_t si;
     json_t *seq;
     double worst[3] = {0, 0, 0}, worst_cpu = 0, ref_rms = 0;

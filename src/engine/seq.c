@@ -3,6 +3,7 @@
  * iterator. */
 #include "seq.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -94,7 +95,7 @@ int64_t moe_model_kv_bytes(const moe_model *m, int n_ctx) {
 #define BALLOC(ptr, count)                                      \
     do {                                                        \
         (ptr) = be_alloc(be, (size_t)(count) * sizeof *(ptr));  \
-        if (!(ptr)) goto oom;                                   \
+        if (!(ptr)) goto oom_be;                                \
     } while (0)
 
 moe_status moe_seq_new(moe_model *m, const moe_seq_params *p, moe_seq **out) {
@@ -203,6 +204,12 @@ moe_status moe_seq_new(moe_model *m, const moe_seq_params *p, moe_seq **out) {
 oom:
     moe_seq_free(s);
     return moe_err(MOE_ENOMEM, "out of memory allocating a sequence of %d tokens", s ? s->n_ctx : 0);
+oom_be: { /* the backend said what it lacked (a GPU's free memory): keep that */
+    char what[64];
+    snprintf(what, sizeof what, "a sequence of %d tokens", s->n_ctx);
+    moe_seq_free(s);
+    return moe_err_prefix(MOE_ENOMEM, what);
+}
 }
 
 void moe_seq_free(moe_seq *s) {
