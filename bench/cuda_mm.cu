@@ -1,7 +1,8 @@
 /* cuda_mm.cu — speed of the CUDA matmuls (src/backend/cuda/cuda_matmul.cu).
  *
  * Decode: cuda_matmul of one token on Mistral-7B / Mixtral shapes in BF16,
- * Q4 and Q8 (group 64, bf16 scales), as GB/s of weight read and the fraction
+ * Q4 and Q8 (group 64, bf16 scales; their int8-activation path, then with
+ * MOE_CUDA_FLOAT_DECODE=1 their float32 one), as GB/s of weight read and the fraction
  * of the device's peak (memory clock x bus width x 2, or --peak GB/s); also
  * the fused SwiGLU and Mixtral's top-2 expert decode. Weights rotate through
  * copies of >= 512 MiB so that L2 (50 MiB on an H100) holds none of them.
@@ -88,10 +89,15 @@ static double time_op(op_fn op, wfmt f, const int64_t (*shape)[2], int nw, int64
     return ms / 1e3 / g_iters;
 }
 
+/* One line, or for Q4/Q8 two: the int8 path, then the float32 one. */
 static void decode_line(const char *name, op_fn op, wfmt f, const int64_t (*shape)[2], int nw) {
-    double bytes, s = time_op(op, f, shape, nw, 1, &bytes);
-    printf("%-28s %-5s %8.1f us %8.1f GB/s  %5.1f%% of peak\n", name, wfmt_name(f), s * 1e6, bytes / s / 1e9,
-           100.0 * bytes / s / g_peak);
+    for (int fl = 0; fl < (f == WF_Q4 || f == WF_Q8 ? 2 : 1); fl++) {
+        if (fl) setenv("MOE_CUDA_FLOAT_DECODE", "1", 1);
+        double bytes, s = time_op(op, f, shape, nw, 1, &bytes);
+        if (fl) unsetenv("MOE_CUDA_FLOAT_DECODE");
+        printf("%-28s %-4s %-5s %8.1f us %8.1f GB/s  %5.1f%% of peak\n", name, wfmt_name(f),
+               f == WF_BF16 ? "" : fl ? "f32" : "int8", s * 1e6, bytes / s / 1e9, 100.0 * bytes / s / g_peak);
+    }
 }
 
 static void prompt_line(const char *name, op_fn op, wfmt f, const int64_t (*shape)[2], int nw, int64_t n) {

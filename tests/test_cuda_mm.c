@@ -15,11 +15,23 @@
  *   (unit roundoff u = 2^-11) give each product an independent relative error
  *   of either sign and at most 2u; their sum has a standard deviation of
  *   about 0.8 u L2. 8 u L2 (10 deviations) + the float32 term above.
+ * - the int8 path (Q4/Q8, n <= 8, unless MOE_CUDA_FLOAT_DECODE=1): x rounded
+ *   per block of 32 to x~ = d q (d = max|x| / 127, q = rint(x 127 / max|x|)).
+ *   Against a scalar reference that rounds x the same way, sum_k (s q_k d q~_k
+ *   + b x_k) in double, only float32 rounding differs: each chunk's term
+ *   carries 3 roundings, the bias term's float sum of x at most 9, and a sum
+ *   passes at most cols/512 + 10 additions (a lane's chunks, the warp tree, the
+ *   split), so tol = (cols/512 + 24) 2^-24 L1' with L1' = sum_k (|s q_k d q~_k|
+ *   + |b x_k|), some 10x below 2e-5 L1 (and the test checks that this bound
+ *   does separate the two references somewhere). Against the float32
+ *   reference: + sum_k |s q_k| (d/2)(1 + 2^-10), as |x~ - x| <= d/2 but for
+ *   d and 127 / max|x| being rounded.
  * - SwiGLU: silu'(g) <= 1.1, so silu(g) u is off by 1.1 |u| tol(g) + |silu(g)| tol(u).
  * - embed: exact (the same float32 dequantization, rounding for rounding). */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "../src/backend/cpu/kernels.h"
 #include "../src/backend/cuda/cuda_ops.h"
@@ -97,32 +109,73 @@ static float *rand_floats(size_t n) {
     return x;
 }
 
-/* The scalar reference y[n x rows] (+ bias) and each output's tolerance tol[n x rows]. */
-static void reference(const wtensor *w, const float *x, int64_t n, const float *bias, int tc, float *y, float *tol) {
+/* What a reference is for: the float32 kernels, the tensor-core path, the
+ * int8 path (exact rounding of x; or the float32 result with the rounding's
+ * bound added). */
+enum { REF_F32, REF_TC, REF_I8, REF_I8_F32 };
+
+static int g_float_decode;        /* MOE_CUDA_FLOAT_DECODE is set: Q4/Q8 decode in float32 */
+static int64_t g_i8_separated;    /* outputs where the int8 and float references differ beyond the int8 bound */
+
+/* The path the CUDA matmul takes for w and n tokens. */
+static int ref_mode(const wtensor *w, int64_t n) {
+    if (!g_float_decode && n <= 8 && (w->fmt == WF_Q4 || w->fmt == WF_Q8)) return REF_I8;
+    return n > 8 && w->fmt != WF_F32 && w->cols % 32 == 0 ? REF_TC : REF_F32;
+}
+
+/* x[cols] (cols % 32 == 0) rounded as the CUDA int8 path rounds it: per block
+ * b of 32, d[b] = max|x| / 127 and q = rint(x * (127 / max|x|)), the product
+ * exact (an FMA there, a double here) and rounded once, to even. */
+static void round_x(const float *x, int64_t cols, int *q, float *d) {
+    for (int64_t b = 0; b < cols / 32; b++) {
+        float mx = 0.0f;
+        for (int k = 0; k < 32; k++) mx = fmaxf(mx, fabsf(x[32 * b + k]));
+        float inv = mx > 0.0f ? 127.0f / mx : 0.0f;
+        d[b] = mx / 127.0f;
+        for (int k = 0; k < 32; k++) q[32 * b + k] = (int)rint((double)x[32 * b + k] * inv);
+    }
+}
+
+/* The reference y[n x rows] (+ bias) for a path (REF_*) and each output's tolerance tol[n x rows]. */
+static void reference(const wtensor *w, const float *x, int64_t n, const float *bias, int mode, float *y, float *tol) {
     cpu_kernels_scalar()->matmul[w->fmt](w, 0, w->rows, x, w->cols, n, y, w->rows);
-    int bits = wfmt_bits(w->fmt);
-    for (int64_t t = 0; t < n; t++)
+    int bits = wfmt_bits(w->fmt), i8 = mode == REF_I8 || mode == REF_I8_F32;
+    int *q = malloc((size_t)w->cols * sizeof *q);
+    float *d = malloc((size_t)(w->cols / 32 + 1) * sizeof *d);
+    for (int64_t t = 0; t < n; t++) {
+        const float *xt = x + t * w->cols;
+        if (i8) round_x(xt, w->cols, q, d);
         for (int64_t r = 0; r < w->rows; r++) {
-            double l1 = 0, l2 = 0;
+            double l1 = 0, l2 = 0, y8 = 0, l1_8 = 0, rb = 0;
             for (int64_t k = 0; k < w->cols; k++) {
-                double xv = fabs(x[t * w->cols + k]), wx = fabs(wtensor_at(w, r, k)) * xv;
+                double xv = fabs(xt[k]), wx = fabs(wtensor_at(w, r, k)) * xv;
                 l2 += wx * wx;
                 if (wfmt_is_quant(w->fmt)) {
                     const unsigned char *s = (const unsigned char *)w->scales + r * w->sb_row_bytes;
                     const unsigned char *b = (const unsigned char *)w->biases + r * w->sb_row_bytes;
                     const unsigned char *row = (const unsigned char *)w->data + r * w->row_bytes;
                     int64_t g = k / w->group;
-                    wx = (fabs(weight_at(w->sfmt, s, g)) * quant_at(row, bits, k) + fabs(weight_at(w->sfmt, b, g))) * xv;
+                    double sq = (double)weight_at(w->sfmt, s, g) * quant_at(row, bits, k), bi = weight_at(w->sfmt, b, g);
+                    wx = (fabs(sq) + fabs(bi)) * xv;
+                    if (i8) {
+                        double xr = (double)d[k / 32] * q[k];
+                        y8 += sq * xr + bi * xt[k];
+                        l1_8 += fabs(sq * xr) + fabs(bi * xt[k]);
+                        rb += fabs(sq) * d[k / 32] * 0.5 * (1.0 + 0x1.0p-10);
+                    }
                 }
                 l1 += wx;
             }
-            if (bias) y[t * w->rows + r] += bias[r];
-            tol[t * w->rows + r] = (float)(2e-5 * l1 + (tc ? 8.0 * 0x1.0p-11 * sqrt(l2) : 0.0) + 1e-6);
+            float *yo = &y[t * w->rows + r];
+            if (mode == REF_I8) *yo = (float)y8;
+            if (bias) *yo += bias[r];
+            double tf = 2e-5 * l1 + (mode == REF_TC ? 8.0 * 0x1.0p-11 * sqrt(l2) : 0.0) + 1e-6;
+            double t8 = ((double)w->cols / 512 + 24) * 0x1.0p-24 * l1_8 + 1e-7;
+            tol[t * w->rows + r] = (float)(mode == REF_I8 ? t8 : mode == REF_I8_F32 ? tf + rb : tf);
         }
+    }
+    free(q), free(d);
 }
-
-/* The tensor-core path serves n > 8 tokens on formats other than F32 with cols % 32 == 0. */
-static int uses_tc(const wtensor *w, int64_t n) { return n > 8 && w->fmt != WF_F32 && w->cols % 32 == 0; }
 
 static int compare(const char *what, const wtensor *w, int64_t n, const float *got, const float *ref, const float *tol,
                    int64_t count) {
@@ -139,15 +192,18 @@ static int compare(const char *what, const wtensor *w, int64_t n, const float *g
 
 static const int64_t g_ns[] = {1, 2, 3, 7, 8, 9, 33, 130};
 
-/* cuda_matmul (with and without bias) of one weight at every n. */
+/* cuda_matmul (with and without bias) of one weight at every n; the int8
+ * path against both its references. x starts with a block of zeros (d = 0). */
 static void check_matmul(cuda_ctx *c, const wtensor *h) {
     wtensor d = dev_weight(c, h);
     for (size_t i = 0; i < sizeof g_ns / sizeof *g_ns; i++) {
         int64_t n = g_ns[i];
         float *x = rand_floats((size_t)(n * h->cols)), *bias = i % 2 ? rand_floats((size_t)h->rows) : NULL;
+        if (h->cols >= 64) memset(x, 0, 32 * sizeof *x);
         size_t ny = (size_t)(n * h->rows);
         float *ref = malloc(ny * 4), *tol = malloc(ny * 4), *got = malloc(ny * 4);
-        reference(h, x, n, bias, uses_tc(h, n), ref, tol);
+        int mode = ref_mode(h, n);
+        reference(h, x, n, bias, mode, ref, tol);
         float *dx = dev_floats(c, x, (size_t)(n * h->cols)), *dy = dev_floats(c, NULL, ny);
         float *db = bias ? dev_floats(c, bias, (size_t)h->rows) : NULL;
         cuda_matmul(c, &d, dx, n, db, dy);
@@ -155,6 +211,14 @@ static void check_matmul(cuda_ctx *c, const wtensor *h) {
         CHECK(st == MOE_OK, "matmul: %s", moe_errmsg());
         int bad = compare("matmul", h, n, got, ref, tol, (int64_t)ny);
         CHECK(bad == 0, "matmul %s: %d of %zu outputs off", wfmt_name(h->fmt), bad, ny);
+        if (mode == REF_I8) {
+            float *rf = malloc(ny * 4), *tf = malloc(ny * 4);
+            reference(h, x, n, bias, REF_I8_F32, rf, tf);
+            bad = compare("matmul (int8 vs float32)", h, n, got, rf, tf, (int64_t)ny);
+            CHECK(bad == 0, "matmul %s int8 against float32: %d of %zu outputs off", wfmt_name(h->fmt), bad, ny);
+            for (size_t k = 0; k < ny; k++) g_i8_separated += fabsf(rf[k] - ref[k]) > tol[k];
+            free(rf), free(tf);
+        }
         cuda_free(c, dx), cuda_free(c, dy), cuda_free(c, db);
         free(x), free(bias), free(ref), free(tol), free(got);
     }
@@ -163,11 +227,11 @@ static void check_matmul(cuda_ctx *c, const wtensor *h) {
 static float silu(float g) { return g / (1.0f + expf(-g)); }
 
 /* silu(x gate^T) * (x up^T) from the references of gate and up; tol as the file's header says. */
-static void swiglu_ref(const wtensor *g, const wtensor *u, const float *x, int64_t n, int tc, float *ref, float *tol) {
+static void swiglu_ref(const wtensor *g, const wtensor *u, const float *x, int64_t n, float *ref, float *tol) {
     size_t ny = (size_t)(n * g->rows);
     float *gy = malloc(ny * 4), *gt = malloc(ny * 4), *uy = malloc(ny * 4), *ut = malloc(ny * 4);
-    reference(g, x, n, NULL, tc, gy, gt);
-    reference(u, x, n, NULL, tc, uy, ut);
+    reference(g, x, n, NULL, ref_mode(g, n), gy, gt);
+    reference(u, x, n, NULL, ref_mode(u, n), uy, ut);
     for (size_t i = 0; i < ny; i++) {
         ref[i] = silu(gy[i]) * uy[i];
         tol[i] = 1.1f * fabsf(uy[i]) * gt[i] + fabsf(silu(gy[i])) * ut[i] + 1e-6f * fabsf(ref[i]);
@@ -182,8 +246,7 @@ static void check_swiglu(cuda_ctx *c, const wtensor *hg, const wtensor *hu) {
         float *x = rand_floats((size_t)(n * hg->cols));
         size_t ny = (size_t)(n * hg->rows);
         float *ref = malloc(ny * 4), *tol = malloc(ny * 4), *got = malloc(ny * 4);
-        int tc = uses_tc(hg, n) || uses_tc(hu, n);
-        swiglu_ref(hg, hu, x, n, tc, ref, tol);
+        swiglu_ref(hg, hu, x, n, ref, tol);
         float *dx = dev_floats(c, x, (size_t)(n * hg->cols)), *dy = dev_floats(c, NULL, ny);
         cuda_matmul_swiglu(c, &dg, &du, dx, n, dy);
         moe_status st = cuda_download(c, got, dy, ny * 4);
@@ -283,10 +346,10 @@ static void check_moe(cuda_ctx *c, int ne, wfmt f, wfmt fmt_last, int64_t H, int
     for (int i = 0; i < ne; i++) {
         int64_t w = hg[i].rows;
         float *ref = malloc((size_t)(H > w ? H : w) * 4), *tol = malloc((size_t)(H > w ? H : w) * 4);
-        swiglu_ref(&hg[i], &hu[i], x, 1, 0, ref, tol);
+        swiglu_ref(&hg[i], &hu[i], x, 1, ref, tol);
         CHECK(compare("moe mid", &hg[i], 1, mid + i * ld_mid, ref, tol, w) == 0, "moe_decode mid of expert %d", i);
         /* down's reference from the device's mid (its own error is checked above) */
-        reference(&hd[i], mid + i * ld_mid, 1, NULL, 0, ref, tol);
+        reference(&hd[i], mid + i * ld_mid, 1, NULL, ref_mode(&hd[i], 1), ref, tol);
         CHECK(cuda_download(c, out, dout[i], (size_t)H * 4) == MOE_OK, "moe_decode: %s", moe_errmsg());
         CHECK(compare("moe out", &hd[i], 1, out, ref, tol, H) == 0, "moe_decode out of expert %d of %d", i, ne);
         free(ref), free(tol);
@@ -306,6 +369,26 @@ static void test_moe(cuda_ctx *c) {
     check_moe(c, 3, WF_F16, WF_F16, 102, 37, 21);   /* odd widths: the element-wise kernel */
 }
 
+/* MOE_CUDA_FLOAT_DECODE=1: Q4/Q8 decode in float32, held to the float32
+ * bound (which the int8 path's rounding would break). */
+static void test_float_decode(cuda_ctx *c) {
+    setenv("MOE_CUDA_FLOAT_DECODE", "1", 1);
+    g_float_decode = 1;
+    static const wfmt fmts[] = {WF_Q4, WF_Q8};
+    for (int fi = 0; fi < 2; fi++)
+        for (int gi = 0; gi < 2; gi++) {
+            int group = gi ? 128 : 32;
+            wtensor h = host_weight(fmts[fi], gi ? WF_BF16 : WF_F16, group, irand(1, 170), group * irand(1, 5));
+            wtensor u = host_weight(fmts[fi], gi ? WF_BF16 : WF_F16, group, h.rows, h.cols);
+            check_matmul(c, &h);
+            check_swiglu(c, &h, &u);
+            host_free(&h), host_free(&u);
+        }
+    check_moe(c, 8, WF_Q4, WF_Q8, 256, 96, 160);
+    unsetenv("MOE_CUDA_FLOAT_DECODE");
+    g_float_decode = 0;
+}
+
 /* Failures are clean statuses. An impossible allocation returns NULL and
  * leaves the context usable (the caller reports it); a bad token id is a
  * kernel-side error: the context keeps it, skips later work, and a later call
@@ -313,10 +396,11 @@ static void test_moe(cuda_ctx *c) {
 static void test_errors(void) {
     cuda_ctx *c = NULL;
     CHECK(cuda_ctx_new(0, &c) == MOE_OK, "ctx: %s", moe_errmsg());
+    /* a failed allocation is the caller's to report (cuda_alloc's contract): the context stays usable */
     void *p = cuda_alloc(c, (size_t)1 << 50);
     CHECK(p == NULL, "a 1 PiB allocation succeeded");
     moe_status st = cuda_sync(c);
-    CHECK(st == MOE_OK, "a failed allocation left the context failed: %d (%s)", st, moe_errmsg());
+    CHECK(st == MOE_OK, "a failed allocation broke the context: status %d (%s)", st, moe_errmsg());
     wtensor h = host_weight(WF_Q4, WF_F16, 32, 4, 64);
     wtensor d = dev_weight(c, &h);
     float *y = dev_floats(c, NULL, 64);
@@ -324,9 +408,11 @@ static void test_errors(void) {
     cuda_embed(c, &d, tok, 2, y);
     st = cuda_sync(c);
     CHECK(st == MOE_EINVAL && strstr(moe_errmsg(), "token 4"), "embed of token 4 of 4: %d %s", st, moe_errmsg());
-    wtensor bad = h; /* host pointers: never dereferenced by a failed context */
-    cuda_matmul(c, &bad, NULL, 1, NULL, NULL);
-    CHECK(cuda_sync(c) == MOE_EINVAL, "a later call replaced the first error");
+    wtensor hp = h; /* host pointers: never dereferenced by a failed context */
+    cuda_matmul(c, &hp, NULL, 1, NULL, NULL);
+    st = cuda_sync(c);
+    CHECK(st == MOE_EINVAL && strstr(moe_errmsg(), "token 4"), "a later call replaced the first error: %d %s", st,
+          moe_errmsg());
     cuda_ctx_free(c);
     host_free(&h);
 }
@@ -345,6 +431,8 @@ int main(void) {
     test_formats(c);
     test_shapes(c);
     test_moe(c);
+    CHECK(g_i8_separated > 0, "the int8 bound never told the int8 result from the float32 one");
+    test_float_decode(c);
     CHECK(cuda_sync(c) == MOE_OK, "%s", moe_errmsg());
     cuda_ctx_free(c);
     test_errors();

@@ -22,8 +22,16 @@
  *   x sits in shared memory (swizzled, see x_swz) where n x cols fits in
  *   160 KiB, else is read from global memory. Measured on an H100 (bench/
  *   cuda_mm.cu): BF16 70-74% of peak bandwidth on 7B shapes, 80% fused
- *   SwiGLU; Q8 ~62%; Q4 ~40%: the quantized kernels are still bound by
- *   latency and unpacking, not by HBM.
+ *   SwiGLU; in float32, Q8 ~63%, Q4 ~40%: bound by unpacking (~3.5
+ *   instructions a Q4 value), not by HBM.
+ *
+ * - xq_kernel + mvq_kernel, the same for Q4 and Q8 on int8 activations (the
+ *   default for n <= MV_MAX_N; MOE_CUDA_FLOAT_DECODE=1 keeps mv_kernel): x
+ *   rounded once per call into the context's scratch, dot products by dp4a
+ *   (~0.5 instructions a Q4 value); numerics and layout at xq_kernel. The two
+ *   launch with programmatic dependent launch (sm_90), so that weight loads
+ *   start before x is ready. Measured: Q4 59-65% of peak on 14336x4096 and
+ *   4096x14336, SwiGLU 69%, Mixtral MoE decode 71%; Q8 71-75%, 76%, 78%.
  *
  * - tc_kernel, matrix x matrix (prompts, n > MV_MAX_N) on tensor cores:
  *   mma.sync m16n8k16 with float16 operands and float32 accumulation over
@@ -51,8 +59,10 @@
  */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cuda_internal.h"
@@ -79,6 +89,12 @@ typedef struct mm_seg {
     const float *bias;  /* [rows] or NULL (dev) */
     int64_t ldx, ldy;
     int group, gshift, sfmt; /* gshift = log2(group): a 64-bit division per chunk cost more than the chunk */
+    /* int8 path (mvq_kernel): x rounded by xq_kernel, n tokens of xq_ld bytes
+     * (dev, scratch); xq_own: this segment's x is rounded here, not by an
+     * earlier segment with the same x */
+    uint8_t *xq;
+    int64_t xq_ld;
+    int xq_own;
 } mm_seg;
 
 /* An mv_kernel launch: one segment by value (tab NULL) or nseg of them staged
@@ -234,6 +250,65 @@ __device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f +
  * bank groups in each quarter warp, never the same one. */
 __device__ __forceinline__ int x_swz(int q) { return q ^ ((q >> 3) & 7); }
 
+/* The MV_R rows of the set starting at output row r0: values, scales and
+ * biases (SwiGLU: MV_R/2 gate rows, then as many up rows). */
+template <bool SWI>
+__device__ __forceinline__ void mv_rows(const mm_seg &s, int64_t r0, const uint8_t **row, const uint8_t **sr,
+                                        const uint8_t **br) {
+    constexpr int RP = SWI ? MV_R / 2 : MV_R;
+#pragma unroll
+    for (int i = 0; i < MV_R; i++) {
+        const int ten = i / RP;
+        int64_t r = r0 + i % RP;
+        r = r < s.rows ? r : s.rows - 1; /* a ragged set recomputes the last row, never stores it */
+        row[i] = s.w[ten] + r * s.row_bytes[ten];
+        sr[i] = s.s[ten] + r * s.sb_row_bytes[ten];
+        br[i] = s.b[ten] + r * s.sb_row_bytes[ten];
+    }
+}
+
+/* The end of a row set's work, for mv_kernel and mvq_kernel: each lane's
+ * sums acc[row][token] reduced over the warp, then over the ks warps of the
+ * set (through red, the block's [MV_WARPS][MV_R * NT]; every warp of the block
+ * must call it, as it may __syncthreads), and warp kp = 0 stores the outputs:
+ * + bias, or silu(gate) * up for SwiGLU (rows RP.. of acc are the up rows). */
+template <int NT, bool SWI>
+__device__ __forceinline__ void mv_finish(float (&acc)[MV_R][NT], float (*red)[MV_R * NT], const mm_seg &s,
+                                          int64_t r0, bool live, int n, int ks, int kp) {
+    constexpr int RP = SWI ? MV_R / 2 : MV_R;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+    for (int i = 0; i < MV_R; i++)
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) acc[i][t] += __shfl_xor_sync(0xffffffffu, acc[i][t], o);
+    if (ks > 1) { /* warps kp = 1 .. ks-1 hand their sums to warp kp = 0 of their set */
+        if (lane == 0)
+#pragma unroll
+            for (int i = 0; i < MV_R; i++)
+#pragma unroll
+                for (int t = 0; t < NT; t++) red[warp][i * NT + t] = acc[i][t];
+        __syncthreads();
+        if (kp == 0)
+            for (int p = 1; p < ks; p++)
+#pragma unroll
+                for (int i = 0; i < MV_R; i++)
+#pragma unroll
+                    for (int t = 0; t < NT; t++) acc[i][t] += red[warp + p][i * NT + t];
+        __syncthreads(); /* red is free for the next group */
+    }
+    if (!live || kp != 0) return;
+#pragma unroll
+    for (int i = 0; i < RP; i++)
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+            if (lane == i * NT + t && t < n && r0 + i < s.rows) {
+                float v = SWI ? silu_mul(acc[i][t], acc[i + RP][t]) : acc[i][t] + (s.bias ? s.bias[r0 + i] : 0.0f);
+                s.y[t * s.ldy + r0 + i] = v;
+            }
+}
+
 /* Row sets of MV_R rows (SwiGLU: MV_R/2 gate and as many up rows), ks warps a
  * set, MV_WARPS / ks sets a block per group, groups dealt grid-stride. F the
  * format, NT >= n the tokens. Each lane reads its chunks of x where the chunk
@@ -275,15 +350,7 @@ __global__ void __launch_bounds__(MV_WARPS * 32, NT == 1 ? MV_MIN_BLOCKS : 1) mv
 
         if (live) {
             const uint8_t *row[MV_R], *sr[MV_R], *br[MV_R];
-#pragma unroll
-            for (int i = 0; i < MV_R; i++) {
-                const int ten = i / RP;
-                int64_t r = r0 + i % RP;
-                r = r < s.rows ? r : s.rows - 1; /* a ragged set recomputes the last row, never stores it */
-                row[i] = s.w[ten] + r * s.row_bytes[ten];
-                sr[i] = s.s[ten] + r * s.sb_row_bytes[ten];
-                br[i] = s.b[ten] + r * s.sb_row_bytes[ten];
-            }
+            mv_rows<SWI>(s, r0, row, sr, br);
             const int nch = (int)(s.cols / T::VC);
             for (int c = kp * 32 + lane; c < nch; c += 32 * ks) {
                 uint32_t w[MV_R][T::WORDS];
@@ -341,36 +408,227 @@ __global__ void __launch_bounds__(MV_WARPS * 32, NT == 1 ? MV_MIN_BLOCKS : 1) mv
                     }
         }
 
+        mv_finish<NT, SWI>(acc, red, s, r0, live, a.n, ks, kp);
+    }
+}
+
+/* ------------------------------------------ int8 activations (Q4, Q8) -- */
+
+/* Q4 and Q8 decode on int8 activations. xq_kernel rounds each segment's x,
+ * once per call, to int8 per block of 32 values (d = max|x| / 127, q =
+ * rint(x / d) by x * (127 / max|x|), so |q| <= 127) into the context's
+ * scratch; mvq_kernel then computes a chunk's (Q4 32 values, Q8 16; one
+ * block or half of one, in one weight group) sum of q_w q_x in integers with
+ * dp4a and adds s d isum + b xsum, xsum the float sum of the chunk's original
+ * x. So y = sum_k (s q_k + b) x~_k, with x~ = d q_x off x by at most d/2, plus
+ * the bias term exact: the error against float32 is sum_k |s q_k| d/2 at
+ * most (tests/test_cuda_mm.c), the price of ~4x fewer instructions a weight.
+ *
+ * Layout of a token's xq_ld bytes: XW = VC/16 planes of nch uint4 (chunk c of
+ * plane p at p nch + c), then nch float2 (d, xsum). Q8: bytes in order. Q4:
+ * chunk c's 8 words (even values 0,2,4,6 of 8, then odd 1,3,5,7, for each 8)
+ * in two planes, so that w & 0x0f0f0f0f and w & 0xf0f0f0f0 (16x the odd
+ * values) of a weight word meet theirs in one dp4a each, and a warp's lanes
+ * read consecutive uint4s. */
+template <int F> struct xq_traits {
+    static constexpr int VC = fmt_traits<F>::VC, XW = VC / 16;
+};
+
+/* The int8 bytes of float bits f from fma(x, inv, 1.5 * 2^23) (their low byte: rint(x inv) in two's complement). */
+__device__ __forceinline__ uint32_t pack4(uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
+    return __byte_perm(__byte_perm(a, b, 0x0040), __byte_perm(c, d, 0x0040), 0x5410);
+}
+
+/* Lets the dependent mvq_kernel (launched with programmatic stream
+ * serialization) start, and, in it, waits for xq_kernel's results; no-ops
+ * before sm_90 and without the launch attribute. */
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+/* Thread i of grid row y rounds values 8i .. 8i+7 of segment y's x (tokens
+ * back to back, cols / 8 threads a token; 4 lanes a block of 32 meet by
+ * shuffles). Segments whose x an earlier one rounds do nothing. */
+template <int F> __global__ void __launch_bounds__(256) xq_kernel(const mv_args a) {
+    typedef xq_traits<F> X;
+    pdl_launch_dependents();
+    pdl_wait(); /* for whatever wrote x */
+    const mm_seg &s = a.tab ? a.tab[blockIdx.y] : a.one;
+    if (!s.xq_own) return;
+    const int64_t per = s.cols / 8, i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const bool live = i < a.n * per; /* whole 4-lane groups, as per % 4 == 0 */
+    const int64_t t = live ? i / per : 0, k = live ? i - t * per : 0, b = k >> 2;
+    const int m = (int)(k & 3), nch = (int)(s.cols / X::VC);
+    float v[8];
+    const float4 *xp = (const float4 *)(s.x + t * s.ldx) + 2 * k;
+    float4 v0 = live ? __ldg(xp) : make_float4(0, 0, 0, 0), v1 = live ? __ldg(xp + 1) : make_float4(0, 0, 0, 0);
+    v[0] = v0.x, v[1] = v0.y, v[2] = v0.z, v[3] = v0.w, v[4] = v1.x, v[5] = v1.y, v[6] = v1.z, v[7] = v1.w;
+    float mx = 0.0f, sum = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 8; j++) mx = fmaxf(mx, fabsf(v[j])), sum += v[j];
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1); /* 16 values: a Q8 chunk */
+    if (F == WF_Q4) sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    if (!live) return;
+    const float inv = mx > 0.0f ? __fdiv_rn(127.0f, mx) : 0.0f, d = __fdiv_rn(mx, 127.0f);
+    uint32_t u[8];
+#pragma unroll
+    for (int j = 0; j < 8; j++) u[j] = __float_as_uint(__fmaf_rn(v[j], inv, 12582912.0f));
+    uint8_t *tok = s.xq + t * s.xq_ld;
+    float2 *ds = (float2 *)(tok + (int64_t)X::XW * nch * 16);
+    if (F == WF_Q4) {
+        uint2 p = make_uint2(pack4(u[0], u[2], u[4], u[6]), pack4(u[1], u[3], u[5], u[7]));
+        *(uint2 *)(tok + ((m >> 1) * (int64_t)nch + b) * 16 + (m & 1) * 8) = p;
+        if (m == 0) ds[b] = make_float2(d, sum);
+    } else {
+        *(uint2 *)(tok + 8 * k) = make_uint2(pack4(u[0], u[1], u[2], u[3]), pack4(u[4], u[5], u[6], u[7]));
+        if ((m & 1) == 0) ds[2 * b + (m >> 1)] = make_float2(d, sum);
+    }
+}
+
+/* sum of the 4 products of unsigned bytes a and signed bytes b, + c */
+__device__ __forceinline__ int dp4a_us(uint32_t a, uint32_t b, int c) {
+    int d;
+    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+/* 16 weight bytes, read once: past L1, which keeps xq for the block's other warps. */
+__device__ __forceinline__ void ld_stream(const uint8_t *p, uint32_t *w) {
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+        : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
+        : "l"(p));
+}
+
+/* mv_kernel's twin on xq (see above), same row sets, split and epilogue.
+ * Each lane keeps the next chunk's weights, scales and biases in flight
+ * (loaded before this one is used: two register buffers); the first before
+ * waiting for xq_kernel. */
+#ifndef MVQ_PDL
+#define MVQ_PDL 2 /* programmatic dependent launch on sm_90: 1 mvq_kernel's of xq_kernel, 2 also xq_kernel's */
+#endif
+#ifndef MVQ_BALANCE
+#define MVQ_BALANCE 0
+#endif
+#ifndef MVQ_STAGES
+#define MVQ_STAGES 2 /* chunks a lane has in flight (registers: 24 a stage; 3 measured slower) */
+#endif
+#ifndef MVQ_MIN_BLOCKS
+#define MVQ_MIN_BLOCKS 2
+#endif
+template <int F, int NT, bool SWI>
+__global__ void __launch_bounds__(MV_WARPS * 32, NT == 1 ? MVQ_MIN_BLOCKS : 1) mvq_kernel(const mv_args a) {
+    typedef fmt_traits<F> T;
+    typedef xq_traits<F> X;
+    constexpr int RP = SWI ? MV_R / 2 : MV_R;
+    __shared__ float red[MV_WARPS][MV_R * NT];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, ks = a.ks, kp = warp % ks;
+    bool waited = false;
+    pdl_launch_dependents(); /* the next call's xq_kernel, if launched so, may start; it waits for this grid */
+
+    for (int grp = blockIdx.x; grp < a.first[a.nseg]; grp += gridDim.x) {
+        int si = 0;
+        while (si + 1 < a.nseg && a.first[si + 1] <= grp) si++;
+        const mm_seg &s = a.tab ? a.tab[si] : a.one;
+        const int set = (grp - a.first[si]) * (MV_WARPS / ks) + warp / ks;
+        const int64_t r0 = (int64_t)set * RP;
+        const bool live = r0 < s.rows;
+        const int nch = (int)(s.cols / T::VC), step = 32 * ks;
+        /* rows as 32-bit offsets from their tensor's values and scales/biases (mv_run checks they
+         * fit): fewer registers than 12 pointers */
+        uint32_t wo[MV_R], so[MV_R];
+#pragma unroll
+        for (int i = 0; i < MV_R; i++) {
+            const int ten = i / RP;
+            int64_t r = r0 + i % RP;
+            r = r < s.rows ? r : s.rows - 1; /* a ragged set recomputes the last row, never stores it */
+            wo[i] = (uint32_t)(r * s.row_bytes[ten]), so[i] = (uint32_t)(r * s.sb_row_bytes[ten]);
+        }
+
+        /* a chunk's raw scale and bias words (sb_load's) without their shifts, which follow from
+         * g and bit 1 of the row's scale (bit i of par) and bias (bit 4 + i) addresses: registers
+         * for twice the loads in flight */
+        uint32_t par = 0;
+#pragma unroll
+        for (int i = 0; i < MV_R; i++)
+            par |= (uint32_t)(((uintptr_t)(s.s[i / RP] + so[i]) >> 1 & 1) << i |
+                              ((uintptr_t)(s.b[i / RP] + so[i]) >> 1 & 1) << (4 + i));
+        uint32_t wq[MVQ_STAGES][MV_R][4], sq[MVQ_STAGES][MV_R], bq[MVQ_STAGES][MV_R];
+        auto load = [&](int c, uint32_t (&w)[MV_R][4], uint32_t (&sc)[MV_R], uint32_t (&bi)[MV_R]) {
+            const int g = (c * T::VC) >> s.gshift;
+#pragma unroll
+            for (int i = 0; i < MV_R; i++) {
+                ld_stream(s.w[i / RP] + wo[i] + (uint32_t)c * 16, w[i]);
+                sc[i] = sb_load(s.s[i / RP] + so[i], s.sfmt, g).w, bi[i] = sb_load(s.b[i / RP] + so[i], s.sfmt, g).w;
+            }
+        };
+        float acc[MV_R][NT];
 #pragma unroll
         for (int i = 0; i < MV_R; i++)
 #pragma unroll
-            for (int t = 0; t < NT; t++)
+            for (int t = 0; t < NT; t++) acc[i][t] = 0.0f;
+        auto use = [&](int c, const uint32_t (&w)[MV_R][4], const uint32_t (&sc)[MV_R], const uint32_t (&bi)[MV_R]) {
+            const uint32_t g = (uint32_t)((c * T::VC) >> s.gshift);
+            float sv[MV_R], bv[MV_R];
 #pragma unroll
-                for (int o = 16; o > 0; o >>= 1) acc[i][t] += __shfl_xor_sync(0xffffffffu, acc[i][t], o);
-        if (ks > 1) { /* warps kp = 1 .. ks-1 hand their sums to warp kp = 0 of their set */
-            if (lane == 0)
+            for (int i = 0; i < MV_R; i++) {
+                sb_raw rs = {sc[i], ((par >> i ^ g) & 1) << 4}, rb = {bi[i], ((par >> (4 + i) ^ g) & 1) << 4};
+                sv[i] = sb_value(rs, s.sfmt), bv[i] = sb_value(rb, s.sfmt);
+            }
 #pragma unroll
-                for (int i = 0; i < MV_R; i++)
+            for (int t = 0; t < NT; t++) {
+                const uint8_t *tok = s.xq + (t < a.n ? t : a.n - 1) * s.xq_ld; /* tokens past n: never stored */
+                const float2 ds = __ldg((const float2 *)(tok + (int64_t)X::XW * nch * 16) + c);
+                uint32_t x[X::XW * 4];
 #pragma unroll
-                    for (int t = 0; t < NT; t++) red[warp][i * NT + t] = acc[i][t];
-            __syncthreads();
-            if (kp == 0)
-                for (int p = 1; p < ks; p++)
-#pragma unroll
-                    for (int i = 0; i < MV_R; i++)
-#pragma unroll
-                        for (int t = 0; t < NT; t++) acc[i][t] += red[warp + p][i * NT + t];
-            __syncthreads(); /* red is free for the next group */
-        }
-        if (!live || kp != 0) continue;
-#pragma unroll
-        for (int i = 0; i < RP; i++)
-#pragma unroll
-            for (int t = 0; t < NT; t++)
-                if (lane == i * NT + t && t < a.n && r0 + i < s.rows) {
-                    float v = SWI ? silu_mul(acc[i][t], acc[i + RP][t]) : acc[i][t] + (s.bias ? s.bias[r0 + i] : 0.0f);
-                    s.y[t * s.ldy + r0 + i] = v;
+                for (int p = 0; p < X::XW; p++) {
+                    uint4 v = __ldg((const uint4 *)tok + p * nch + c);
+                    x[4 * p] = v.x, x[4 * p + 1] = v.y, x[4 * p + 2] = v.z, x[4 * p + 3] = v.w;
                 }
+#pragma unroll
+                for (int i = 0; i < MV_R; i++) {
+                    int isum;
+                    if constexpr (F == WF_Q4) {
+                        int lo = 0, hi = 0; /* hi: 16 x the odd values' sum */
+#pragma unroll
+                        for (int j = 0; j < 4; j++) {
+                            lo = dp4a_us(w[i][j] & 0x0f0f0f0fu, x[2 * j], lo);
+                            hi = dp4a_us(w[i][j] & 0xf0f0f0f0u, x[2 * j + 1], hi);
+                        }
+                        isum = lo + (hi >> 4);
+                    } else {
+                        isum = 0;
+#pragma unroll
+                        for (int j = 0; j < 4; j++) isum = dp4a_us(w[i][j], x[j], isum);
+                    }
+                    acc[i][t] += sv[i] * ds.x * (float)isum + bv[i] * ds.y;
+                }
+            }
+        };
+
+        /* a ring of MVQ_STAGES chunks: all in flight before the wait, the others while one is used */
+        int c = kp * 32 + lane;
+#pragma unroll
+        for (int k = 0; k < MVQ_STAGES; k++)
+            if (live && c + k * step < nch) load(c + k * step, wq[k], sq[k], bq[k]);
+        if (!waited) pdl_wait(), waited = true;
+        if (live)
+            while (c < nch)
+#pragma unroll
+                for (int k = 0; k < MVQ_STAGES; k++, c += step)
+                    if (c < nch) {
+                        use(c, wq[k], sq[k], bq[k]);
+                        if (c + MVQ_STAGES * step < nch) load(c + MVQ_STAGES * step, wq[k], sq[k], bq[k]);
+                    }
+        mv_finish<NT, SWI>(acc, red, s, r0, live, a.n, ks, kp);
     }
 }
 
@@ -545,6 +803,8 @@ template <int F, bool SWI> __global__ void __launch_bounds__(256) tc_kernel(cons
 
 typedef void (*mv_fn)(cudaStream_t st, unsigned blocks, size_t smem, int n_sm, const mv_args *a);
 typedef void (*tc_fn)(cudaStream_t st, dim3 grid, const mm_seg *s, int64_t n);
+typedef cudaError_t (*mvq_fn)(cudaStream_t st, unsigned blocks, int n_sm, bool pdl, const mv_args *a);
+typedef cudaError_t (*xq_fn)(cudaStream_t st, dim3 grid, bool pdl, const mv_args *a);
 
 /* Blocks of mv_kernel<F, NT, SWI> an SM holds with smem bytes of x (0: a
  * query's failure), and the launch; the first call of each instantiation
@@ -567,6 +827,33 @@ static void mv_launch(cudaStream_t st, unsigned blocks, size_t smem, int n_sm, c
     unsigned most = (unsigned)(n_sm * per_sm);
     mv_kernel<F, NT, SWI><<<blocks < most ? blocks : most, MV_WARPS * 32, smem, st>>>(*a);
 }
+/* mvq_kernel<F, NT, SWI>'s launch (blocks capped as mv_launch's), with
+ * programmatic stream serialization where pdl: it starts while xq_kernel runs. */
+template <int F, int NT, bool SWI>
+static cudaError_t mvq_launch(cudaStream_t st, unsigned blocks, int n_sm, bool pdl, const mv_args *a) {
+    static int ready, per_sm;
+    if (!ready) {
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, mvq_kernel<F, NT, SWI>, MV_WARPS * 32, 0);
+        ready = 1;
+    }
+    unsigned most = (unsigned)(n_sm * (per_sm < 1 ? 1 : per_sm));
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(blocks < most ? blocks : most), cfg.blockDim = dim3(MV_WARPS * 32), cfg.stream = st;
+    cudaLaunchAttribute at = {};
+    at.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at.val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = &at, cfg.numAttrs = pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, mvq_kernel<F, NT, SWI>, *a);
+}
+template <int F> static cudaError_t xq_launch(cudaStream_t st, dim3 grid, bool pdl, const mv_args *a) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid, cfg.blockDim = dim3(256), cfg.stream = st;
+    cudaLaunchAttribute at = {};
+    at.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at.val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = &at, cfg.numAttrs = pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, xq_kernel<F>, *a);
+}
 template <int F, bool SWI> static void tc_launch(cudaStream_t st, dim3 grid, const mm_seg *s, int64_t n) {
     tc_kernel<F, SWI><<<grid, 256, 0, st>>>(*s, n);
 }
@@ -577,6 +864,11 @@ template <int F, bool SWI> static void tc_launch(cudaStream_t st, dim3 grid, con
 static const mv_fn mv_tab[WF_COUNT][2][4] = {MV_FMT(WF_F32), MV_FMT(WF_F16), MV_FMT(WF_BF16),
                                              MV_FMT(WF_Q2),  MV_FMT(WF_Q3),  MV_FMT(WF_Q4),
                                              MV_FMT(WF_Q5),  MV_FMT(WF_Q6),  MV_FMT(WF_Q8)};
+#define MVQ_ROW(F, SWI) {mvq_launch<F, 1, SWI>, mvq_launch<F, 2, SWI>, mvq_launch<F, 4, SWI>, mvq_launch<F, 8, SWI>}
+/* [Q4, Q8][swiglu][log2 NT]: the int8 path */
+static const mvq_fn mvq_tab[2][2][4] = {{MVQ_ROW(WF_Q4, false), MVQ_ROW(WF_Q4, true)},
+                                        {MVQ_ROW(WF_Q8, false), MVQ_ROW(WF_Q8, true)}};
+static const xq_fn xq_tab[2] = {xq_launch<WF_Q4>, xq_launch<WF_Q8>};
 #define TC_FMT(F) {tc_launch<F, false>, tc_launch<F, true>}
 /* [format][swiglu]; F32 has none (see the top of the file) */
 static const tc_fn tc_tab[WF_COUNT][2] = {{NULL, NULL}, TC_FMT(WF_F16), TC_FMT(WF_BF16),
@@ -636,13 +928,71 @@ static int pick_ks(const cuda_ctx *c, int64_t sets, int64_t chunks) {
 
 static int nt_slot(int64_t n) { return n <= 1 ? 0 : n <= 2 ? 1 : n <= 4 ? 2 : 3; }
 
-/* mv_kernel over nseg segments of format f (swi: SwiGLU pairs), n <= MV_MAX_N
- * tokens; segs staged to the device when there are several. */
-static void mv_run(cuda_ctx *c, wfmt f, bool swi, const mm_seg *segs, int nseg, int64_t n, const char *what) {
+/* Whether Q4/Q8 decode runs in float32 (mv_kernel) rather than on int8
+ * activations (mvq_kernel): MOE_CUDA_FLOAT_DECODE set and not "0", read at
+ * each call. */
+static bool float_decode(void) {
+    const char *e = getenv("MOE_CUDA_FLOAT_DECODE");
+    return e && *e && strcmp(e, "0") != 0;
+}
+
+/* Bytes of one token of a segment's rounded x (see xq_kernel): the int8
+ * values, then a float2 per chunk; a multiple of 16. */
+static int64_t xq_token_bytes(wfmt f, int64_t cols) {
+    return (cols + cols / fmt_vc(f) * 8 + 15) / 16 * 16;
+}
+
+/* Scratch bytes the int8 path of n tokens of width cols takes. */
+static size_t xq_bytes(wfmt f, int64_t n, int64_t cols) {
+    return f == WF_Q4 || f == WF_Q8 ? (size_t)(n * xq_token_bytes(f, cols)) : 0;
+}
+
+/* Q4/Q8 segments' x rounded to int8 into scratch past its first keep bytes
+ * (the caller's), one area per distinct x; false after an error. */
+static bool xq_place(cuda_ctx *c, wfmt f, mm_seg *segs, int nseg, int64_t n, size_t keep) {
+    size_t need = 0;
+    keep = (keep + 255) & ~(size_t)255;
+    for (int i = 0; i < nseg; i++) {
+        segs[i].xq_own = 1, segs[i].xq_ld = xq_token_bytes(f, segs[i].cols);
+        for (int j = 0; j < i; j++)
+            if (segs[j].x == segs[i].x && segs[j].ldx == segs[i].ldx && segs[j].cols == segs[i].cols)
+                segs[i].xq_own = 0;
+        if (segs[i].xq_own) need += (size_t)(n * segs[i].xq_ld);
+    }
+    uint8_t *p = (uint8_t *)cuda_scratch(c, keep + need);
+    if (!p) return false;
+    p += keep;
+    for (int i = 0; i < nseg; i++) {
+        if (!segs[i].xq_own) {
+            for (int j = 0; j < i; j++)
+                if (segs[j].xq_own && segs[j].x == segs[i].x) segs[i].xq = segs[j].xq;
+            continue;
+        }
+        segs[i].xq = p;
+        p += n * segs[i].xq_ld;
+    }
+    return true;
+}
+
+/* mv_kernel, or xq_kernel + mvq_kernel for Q4/Q8 (int8 activations), over
+ * nseg segments of format f (swi: SwiGLU pairs), n <= MV_MAX_N tokens; segs
+ * staged to the device when there are several. keep: bytes at the start of
+ * the context's scratch that the caller holds (the int8 path uses the rest). */
+static void mv_run(cuda_ctx *c, wfmt f, bool swi, const mm_seg *segs_in, int nseg, int64_t n, const char *what,
+                   size_t keep) {
+    mm_seg segs[MOE_DEC_MAX];
+    memcpy(segs, segs_in, (size_t)nseg * sizeof *segs);
     mv_args a;
     memset(&a, 0, sizeof a);
-    a.one = segs[0], a.nseg = nseg, a.n = (int)n;
+    a.nseg = nseg, a.n = (int)n;
     const int rp = swi ? MV_R / 2 : MV_R;
+    bool i8 = (f == WF_Q4 || f == WF_Q8) && !float_decode();
+    for (int i = 0; i < nseg; i++) /* mvq_kernel's 32-bit row offsets */
+        for (int t = 0; t < 2; t++)
+            i8 = i8 && (uint64_t)segs[i].rows * segs[i].row_bytes[t] <= UINT32_MAX &&
+                 (uint64_t)segs[i].rows * segs[i].sb_row_bytes[t] <= UINT32_MAX;
+    if (i8 && !xq_place(c, f, segs, nseg, n, keep)) return;
+    a.one = segs[0];
     int64_t chunks = 0, sets = 0, cols = 0;
     for (int i = 0; i < nseg; i++) {
         int64_t ch = segs[i].cols / fmt_vc(f);
@@ -651,17 +1001,37 @@ static void mv_run(cuda_ctx *c, wfmt f, bool swi, const mm_seg *segs, int nseg, 
         cols = segs[i].cols > cols ? segs[i].cols : cols;
     }
     a.ks = pick_ks(c, sets, chunks);
+    if (i8 && a.ks > 2) a.ks = 2; /* measured: a longer stream a warp beats more warps */
+#if MVQ_BALANCE
+    if (i8) { /* the split whose groups fill whole waves of MVQ_MIN_BLOCKS blocks an SM best */
+        double best = 0;
+        for (int ks = 1; ks <= MV_WARPS && chunks >= (int64_t)64 * ks; ks *= 2) {
+            int64_t groups = 0;
+            for (int i = 0; i < nseg; i++) groups += cuda_blocks((segs[i].rows + rp - 1) / rp, MV_WARPS / ks);
+            double waves = (double)groups / (c->n_sm * MVQ_MIN_BLOCKS), eff = waves / ceil(waves);
+            if (eff > best + 0.02) best = eff, a.ks = ks;
+        }
+    }
+#endif
     const int spg = MV_WARPS / a.ks; /* sets a group */
     for (int i = 0; i < nseg; i++) a.first[i + 1] = a.first[i] + (int)cuda_blocks((segs[i].rows + rp - 1) / rp, spg);
+    if (nseg > 1) {
+        a.tab = (const mm_seg *)cuda_stage(c, segs, (size_t)nseg * sizeof *segs);
+        if (!a.tab) return;
+    }
+    if (i8) {
+        const int q8 = f == WF_Q8;
+        dim3 grid(cuda_blocks(n * cols / 8, 256), (unsigned)nseg);
+        if (!cuda_check(c, xq_tab[q8](c->stream, grid, MVQ_PDL > 1 && c->cc >= 90, &a), what)) return;
+        cuda_check(c, mvq_tab[q8][swi][nt_slot(n)](c->stream, (unsigned)a.first[nseg], c->n_sm, MVQ_PDL && c->cc >= 90, &a),
+                   what);
+        return;
+    }
     /* x in shared memory where it fits: rows of cols/4 float4s rounded up to whole swizzle blocks of 8 */
     int64_t xq = (cols / 4 + 7) / 8 * 8;
     size_t smem = (size_t)(n * xq) * 16;
     if (smem <= MV_SMEM_MAX) a.xq = (int)xq;
     else smem = 0;
-    if (nseg > 1) {
-        a.tab = (const mm_seg *)cuda_stage(c, segs, (size_t)nseg * sizeof *segs);
-        if (!a.tab) return;
-    }
     mv_tab[f][swi][nt_slot(n)](c->stream, (unsigned)a.first[nseg], smem, c->n_sm, &a);
     cuda_launched(c, what);
 }
@@ -676,7 +1046,7 @@ static void generic_run(cuda_ctx *c, wfmt f, bool swi, const mm_seg *s, int64_t 
 /* y = x . w0^T (+ bias), or silu(x . w0^T) * (x . w1^T) when w1: the kernel
  * for n, format and alignment. */
 static void mm_any(cuda_ctx *c, const wtensor *w0, const wtensor *w1, const float *x, int64_t n, const float *bias,
-                   float *y, const char *what) {
+                   float *y, const char *what, size_t keep) {
     CUDA_LIVE(c);
     if (n <= 0 || w0->rows <= 0) return;
     const bool swi = w1 != NULL;
@@ -693,7 +1063,7 @@ static void mm_any(cuda_ctx *c, const wtensor *w0, const wtensor *w1, const floa
         if (grid.y > 65535) { /* a prompt beyond 8 M tokens: in parts */
             for (int64_t t0 = 0; t0 < n && !c->err; t0 += (int64_t)65535 * TC_BN) {
                 int64_t nt = n - t0 < (int64_t)65535 * TC_BN ? n - t0 : (int64_t)65535 * TC_BN;
-                mm_any(c, w0, w1, x + t0 * cols, nt, bias, y + t0 * rows, what);
+                mm_any(c, w0, w1, x + t0 * cols, nt, bias, y + t0 * rows, what, keep);
             }
             return;
         }
@@ -704,7 +1074,7 @@ static void mm_any(cuda_ctx *c, const wtensor *w0, const wtensor *w1, const floa
     for (int64_t t0 = 0; t0 < n && !c->err; t0 += MV_MAX_N) {
         mm_seg p = s;
         p.x = x + t0 * cols, p.y = y + t0 * rows;
-        mv_run(c, f, swi, &p, 1, n - t0 < MV_MAX_N ? n - t0 : MV_MAX_N, what);
+        mv_run(c, f, swi, &p, 1, n - t0 < MV_MAX_N ? n - t0 : MV_MAX_N, what, keep);
     }
 }
 
@@ -720,21 +1090,25 @@ __global__ void silu_mul_kernel(float *g, const float *u, int64_t n) {
 }
 
 extern "C" void cuda_matmul(cuda_ctx *c, const wtensor *w, const float *x, int64_t n, const float *bias, float *y) {
-    mm_any(c, w, NULL, x, n, bias, y, "matmul");
+    mm_any(c, w, NULL, x, n, bias, y, "matmul", 0);
 }
 
 extern "C" void cuda_matmul_swiglu(cuda_ctx *c, const wtensor *gate, const wtensor *up, const float *x, int64_t n,
                                    float *out) {
     CUDA_LIVE(c);
     if (same_layout(gate, up)) {
-        mm_any(c, gate, up, x, n, NULL, out, "matmul_swiglu");
+        mm_any(c, gate, up, x, n, NULL, out, "matmul_swiglu", 0);
         return;
     }
-    /* gate and up stored differently (never in a file moe writes): two matmuls, then the product */
-    float *u = (float *)cuda_scratch(c, (size_t)n * up->rows * sizeof(float));
+    /* gate and up stored differently (never in a file moe writes): two matmuls, then the product; u
+     * at the start of the scratch, the int8 path's rounded x after it (reserved now: growing the
+     * scratch later would free u) */
+    size_t ub = (size_t)n * up->rows * sizeof(float), xb = xq_bytes(up->fmt, n < MV_MAX_N ? n : MV_MAX_N, up->cols);
+    size_t xg = xq_bytes(gate->fmt, n < MV_MAX_N ? n : MV_MAX_N, gate->cols);
+    float *u = (float *)cuda_scratch(c, ((ub + 255) & ~(size_t)255) + (xb > xg ? xb : xg));
     if (!u) return;
-    mm_any(c, gate, NULL, x, n, NULL, out, "matmul_swiglu");
-    mm_any(c, up, NULL, x, n, NULL, u, "matmul_swiglu");
+    mm_any(c, gate, NULL, x, n, NULL, out, "matmul_swiglu", ub);
+    mm_any(c, up, NULL, x, n, NULL, u, "matmul_swiglu", ub);
     CUDA_LIVE(c);
     silu_mul_kernel<<<cuda_blocks(n * gate->rows, 256), 256, 0, c->stream>>>(out, u, n * gate->rows);
     cuda_launched(c, "matmul_swiglu");
@@ -758,7 +1132,7 @@ extern "C" void cuda_moe_decode(cuda_ctx *c, int ne, const wtensor *const *gate,
               fast_ok(up[i], x, 0) && gate[i]->rows > 0;
         segs[i] = seg_of(gate[i], up[i], x, 0, mid + i * ld_mid, 0, NULL);
     }
-    if (one) mv_run(c, gate[0]->fmt, true, segs, ne, 1, "moe_decode gate/up");
+    if (one) mv_run(c, gate[0]->fmt, true, segs, ne, 1, "moe_decode gate/up", 0);
     else
         for (int i = 0; i < ne; i++) cuda_matmul_swiglu(c, gate[i], up[i], x, 1, mid + i * ld_mid);
     one = true;
@@ -767,7 +1141,7 @@ extern "C" void cuda_moe_decode(cuda_ctx *c, int ne, const wtensor *const *gate,
         one = one && down[i]->fmt == down[0]->fmt && fast_ok(down[i], xi, 0) && down[i]->rows > 0;
         segs[i] = seg_of(down[i], NULL, xi, 0, out[i], 0, NULL);
     }
-    if (one) mv_run(c, down[0]->fmt, false, segs, ne, 1, "moe_decode down");
+    if (one) mv_run(c, down[0]->fmt, false, segs, ne, 1, "moe_decode down", 0);
     else
         for (int i = 0; i < ne; i++) cuda_matmul(c, down[i], mid + i * ld_mid, 1, NULL, out[i]);
 }
