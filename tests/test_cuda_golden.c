@@ -9,10 +9,14 @@
  * Tolerances are relative, per position: RMS of the error <= RTOL x RMS of
  * the logits. Whole-sequence calls (prompt matmuls on tensor cores with
  * float16 operands) are held to RTOL_PROMPT; calls of 4 tokens and 1 token
- * (the float32 matrix x vector kernels) to RTOL_DECODE. The greedy
+ * with MOE_CUDA_FLOAT_DECODE=1 (the float32 matrix x vector kernels) to
+ * RTOL_DECODE; the same calls by default (Q4/Q8 weights on int8-rounded
+ * inputs) to RTOL_INT8, except at positions whose call the rounding routed
+ * differently from the CPU's float32 kernels (a router near tie tipped; at
+ * most one position in eight). The greedy
  * continuation may leave the reference's only where its top-2 gap is within
  * reach of the prompt tolerance. Exits 77 (skipped) where no GPU is present.
- * usage: test_cuda_golden RTOL_PROMPT RTOL_DECODE FIXTURE_DIR...  */
+ * usage: test_cuda_golden RTOL_PROMPT RTOL_DECODE RTOL_INT8 FIXTURE_DIR...  */
 #include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
@@ -28,8 +32,23 @@ static int32_t *ints(json_t *a, size_t *n) {
     return v;
 }
 
-/* logits of tok[n] fed `step` tokens per call (0: all at once), NULL on failure */
-static float *run(moe_model *m, const int32_t *tok, size_t n, size_t step, int V) {
+/* A fingerprint of the experts m's MoE layers chose since the last reset
+ * (moe_model_expert_counts), then reset: 0 for a dense model. */
+static uint64_t take_routes(moe_model *m) {
+    const moe_config *c = moe_model_config(m);
+    uint64_t h = 1469598103934665603ull;
+    int64_t *k = calloc((size_t)(c->n_experts ? c->n_experts : 1), sizeof *k);
+    for (int l = 0; c->n_experts && l < c->n_layers; l++)
+        if (moe_model_expert_counts(m, l, k) == MOE_OK)
+            for (int e = 0; e < c->n_experts; e++) h = (h ^ (uint64_t)k[e] ^ ((uint64_t)l << 32 | (uint64_t)e)) * 1099511628211ull;
+    free(k);
+    moe_model_reset_expert_counts(m);
+    return c->n_experts ? h : 0;
+}
+
+/* logits of tok[n] fed `step` tokens per call (0: all at once), NULL on
+ * failure; routes (NULL: not wanted) [n]: each position's call's take_routes */
+static float *run(moe_model *m, const int32_t *tok, size_t n, size_t step, int V, uint64_t *routes) {
     moe_seq_params sp;
     moe_seq_params_defaults(&sp);
     sp.n_ctx = (int)n + 8;
@@ -40,10 +59,14 @@ static float *run(moe_model *m, const int32_t *tok, size_t n, size_t step, int V
     if (!step) step = n;
     for (size_t off = 0; off < n && out; off += step) {
         size_t k = n - off < step ? n - off : step;
+        moe_model_reset_expert_counts(m);
         if (moe_seq_eval(s, tok + off, k, out + off * (size_t)V, 1) != MOE_OK) {
             fprintf(stderr, "eval: %s\n", moe_errmsg());
             free(out);
             out = NULL;
+        } else if (routes) {
+            uint64_t r = take_routes(m);
+            for (size_t i = 0; i < k; i++) routes[off + i] = r;
         }
     }
     moe_seq_free(s);
@@ -70,7 +93,7 @@ static moe_model *load(const char *dir, const char *device) {
     return m;
 }
 
-static void fixture(const char *dir, double rtol, double rtol_dec) {
+static void fixture(const char *dir, double rtol, double rtol_dec, double rtol_i8) {
     char path[1024];
     snprintf(path, sizeof path, "%s/golden.json", dir);
     json_error_t je;
@@ -99,7 +122,8 @@ static void fixture(const char *dir, double rtol, double rtol_dec) {
     }
     size_t si;
     json_t *seq;
-    double worst[3] = {0, 0, 0}, worst_cpu = 0, ref_rms = 0;
+    double worst[5] = {0, 0, 0, 0, 0}, worst_cpu = 0, ref_rms = 0;
+    size_t n_outliers = 0;
     json_array_foreach(json_object_get(g, "sequences"), si, seq) {
         size_t n, nref = 0;
         int32_t *tok = ints(json_object_get(seq, "tokens"), &n);
@@ -107,33 +131,53 @@ static void fixture(const char *dir, double rtol, double rtol_dec) {
         snprintf(lp, sizeof lp, "%s/%s", dir, json_string_value(json_object_get(seq, "logits")));
         float *ref = read_f32(lp, &nref);
         CHECK(ref && nref == n * (size_t)V, "%s: %zu floats for %zu x %d", lp, nref, n, V);
-        float *c = ref && nref == n * (size_t)V ? run(cpu, tok, n, 0, V) : NULL;
+        float *c = ref && nref == n * (size_t)V ? run(cpu, tok, n, 0, V, NULL) : NULL;
         for (size_t i = 0; c && i < n * (size_t)V; i += (size_t)V) {
             double ss = 0;
             for (int j = 0; j < V; j++) ss += (double)ref[i + (size_t)j] * ref[i + (size_t)j];
             ref_rms = fmax(ref_rms, sqrt(ss / V));
         }
         if (c) worst_cpu = fmax(worst_cpu, rel_rms(c, ref, n * (size_t)V));
-        const size_t steps[3] = {0, 4, 1};
-        for (int md = 0; md < 3 && c; md++) {
-            float *got = run(gpu, tok, n, steps[md], V);
+        /* whole prompts; then calls of 4 and of 1 token, in float32 (MOE_CUDA_FLOAT_DECODE)
+         * and on int8-rounded inputs (Q4/Q8 weights' default) */
+        const size_t steps[5] = {0, 4, 1, 4, 1};
+        uint64_t *rg = malloc(n * sizeof *rg), *rc = malloc(n * sizeof *rc);
+        for (int md = 0; md < 5 && c; md++) {
+            int i8 = md >= 3;
+            if (md >= 1 && md <= 2) setenv("MOE_CUDA_FLOAT_DECODE", "1", 1);
+            float *got = run(gpu, tok, n, steps[md], V, rg);
+            unsetenv("MOE_CUDA_FLOAT_DECODE");
             CHECK(got != NULL, "%s seq %zu step %zu: GPU eval failed", dir, si, steps[md]);
             if (!got) continue;
-            /* per position: each within rtol of the reference, or a near tie there */
+            float *cref = i8 ? run(cpu, tok, n, steps[md], V, rc) : NULL; /* the float32 routing of the same calls */
+            /* per position: within the bound, or (int8 inputs) a call whose routing the rounding changed */
+            size_t outliers = 0;
+            double bound = md == 0 ? rtol : i8 ? rtol_i8 : rtol_dec;
             for (size_t p = 0; p < n; p++) {
                 const float *gp = got + p * (size_t)V, *rp = ref + p * (size_t)V;
                 double e = rel_rms(gp, rp, (size_t)V);
-                worst[md] = fmax(worst[md], e);
-                double bound = md == 0 ? rtol : rtol_dec;
-                CHECK(e <= bound, "%s seq %zu (len %zu) step %zu position %zu: relative RMS error %.3g > %.3g", dir, si,
-                      n, steps[md], p, e, bound);
+                if (e <= bound) {
+                    worst[md] = fmax(worst[md], e);
+                    continue;
+                }
+                int flipped = i8 && cref && rg[p] != rc[p];
+                outliers += flipped;
+                CHECK(flipped, "%s seq %zu (len %zu) step %zu%s position %zu: relative RMS error %.3g > %.3g%s", dir, si,
+                      n, steps[md], i8 ? " (int8 inputs)" : "", p, e, bound, i8 ? ", routed as float32 routes" : "");
             }
-            /* the GPU against the CPU too: the same model, the same order of layers */
-            double ec = rel_rms(got, c, n * (size_t)V);
-            CHECK(ec <= (md == 0 ? rtol : rtol_dec), "%s seq %zu step %zu: GPU vs CPU relative RMS %.3g", dir, si,
-                  steps[md], ec);
+            CHECK(outliers * 8 <= n, "%s seq %zu step %zu: %zu of %zu positions off by a flipped routing", dir, si,
+                  steps[md], outliers, n);
+            n_outliers += outliers;
+            /* the GPU against the CPU too (float32 calls): the same model, the same order of layers */
+            if (!i8) {
+                double ec = rel_rms(got, c, n * (size_t)V);
+                CHECK(ec <= bound, "%s seq %zu step %zu: GPU vs CPU relative RMS %.3g", dir, si, steps[md], ec);
+            }
+            free(cref);
             free(got);
         }
+        free(rg);
+        free(rc);
         free(c);
         free(ref);
         free(tok);
@@ -160,31 +204,32 @@ static void fixture(const char *dir, double rtol, double rtol_dec) {
             if (t == want[i] && same == i) same++;
         }
         double gap = same < ne ? json_number_value(json_array_get(json_object_get(gr, "step_gaps"), same)) : 0;
-        CHECK(same == ne || gap <= 2 * rtol * ref_rms, "%s greedy: first %zu of %zu tokens match (top-2 gap at %zu: %.3g)", dir, same, ne,
+        CHECK(same == ne || gap <= 2 * fmax(rtol, rtol_i8) * ref_rms, "%s greedy: first %zu of %zu tokens match (top-2 gap at %zu: %.3g)", dir, same, ne,
               same, gap);
         moe_sampler_free(smp);
         moe_seq_free(s);
         free(prompt);
         free(want);
     }
-    printf("%s: worst relative RMS error per position: whole %.3g, batches of 4 %.3g, token by token %.3g "
-           "(CPU float32: %.3g)\n", dir, worst[0], worst[1], worst[2], worst_cpu);
+    printf("%s: worst relative RMS error per position: whole %.3g; float32 decode: batches of 4 %.3g, token by token "
+           "%.3g; int8 inputs: %.3g, %.3g, %zu positions off by a flipped routing (CPU float32: %.3g)\n", dir, worst[0],
+           worst[1], worst[2], worst[3], worst[4], n_outliers, worst_cpu);
     moe_model_free(gpu);
     moe_model_free(cpu);
     json_decref(g);
 }
 
 int main(int argc, char **argv) {
-    if (argc < 4) {
-        fprintf(stderr, "usage: test_cuda_golden RTOL_PROMPT RTOL_DECODE FIXTURE_DIR...\n");
+    if (argc < 5) {
+        fprintf(stderr, "usage: test_cuda_golden RTOL_PROMPT RTOL_DECODE RTOL_INT8 FIXTURE_DIR...\n");
         return 2;
     }
     if (!strstr(moe_devices(), "cuda") || strstr(moe_devices(), "(0 devices)")) {
         printf("no GPU: skipped (%s)\n", moe_devices());
         return 77;
     }
-    double rtol = atof(argv[1]), rtol_dec = atof(argv[2]);
+    double rtol = atof(argv[1]), rtol_dec = atof(argv[2]), rtol_i8 = atof(argv[3]);
     setenv("MOE_ISA", "scalar", 1); /* the CPU side in float32 whatever this CPU has */
-    for (int i = 3; i < argc; i++) fixture(argv[i], rtol, rtol_dec);
+    for (int i = 4; i < argc; i++) fixture(argv[i], rtol, rtol_dec, rtol_i8);
     TEST_DONE();
 }
