@@ -6,14 +6,17 @@
  * the reference; the same for the CPU's float32 logits, so a GPU error is
  * told apart from a CPU one; and the greedy continuation token for token.
  *
- * Tolerances are relative, per position: RMS of the error <= RTOL x RMS of
- * the logits. Whole-sequence calls (prompt matmuls on tensor cores with
- * float16 operands) are held to RTOL_PROMPT; calls of 4 tokens and 1 token
- * with MOE_CUDA_FLOAT_DECODE=1 (the float32 matrix x vector kernels) to
- * RTOL_DECODE; the same calls by default (Q4/Q8 weights on int8-rounded
- * inputs) to RTOL_INT8, except at positions whose call the rounding routed
- * differently from the CPU's float32 kernels (a router near tie tipped; at
- * most one position in eight). The greedy
+ * Tolerances are relative: RMS of the error <= RTOL x RMS of the logits.
+ * Calls of 4 tokens and 1 token with MOE_CUDA_FLOAT_DECODE=1 (the float32
+ * matrix x vector kernels) are held to RTOL_DECODE at every position. The
+ * approximate calls are judged as the CPU's approximate ISAs are
+ * (test_golden.c): whole-sequence calls (tensor cores with float16 operands,
+ * or int8-rounded inputs for a sequence of up to 8 tokens) against
+ * RTOL_PROMPT, the 4- and 1-token calls by default (Q4/Q8 weights on
+ * int8-rounded inputs) against RTOL_INT8: every position within 3x the bound
+ * and all of them together within it, except positions whose call the
+ * rounding routed differently from the CPU's float32 kernels (a router near
+ * tie tipped; at most one position in eight). The greedy
  * continuation may leave the reference's only where its top-2 gap is within
  * reach of the prompt tolerance. Exits 77 (skipped) where no GPU is present.
  * usage: test_cuda_golden RTOL_PROMPT RTOL_DECODE RTOL_INT8 FIXTURE_DIR...  */
@@ -143,33 +146,41 @@ static void fixture(const char *dir, double rtol, double rtol_dec, double rtol_i
         const size_t steps[5] = {0, 4, 1, 4, 1};
         uint64_t *rg = malloc(n * sizeof *rg), *rc = malloc(n * sizeof *rc);
         for (int md = 0; md < 5 && c; md++) {
-            int i8 = md >= 3;
-            if (md >= 1 && md <= 2) setenv("MOE_CUDA_FLOAT_DECODE", "1", 1);
+            int i8 = md >= 3, approx = md != 1 && md != 2; /* whole calls: tensor cores, or int8 decode up to 8 tokens */
+            if (!approx) setenv("MOE_CUDA_FLOAT_DECODE", "1", 1);
             float *got = run(gpu, tok, n, steps[md], V, rg);
             unsetenv("MOE_CUDA_FLOAT_DECODE");
             CHECK(got != NULL, "%s seq %zu step %zu: GPU eval failed", dir, si, steps[md]);
             if (!got) continue;
-            float *cref = i8 ? run(cpu, tok, n, steps[md], V, rc) : NULL; /* the float32 routing of the same calls */
-            /* per position: within the bound, or (int8 inputs) a call whose routing the rounding changed */
+            float *cref = approx ? run(cpu, tok, n, steps[md], V, rc) : NULL; /* the float32 routing of the same calls */
+            /* float32 calls: every position within the bound. Approximate ones, as the CPU's
+             * approximate ISAs (test_golden.c): each position within 3x the bound, together
+             * within the bound; beyond, only a position whose call the rounding routed
+             * differently (a router near tie tipped), at most one in eight */
             size_t outliers = 0;
-            double bound = md == 0 ? rtol : i8 ? rtol_i8 : rtol_dec;
+            double bound = md == 0 ? rtol : i8 ? rtol_i8 : rtol_dec, se = 0, sr = 0;
             for (size_t p = 0; p < n; p++) {
                 const float *gp = got + p * (size_t)V, *rp = ref + p * (size_t)V;
-                double e = rel_rms(gp, rp, (size_t)V);
-                if (e <= bound) {
+                double e = rel_rms(gp, rp, (size_t)V), pr = 0;
+                for (int v = 0; v < V; v++) pr += (double)rp[v] * rp[v];
+                if (e <= (approx ? 3 : 1) * bound) {
                     worst[md] = fmax(worst[md], e);
+                    se += e * e * pr, sr += pr;
                     continue;
                 }
-                int flipped = i8 && cref && rg[p] != rc[p];
+                int flipped = approx && cref && rg[p] != rc[p];
                 outliers += flipped;
                 CHECK(flipped, "%s seq %zu (len %zu) step %zu%s position %zu: relative RMS error %.3g > %.3g%s", dir, si,
-                      n, steps[md], i8 ? " (int8 inputs)" : "", p, e, bound, i8 ? ", routed as float32 routes" : "");
+                      n, steps[md], i8 ? " (int8 inputs)" : "", p, e, (approx ? 3 : 1) * bound,
+                      approx ? ", routed as float32 routes" : "");
             }
             CHECK(outliers * 8 <= n, "%s seq %zu step %zu: %zu of %zu positions off by a flipped routing", dir, si,
                   steps[md], outliers, n);
+            CHECK(se <= bound * bound * sr, "%s seq %zu step %zu: relative RMS error over the positions within bounds %.3g > %.3g",
+                  dir, si, steps[md], sqrt(se / sr), bound);
             n_outliers += outliers;
             /* the GPU against the CPU too (float32 calls): the same model, the same order of layers */
-            if (!i8) {
+            if (!approx) {
                 double ec = rel_rms(got, c, n * (size_t)V);
                 CHECK(ec <= bound, "%s seq %zu step %zu: GPU vs CPU relative RMS %.3g", dir, si, steps[md], ec);
             }
