@@ -48,6 +48,10 @@ const char *backend_kind(const backend *be) { return be->ops->kind; }
 const char *backend_device_name(const backend *be) { return be->name; }
 int backend_host_memory(const backend *be) { return be->ops->host_memory; }
 
+void backend_set_float_decode(backend *be, int on) {
+    if (be->ops->set_float_decode) be->ops->set_float_decode(be, on);
+}
+
 void backend_free(backend *be) {
     if (be) be->ops->destroy(be);
 }

@@ -74,6 +74,11 @@ const char *backend_device_name(const backend *be);
 int backend_host_memory(const backend *be);
 /* Devices this build can open: "cpu" or "cpu, cuda (N devices)". */
 const char *backend_devices(void);
+/* on: quantized matrix x vector keeps float32 inputs where the backend would
+ * round them to int8 for speed (CUDA's Q4/Q8 decode). The model asks for it
+ * when a recurrent state would carry that rounding from token to token. On
+ * the CPU the ISA decides (MOE_ISA) and this changes nothing. */
+void backend_set_float_decode(backend *be, int on);
 
 /* Memory of the backend: zeroed; NULL with a message (moe_errmsg) when out of memory. */
 void *be_alloc(backend *be, size_t bytes);

@@ -15,6 +15,8 @@ typedef struct backend_ops {
     const char *kind;      /* "cpu", "cuda" */
     int host_memory;       /* be_alloc'd memory is the host's */
     void (*destroy)(backend *be);
+    /* backend_set_float_decode; NULL where decode's inputs follow the ISA alone (CPU) */
+    void (*set_float_decode)(backend *be, int on);
     /* memory */
     void *(*alloc)(backend *be, size_t bytes);
     void (*free)(backend *be, void *p);

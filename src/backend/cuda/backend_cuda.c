@@ -16,6 +16,8 @@
 
 int backend_cuda_count(void) { return cuda_device_count(); }
 
+static void gpu_set_float_decode(backend *be, int on) { cuda_set_float_decode(CTX(be), on); }
+
 static void gpu_destroy(backend *be) {
     cuda_ctx_free(CTX(be));
     free(be);
@@ -162,6 +164,7 @@ static const backend_ops cuda_backend_ops = {
     .kind = "cuda",
     .host_memory = 0,
     .destroy = gpu_destroy,
+    .set_float_decode = gpu_set_float_decode,
     .alloc = gpu_alloc,
     .free = gpu_free,
     .upload = gpu_upload,

@@ -22,6 +22,7 @@ struct cuda_ctx {
     void *stage, *stage_dev;      /* pinned host / device staging [CUDA_STAGE_BYTES] */
     size_t stage_used;
     cudaEvent_t stage_done;
+    int float_decode;             /* Q4/Q8 decode on float32 inputs, not int8-rounded ones (cuda_set_float_decode) */
 };
 
 /* Records e (when it is an error and none is kept yet) with "CUDA: what: ..."; true on success. */

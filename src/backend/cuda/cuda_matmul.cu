@@ -929,12 +929,15 @@ static int pick_ks(const cuda_ctx *c, int64_t sets, int64_t chunks) {
 static int nt_slot(int64_t n) { return n <= 1 ? 0 : n <= 2 ? 1 : n <= 4 ? 2 : 3; }
 
 /* Whether Q4/Q8 decode runs in float32 (mv_kernel) rather than on int8
- * activations (mvq_kernel): MOE_CUDA_FLOAT_DECODE set and not "0", read at
- * each call. */
-static bool float_decode(void) {
+ * activations (mvq_kernel): the context says so (cuda_set_float_decode: a
+ * model whose recurrent state would carry the rounding on), or
+ * MOE_CUDA_FLOAT_DECODE is set and not "0", read at each call. */
+static bool float_decode(const cuda_ctx *c) {
     const char *e = getenv("MOE_CUDA_FLOAT_DECODE");
-    return e && *e && strcmp(e, "0") != 0;
+    return c->float_decode || (e && *e && strcmp(e, "0") != 0);
 }
+
+void cuda_set_float_decode(cuda_ctx *c, int on) { c->float_decode = on; }
 
 /* Bytes of one token of a segment's rounded x (see xq_kernel): the int8
  * values, then a float2 per chunk; a multiple of 16. */
@@ -986,7 +989,7 @@ static void mv_run(cuda_ctx *c, wfmt f, bool swi, const mm_seg *segs_in, int nse
     memset(&a, 0, sizeof a);
     a.nseg = nseg, a.n = (int)n;
     const int rp = swi ? MV_R / 2 : MV_R;
-    bool i8 = (f == WF_Q4 || f == WF_Q8) && !float_decode();
+    bool i8 = (f == WF_Q4 || f == WF_Q8) && !float_decode(c);
     for (int i = 0; i < nseg; i++) /* mvq_kernel's 32-bit row offsets */
         for (int t = 0; t < 2; t++)
             i8 = i8 && (uint64_t)segs[i].rows * segs[i].row_bytes[t] <= UINT32_MAX &&
