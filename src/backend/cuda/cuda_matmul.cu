@@ -513,7 +513,7 @@ __device__ __forceinline__ void ld_stream(const uint8_t *p, uint32_t *w) {
  * (loaded before this one is used: two register buffers); the first before
  * waiting for xq_kernel. */
 #ifndef MVQ_PDL
-#define MVQ_PDL 2 /* programmatic dependent launch on sm_90: 1 mvq_kernel's of xq_kernel, 2 also xq_kernel's */
+#define MVQ_PDL 2 /* programmatic dependent launch on sm_90: 1 mvq_kernel's of xq_kernel, 2 also xq_kernel's; 0: off */
 #endif
 #ifndef MVQ_BALANCE
 #define MVQ_BALANCE 0
