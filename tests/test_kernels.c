@@ -450,6 +450,8 @@ static void test_pick(void) {
 #else
     CHECK(cpu_kernels_pick("neon") == NULL, "neon is refused off AArch64");
     const char *other = "neon";
+    const cpu_kernels *vn = cpu_kernels_pick("avx512vnni");
+    CHECK(!vn || a == vn, "auto picks avx512vnni where the CPU has it, not %s", a ? a->name : "none");
 #endif
     const char *env = getenv("MOE_ISA");
     char saved[64] = "";
