@@ -6,7 +6,7 @@
  * last-level cache.
  *   usage: bench_kernels [ROWS=14336] [COLS=4096] [THREADS=all] [ISA=auto] [FORMATS=all] [GROUP=64] [SCALES=BF16]
  *   FORMATS: comma-separated names (F32,F16,BF16,Q2,Q3,Q4,Q5,Q6,Q8) or "all".
- *   ISA as backend_new takes it: auto (AMX for prompts where the CPU has it),
+ *   ISA as backend_new takes it: auto (the best of the ladder below the CPU has),
  *   scalar, avx2, avx512, avx512vnni (int8-input Q4/Q8 decode), amx; neon on AArch64. */
 #include <stdio.h>
 #include <stdlib.h>

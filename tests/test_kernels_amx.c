@@ -150,7 +150,8 @@ static void check_swiglu(backend *amx, wfmt f, wfmt sfmt, int group, int64_t row
     free(x); free(g); free(u); free(o);
 }
 
-/* Below the threshold the avx512 kernels serve the call, bit for bit. */
+/* Below the threshold the table's own kernels serve the call: for bf16
+ * weights avx512's, bit for bit (avx512vnni differs only in Q4/Q8 decode). */
 static void check_threshold(backend *f32) {
     setenv("MOE_AMX_MIN_TOKENS", "8", 1);
     backend *amx;
@@ -184,6 +185,8 @@ int main(void) {
     CHECK(!strcmp(backend_isa(amx), "amx") && !strcmp(backend_isa(f32), "avx512"), "ISA names");
     backend *au;
     CHECK(backend_new(1, "auto", &au) == MOE_OK && !strcmp(backend_isa(au), "amx"), "auto picks amx");
+    const cpu_kernels *vn = cpu_kernels_pick("avx512vnni");
+    CHECK(backend_cpu_kernels(au) == (vn ? vn : cpu_kernels_pick("avx512")), "amx builds on avx512vnni where the CPU has it");
     backend_free(au);
 
     static const int groups[3] = {32, 64, 128};

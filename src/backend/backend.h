@@ -99,15 +99,22 @@ moe_status be_place_weight(backend *be, wtensor *w);
  * owned by the backend); NULL src gives NULL. NULL with a message on failure. */
 const float *be_place_floats(backend *be, const float *src, size_t n, moe_status *st);
 
-/* n_threads <= 0: all cores. `isa` NULL or "auto": the best the CPU has;
- * else "scalar", "avx2", "avx512" (float32 arithmetic throughout) or "amx"
- * (MOE_ISA in the environment also picks). "amx" is avx512 plus AMX-BF16 tiles
- * for matmuls of at least 8 tokens (MOE_AMX_MIN_TOKENS overrides): products
- * of bf16-rounded weights and activations, float32 sums; "auto" takes it where
- * the CPU and OS allow. "avx512vnni" (opt-in, never chosen by "auto") is avx512
- * whose Q4/Q8 matrix x vector rounds the vector to int8 per block of 32 (scale
- * max|x|/127) for VNNI dot products: faster decode, an input error of up to
- * half a step in every product. */
+/* n_threads <= 0: all cores. `isa` (MOE_ISA in the environment when NULL
+ * or "") names the kernels, a ladder where each adds to the one before:
+ *   "scalar", "avx2", "avx512"  float32 arithmetic throughout (the golden
+ *                               tests' reference ISAs);
+ *   "avx512vnni"  avx512 whose Q4/Q8 matrix x vector (decode, one token)
+ *                 rounds the vector to int8 per block of 32 (scale max|x|/127)
+ *                 for VNNI dot products: faster decode, an input error of up
+ *                 to half a step in every product;
+ *   "amx"         avx512vnni (avx512 on a CPU without VNNI) plus AMX-BF16
+ *                 tiles for matmuls of at least 8 tokens (MOE_AMX_MIN_TOKENS
+ *                 overrides): products of bf16-rounded weights and
+ *                 activations, float32 sums.
+ * NULL or "auto": the last of these the CPU (and, for AMX, the OS) allows.
+ * Decoding several sequences at once is a matmul of several tokens, so under
+ * avx512vnni and amx a sequence's logits depend a little on what it is
+ * batched with; "avx512" gives float32 results whatever the batch. */
 moe_status backend_new(int n_threads, const char *isa, backend **out);
 void backend_free(backend *be);
 int backend_threads(const backend *be);

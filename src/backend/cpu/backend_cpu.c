@@ -61,6 +61,7 @@ const cpu_kernels *cpu_kernels_pick(const char *name) {
     int has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     int hasvnni = __builtin_cpu_supports("avx512vnni");
     if (want_auto) {
+        if (has512 && hasvnni && cpu_kernels_avx512_vnni()) return cpu_kernels_avx512_vnni();
         if (has512 && cpu_kernels_avx512()) return cpu_kernels_avx512();
         if (has2 && cpu_kernels_avx2()) return cpu_kernels_avx2();
         return cpu_kernels_scalar();
@@ -68,7 +69,8 @@ const cpu_kernels *cpu_kernels_pick(const char *name) {
     if (strcmp(name, "avx2") == 0) return has2 ? cpu_kernels_avx2() : NULL;
     if (strcmp(name, "avx512") == 0) return has512 ? cpu_kernels_avx512() : NULL;
     if (strcmp(name, "avx512vnni") == 0) return has512 && hasvnni ? cpu_kernels_avx512_vnni() : NULL;
-    if (strcmp(name, "amx") == 0) return has512 && amx_usable() ? cpu_kernels_avx512() : NULL;
+    if (strcmp(name, "amx") == 0)
+        return !has512 || !amx_usable() ? NULL : hasvnni ? cpu_kernels_avx512_vnni() : cpu_kernels_avx512();
 #elif defined(__aarch64__)
     /* NEON (Advanced SIMD) is part of every AArch64 CPU */
     if (want_auto || strcmp(name, "neon") == 0) return cpu_kernels_neon();
@@ -96,7 +98,7 @@ moe_status backend_new(int n_threads, const char *isa, backend **out) {
         return moe_err(MOE_EUNSUPPORTED, "instruction set \"%s\" unknown or not supported by this CPU (this build: %s)",
                        isa, cpu_kernels_names());
     int want_auto = !isa || !*isa || strcmp(isa, "auto") == 0;
-    /* AMX on top of auto's pick (an AVX-512 table wherever AMX is usable) or of "amx"'s */
+    /* AMX on top of auto's pick (an AVX-512 table, VNNI's where the CPU has it, wherever AMX is usable) or of "amx"'s */
     int amx = (want_auto || strcmp(isa, "amx") == 0) && amx_usable();
     int64_t amx_min = AMX_MIN_TOKENS;
     const char *env = getenv("MOE_AMX_MIN_TOKENS");

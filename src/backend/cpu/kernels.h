@@ -107,12 +107,14 @@ static inline mm_fn cpu_kernels_mm(const cpu_kernels *k, wfmt f) {
  * is the portable way to them. */
 const cpu_kernels *cpu_kernels_avx2(void);
 const cpu_kernels *cpu_kernels_avx512(void);
-/* avx512 whose Q4/Q8 decode rounds the input to int8 (VNNI, simd_vnni.h) */
+/* avx512 whose Q4/Q8 decode rounds the input to int8 (VNNI, simd_vnni.h): auto's pick where the CPU has it */
 const cpu_kernels *cpu_kernels_avx512_vnni(void);
 const cpu_kernels *cpu_kernels_neon(void);
 /* By name ("scalar", "auto", and on x86-64 "avx2", "avx512", "avx512vnni", "amx", on AArch64 "neon");
  * NULL when unknown, not built for this architecture, or the CPU lacks it.
- * "amx" gives the avx512 table, which the AMX prompt path builds on, when amx_usable(). */
+ * "auto" gives the best table the CPU has: avx512vnni, avx512, avx2, scalar
+ * (neon on AArch64). "amx" gives the table the AMX prompt path builds on when
+ * amx_usable(): avx512vnni (every AMX CPU so far has VNNI), else avx512. */
 const cpu_kernels *cpu_kernels_pick(const char *name);
 /* The names cpu_kernels_pick knows in this build, comma-separated (for messages). */
 const char *cpu_kernels_names(void);

@@ -47,7 +47,7 @@ static const cpu_kernels k_avx512 = {
     .kv_dot = {kv_dot8_v, kv_dot4_v}, .kv_axpy = {kv_axpy8_v, kv_axpy4_v}};
 const cpu_kernels *cpu_kernels_avx512(void) { return &k_avx512; }
 
-/* avx512 with Q4/Q8 decode on int8-rounded inputs (simd_vnni.h): opt-in, MOE_ISA=avx512vnni */
+/* avx512 with Q4/Q8 decode on int8-rounded inputs (simd_vnni.h): auto's pick where the CPU has VNNI */
 #include "simd_vnni.h"
 static const cpu_kernels k_avx512_vnni = {
     "avx512vnni", {mm_f32, mm_f16, mm_bf16, mm_q2, mm_q3, mm_q4_vnni, mm_q5, mm_q6, mm_q8_vnni}, dot_v, axpy_v,
