@@ -36,6 +36,16 @@
 
 #define QVB 32    /* input values per int8 scale */
 #define VN_NSEG 4 /* decode: input segments prepared at a time (16384 columns, ~21 KiB of stack) */
+#define VN_DR 2   /* decode: most rows in flight (vn_dr) */
+
+/* Rows in flight, each streamed from its own place in memory: as many as
+ * make ~4 KiB of a 4096-wide row (Q4: 2, Q8: 1). The decode is memory-bound
+ * and more streams cost more than their overlap gains: with 4 rows (the float
+ * path's QDR), generation on a Mistral-7B shape from the page cache was ~5%
+ * slower at both widths (medians of 11-12 alternating pairs; Q8 with 2 rows
+ * and Q4 with 1 sat between). The kernels alone on anonymous memory
+ * (bench_kernels) do not tell them apart. */
+static inline int vn_dr(int bits) { return bits == 4 ? 2 : 1; }
 
 /* Values in one 64-byte chunk of weights. */
 static inline int vn_chunk(int bits) { return bits == 4 ? 128 : 64; }
@@ -126,7 +136,7 @@ static __attribute__((target("avx512vnni"))) void vn_prepare(int bits, int group
     }
 }
 
-/* One chunk of QDR rows (packed bytes at q[r] + off; masked: only the bytes
+/* One chunk of vn_dr(bits) rows (packed bytes at q[r] + off; masked: only the bytes
  * of m, so the row's end is not read past): acc[r] += its products, lane i
  * scaled by pd[r][bidx[i]] (pd 64-byte aligned: an unaligned load across the
  * preamble's recent stores could not be forwarded from them). */
@@ -136,8 +146,8 @@ vn_chunk_rows(const int bits, const int masked, __mmask64 m, const unsigned char
     const __m512i lo4 = _mm512_set1_epi8(0x0f);
     __m512i x0 = _mm512_load_si512(xq), x1 = x0;
     if (bits == 4) x1 = _mm512_load_si512(xq + 64);
-#pragma GCC unroll 4
-    for (int r = 0; r < QDR; r++) {
+#pragma GCC unroll 2
+    for (int r = 0; r < vn_dr(bits); r++) {
         const unsigned char *p = q[r] + off;
         if (!masked) __builtin_prefetch(p + pf, 0, 2);
         __m512i v = masked ? _mm512_maskz_loadu_epi8(m, p) : _mm512_loadu_si512(p), sum;
@@ -152,30 +162,30 @@ vn_chunk_rows(const int bits, const int masked, __mmask64 m, const unsigned char
     }
 }
 
-/* QDR rows (indices ri) over the segment [k0, k0+kn): out[r] = its part of y[r]. */
+/* vn_dr(bits) rows (indices ri) over the segment [k0, k0+kn): out[r] = its part of y[r]. */
 static inline __attribute__((always_inline, target("avx512vnni"))) void
 vn_tile(const int bits, const int group, const wtensor *w, const int64_t *ri, int64_t k0, int64_t kn, const vn_seg *s,
-        float *out /* [QDR] */) {
-    const int ch = vn_chunk(bits);
+        float *out /* [VN_DR] */) {
+    const int ch = vn_chunk(bits), dr = vn_dr(bits);
     const int64_t g0 = k0 / group, ng = kn / group, nb = kn / QVB, nfull = kn / ch, nch = (kn + ch - 1) / ch;
-    const unsigned char *q[QDR];
+    const unsigned char *q[VN_DR];
     /* per input block: scale of its group * d; padded, a chunk loads the aligned 16 around its blocks */
-    float pd[QDR][QSEG / QVB + 16] __attribute__((aligned(64)));
+    float pd[VN_DR][QSEG / QVB + 16] __attribute__((aligned(64)));
     float sc[QSEG / 32 + 16] __attribute__((aligned(64))), bi[QSEG / 32];
-    float bs[QDR];
-    __m512 acc[QDR];
+    float bs[VN_DR];
+    __m512 acc[VN_DR];
     int32_t bi_[16], gs[16];
     for (int i = 0; i < 16; i++) {
         bi_[i] = vn_lane_start(bits, i) / QVB; /* lane -> input block, relative to the chunk's first */
         gs[i] = i * QVB / group;               /* block -> group, relative to the first of 16 blocks */
     }
     const __m512i bidx = _mm512_loadu_si512(bi_), gsel = _mm512_loadu_si512(gs);
-    size_t sbpf = (size_t)(ri[0] + QPF * QDR) * w->sb_row_bytes + (size_t)g0 * wfmt_size(w->sfmt);
-    for (size_t o = 0; o < QDR * w->sb_row_bytes; o += 64) {
+    size_t sbpf = (size_t)(ri[0] + QPF * dr) * w->sb_row_bytes + (size_t)g0 * wfmt_size(w->sfmt);
+    for (size_t o = 0; o < dr * w->sb_row_bytes; o += 64) {
         __builtin_prefetch((const unsigned char *)w->scales + sbpf + o, 0, 2);
         __builtin_prefetch((const unsigned char *)w->biases + sbpf + o, 0, 2);
     }
-    for (int r = 0; r < QDR; r++) {
+    for (int r = 0; r < dr; r++) {
         q[r] = (const unsigned char *)w->data + (size_t)ri[r] * w->row_bytes + (size_t)k0 * bits / 8;
         qsb_row(w->sfmt, (const unsigned char *)w->scales + (size_t)ri[r] * w->sb_row_bytes, g0, ng, sc);
         memset(sc + ng, 0, 16 * sizeof(float));
@@ -195,7 +205,7 @@ vn_tile(const int bits, const int group, const wtensor *w, const int64_t *ri, in
         bs[r] = 0;
         for (; g < ng; g++) bs[r] += bi[g] * s->sg[g];
     }
-    size_t pf = QPF * QDR * w->row_bytes;
+    size_t pf = QPF * dr * w->row_bytes;
     for (int64_t c = 0; c < nch; c++) {
         int64_t fb = c * ch / QVB; /* the chunk's first input block */
         __m512i idx = _mm512_add_epi32(bidx, _mm512_set1_epi32((int)(fb & 15)));
@@ -206,8 +216,8 @@ vn_tile(const int bits, const int group, const wtensor *w, const int64_t *ri, in
             vn_chunk_rows(bits, 1, ((__mmask64)1 << (kn % ch * bits / 8)) - 1, q, (size_t)c * 64, 0, s->xq + c * ch, p,
                           QSEG / QVB + 16, idx, acc);
     }
-#pragma GCC unroll 4
-    for (int r = 0; r < QDR; r++) out[r] = _mm512_reduce_add_ps(acc[r]) + bs[r];
+#pragma GCC unroll 2
+    for (int r = 0; r < dr; r++) out[r] = _mm512_reduce_add_ps(acc[r]) + bs[r];
 }
 
 /* Bytes of the input of K columns prepared for vn_rows: its segments. */
@@ -223,15 +233,16 @@ vn_rows(const int bits, const int group, const wtensor *w, int64_t r0, int64_t r
         int64_t pk, float *y) {
     const int64_t K = w->cols;
     int nseg = (int)((pk + QSEG - 1) / QSEG);
-    for (int64_t r = r0; r < r1; r += QDR) {
-        int nr = r1 - r < QDR ? (int)(r1 - r) : QDR;
-        int64_t ri[QDR];
-        for (int i = 0; i < QDR; i++) ri[i] = r + (i < nr ? i : nr - 1);
-        float sum[QDR] = {0}, out[QDR];
+    const int dr = vn_dr(bits);
+    for (int64_t r = r0; r < r1; r += dr) {
+        int nr = r1 - r < dr ? (int)(r1 - r) : dr;
+        int64_t ri[VN_DR];
+        for (int i = 0; i < dr; i++) ri[i] = r + (i < nr ? i : nr - 1);
+        float sum[VN_DR] = {0}, out[VN_DR];
         for (int i = 0; i < nseg; i++) {
             int64_t k0 = p0 + i * QSEG, kn = K - k0 < QSEG ? K - k0 : QSEG;
             vn_tile(bits, group, w, ri, k0, kn, &s[i], out);
-            for (int j = 0; j < QDR; j++) sum[j] += out[j];
+            for (int j = 0; j < dr; j++) sum[j] += out[j];
         }
         for (int i = 0; i < nr; i++) y[r + i] = (p0 ? y[r + i] : 0.0f) + sum[i];
     }
