@@ -23,7 +23,7 @@ else
 fi
 echo "== cuda tests"
 fixtures=$(for d in tests/golden/* tests/golden-quant/*; do if [ -f "$d/golden.json" ]; then echo "$d"; fi; done)
-for t in "$tbin/test_cuda_mm" "$tbin/test_cuda_ops" "$tbin/test_cuda_golden 0.08 1e-4 0 $fixtures"; do
+for t in "$tbin/test_cuda_mm" "$tbin/test_cuda_ops" "$tbin/test_cuda_golden 0.08 1e-4 0.1 $fixtures"; do
   log=$out/$(basename "${t%% *}").log
   $t >"$log" 2>&1 && echo "pass: ${t%% *}: $(tail -1 "$log")" || { echo "FAIL: ${t%% *}"; tail -30 "$log"; }
 done

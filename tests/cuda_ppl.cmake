@@ -1,8 +1,8 @@
 # The quality of the GPU's approximate paths on trained models: a bundled model
 # quantized (moe quantize, BITS), then its perplexity on held-out text through
 # the one-token decode kernels (--batch 1) and through whole prompts, on the CPU
-# in float32 (MOE_ISA=avx2) and on the GPU with int8-rounded decode inputs (the opt-in
-# MOE_CUDA_INT8_DECODE=1) and float16 tensor-core prompts. The GPU must land within 0.5% of the CPU
+# in float32 (MOE_ISA=avx2) and on the GPU with int8-rounded decode inputs (its
+# default) and float16 tensor-core prompts. The GPU must land within 0.5% of the CPU
 # (measured on an H100 at --batch 1: +0.08% for tiny-qwen-moe at 4 bits, +0.11% for tiny-mixtral
 # at 8; whole prompts +0.01%).
 # Skipped without a GPU (it prints "no GPU: skipped", ctest's SKIP_REGULAR_EXPRESSION).
@@ -20,7 +20,7 @@ endif()
 foreach(batch 1 256)
   set(ppl "")
   foreach(dev cpu cuda)
-    execute_process(COMMAND ${CMAKE_COMMAND} -E env MOE_ISA=avx2 MOE_CUDA_INT8_DECODE=1 ${MOE} perplexity -m ${q} -f ${TEXT} --batch ${batch}
+    execute_process(COMMAND ${CMAKE_COMMAND} -E env MOE_ISA=avx2 ${MOE} perplexity -m ${q} -f ${TEXT} --batch ${batch}
                     --device ${dev} OUTPUT_VARIABLE o ERROR_VARIABLE e RESULT_VARIABLE rc)
     if(rc OR NOT "${o}${e}" MATCHES "perplexity ([0-9.]+)")
       message(FATAL_ERROR "perplexity on ${dev} failed: ${o}${e}")

@@ -628,7 +628,7 @@ moe_status moe_model_load(const char *dir, const moe_load_params *p, moe_model *
     if (!st && !backend_host_memory(m->be)) st = place_weights(m);
     /* a DeltaNet state carries every token's rounding on: int8-rounded decode inputs moved the
      * quantized qwen3next fixture's logits 12-18% RMS on the GPU (3x the other families') */
-    if (!st && m->cfg.pub.n_linear_layers > 0) backend_set_float_decode(m->be, 1); /* even with MOE_CUDA_INT8_DECODE */
+    if (!st && m->cfg.pub.n_linear_layers > 0) backend_set_float_decode(m->be, 1); /* the recurrent state carried int8 rounding on */
     if (st) {
         moe_model_free(m);
         return st;

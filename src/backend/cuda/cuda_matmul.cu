@@ -419,10 +419,13 @@ __global__ void __launch_bounds__(MV_WARPS * 32, NT == 1 ? MV_MIN_BLOCKS : 1) mv
  * rint(x / d) by x * (127 / max|x|), so |q| <= 127) into the context's
  * scratch; mvq_kernel then computes a chunk's (Q4 32 values, Q8 16; one
  * block or half of one, in one weight group) sum of q_w q_x in integers with
- * dp4a and adds s d isum + b xsum, xsum the float sum of the chunk's original
- * x. So y = sum_k (s q_k + b) x~_k, with x~ = d q_x off x by at most d/2, plus
- * the bias term exact: the error against float32 is sum_k |s q_k| d/2 at
- * most (tests/test_cuda_mm.c), the price of ~4x fewer instructions a weight.
+ * dp4a and adds s d isum + b xsum, xsum = d sum q_x the sum of the chunk's
+ * rounded x (as the CPU's VNNI decode). So y = sum_k w_k x~_k, the weights
+ * exactly and x~ = d q_x off x by at most d/2: the error against float32 is
+ * sum_k |w_k| d/2 at most (tests/test_cuda_mm.c), the price of ~4x fewer
+ * instructions a weight. (The original x's sum in the bias term would weigh
+ * the rounding by s q_k instead of w_k = s q_k + b: q is 0..15, not centred,
+ * which made the error ~1.8x larger on 4-bit weights.)
  *
  * Layout of a token's xq_ld bytes: XW = VC/16 planes of nch uint4 (chunk c of
  * plane p at p nch + c), then nch float2 (d, xsum). Q8: bytes in order. Q4:
@@ -470,18 +473,24 @@ template <int F> __global__ void __launch_bounds__(256) xq_kernel(const mv_args 
     const float4 *xp = (const float4 *)(s.x + t * s.ldx) + 2 * k;
     float4 v0 = live ? __ldg(xp) : make_float4(0, 0, 0, 0), v1 = live ? __ldg(xp + 1) : make_float4(0, 0, 0, 0);
     v[0] = v0.x, v[1] = v0.y, v[2] = v0.z, v[3] = v0.w, v[4] = v1.x, v[5] = v1.y, v[6] = v1.z, v[7] = v1.w;
-    float mx = 0.0f, sum = 0.0f;
+    float mx = 0.0f;
 #pragma unroll
-    for (int j = 0; j < 8; j++) mx = fmaxf(mx, fabsf(v[j])), sum += v[j];
+    for (int j = 0; j < 8; j++) mx = fmaxf(mx, fabsf(v[j]));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1); /* 16 values: a Q8 chunk */
-    if (F == WF_Q4) sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    if (!live) return;
     const float inv = mx > 0.0f ? __fdiv_rn(127.0f, mx) : 0.0f, d = __fdiv_rn(mx, 127.0f);
     uint32_t u[8];
+    float qsum = 0.0f; /* the rounded values' sum, an integer of at most 32 x 127: exact */
 #pragma unroll
-    for (int j = 0; j < 8; j++) u[j] = __float_as_uint(__fmaf_rn(v[j], inv, 12582912.0f));
+    for (int j = 0; j < 8; j++) {
+        float f = __fmaf_rn(v[j], inv, 12582912.0f);
+        u[j] = __float_as_uint(f);
+        qsum += f - 12582912.0f;
+    }
+    qsum += __shfl_xor_sync(0xffffffffu, qsum, 1); /* 16 values: a Q8 chunk */
+    if (F == WF_Q4) qsum += __shfl_xor_sync(0xffffffffu, qsum, 2);
+    if (!live) return;
+    const float sum = d * qsum;
     uint8_t *tok = s.xq + t * s.xq_ld;
     float2 *ds = (float2 *)(tok + (int64_t)X::XW * nch * 16);
     if (F == WF_Q4) {

@@ -68,8 +68,8 @@ void cuda_matmul_swiglu(cuda_ctx *c, const wtensor *gate, const wtensor *up, con
 void cuda_moe_decode(cuda_ctx *c, int ne, const wtensor *const *gate, const wtensor *const *up,
                      const wtensor *const *down, const float *x, float *mid, int64_t ld_mid, float *const *out);
 /* on: Q4/Q8 matrix x vector (n <= 8) keeps float32 inputs instead of rounding them to
- * int8 per block of 32 (a context's default is int8; MOE_CUDA_FLOAT_DECODE=1 also turns it
- * off; the backend turns it on unless MOE_CUDA_INT8_DECODE=1, backend_cuda.c). */
+ * int8 per block of 32 (a context's default is int8; MOE_CUDA_FLOAT_DECODE=1, read at each
+ * call, also turns it off; the backend turns it on for hybrid models, model.c). */
 void cuda_set_float_decode(cuda_ctx *c, int on);
 /* out[t] = row tokens[t] of w as float32 (dequantized), t < n; tokens (host). */
 void cuda_embed(cuda_ctx *c, const wtensor *w, const int32_t *tokens, int64_t n, float *out);
