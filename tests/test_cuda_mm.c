@@ -258,22 +258,26 @@ static void check_swiglu(cuda_ctx *c, const wtensor *hg, const wtensor *hu) {
     }
 }
 
-/* cuda_embed returns rows exactly as wtensor_at reads them. */
+/* cuda_embed returns rows exactly as wtensor_at reads them; an id outside
+ * the table (the last two) reads nothing and gives zeros. */
 static void check_embed(cuda_ctx *c, const wtensor *h) {
     wtensor d = dev_weight(c, h);
-    int64_t n = 5;
-    int32_t tok[5];
+    int64_t n = 7;
+    int32_t tok[7];
     for (int i = 0; i < 5; i++) tok[i] = irand(0, (int)h->rows - 1);
-    tok[4] = (int32_t)h->rows - 1;
+    tok[4] = (int32_t)h->rows - 1, tok[5] = (int32_t)h->rows, tok[6] = -1;
     size_t ny = (size_t)(n * h->cols);
     float *got = malloc(ny * 4), *dy = dev_floats(c, NULL, ny);
-    cuda_embed(c, &d, tok, n, dy);
+    int32_t *dtok = cuda_alloc(c, sizeof tok);
+    cuda_upload(c, dtok, tok, sizeof tok);
+    cuda_embed(c, &d, dtok, n, dy);
     CHECK(cuda_download(c, got, dy, ny * 4) == MOE_OK, "embed: %s", moe_errmsg());
     int bad = 0;
     for (int64_t t = 0; t < n; t++)
-        for (int64_t k = 0; k < h->cols; k++) bad += got[t * h->cols + k] != wtensor_at(h, tok[t], k);
+        for (int64_t k = 0; k < h->cols; k++) bad += got[t * h->cols + k] != (t < 5 ? wtensor_at(h, tok[t], k) : 0.0f);
     CHECK(bad == 0, "embed %s g%d: %d values differ", wfmt_name(h->fmt), h->group, bad);
     cuda_free(c, dy);
+    cuda_free(c, dtok);
     free(got);
 }
 
@@ -402,17 +406,16 @@ static void test_errors(void) {
     moe_status st = cuda_sync(c);
     CHECK(st == MOE_OK, "a failed allocation broke the context: status %d (%s)", st, moe_errmsg());
     wtensor h = host_weight(WF_Q4, WF_F16, 32, 4, 64);
-    wtensor d = dev_weight(c, &h);
     float *y = dev_floats(c, NULL, 64);
-    int32_t tok[2] = {1, 4};
-    cuda_embed(c, &d, tok, 2, y);
+    kv_cache bad = {.bits = 5, .group = 8, .n_kv = 1, .hd = 8, .cap = 4, .k = y, .v = y};
+    cuda_kv_store(c, &bad, y, y, 1, (const int64_t *)y); /* a 5-bit cache: an operation's own error */
     st = cuda_sync(c);
-    CHECK(st == MOE_EINVAL && strstr(moe_errmsg(), "token 4"), "embed of token 4 of 4: %d %s", st, moe_errmsg());
+    CHECK(st == MOE_EUNSUPPORTED && strstr(moe_errmsg(), "kv_store"), "a 5-bit KV cache: %d %s", st, moe_errmsg());
     wtensor hp = h; /* host pointers: never dereferenced by a failed context */
     cuda_matmul(c, &hp, NULL, 1, NULL, NULL);
     st = cuda_sync(c);
-    CHECK(st == MOE_EINVAL && strstr(moe_errmsg(), "token 4"), "a later call replaced the first error: %d %s", st,
-          moe_errmsg());
+    CHECK(st == MOE_EUNSUPPORTED && strstr(moe_errmsg(), "kv_store"), "a later call replaced the first error: %d %s",
+          st, moe_errmsg());
     cuda_ctx_free(c);
     host_free(&h);
 }

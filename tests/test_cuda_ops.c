@@ -279,12 +279,14 @@ static void test_rope(int64_t n, int heads, int hd, int rot, int64_t p0) {
     for (int i = 0; i < rot / 2; i++) inv[i] = (float)pow(10000.0, -2.0 * i / rot);
     for (int64_t t = 0; t < n; t++) pos[t] = p0 + 3 * t; /* not consecutive: each row its own */
     float *dx = dev(x, sizeof(float) * (size_t)(n * heads * hd)), *dinv = dev(inv, sizeof(float) * (size_t)(rot / 2));
-    cuda_rope(g_c, dx, n, heads, hd, rot, pos, dinv);
+    int64_t *dpos = dev(pos, sizeof(int64_t) * (size_t)n);
+    cuda_rope(g_c, dx, n, heads, hd, rot, dpos, dinv);
     be_rope(g_be, x, n, heads, hd, rot, pos, inv);
     float *got = host_of(dx, sizeof(float) * (size_t)(n * heads * hd));
     double e = err_rel(got, x, (size_t)(n * heads * hd));
     CHECK(e <= 2e-6, "rope n %lld hd %d rot %d pos %lld: error %g", (long long)n, hd, rot, (long long)p0, e);
     free(x), free(inv), free(pos), free(got);
+    cuda_free(g_c, dx), cuda_free(g_c, dinv), cuda_free(g_c, dpos);
 }
 
 /* A kv_cache's arrays on the host (h) and on the device (d), zeroed. */
@@ -340,13 +342,14 @@ static void test_kv_store(int bits, int n_kv, int hd, int64_t cap, int64_t n, in
     for (int64_t j = 0; j < w; j++) k[j] = 0.25f; /* a constant group: scale 0 */
     be_kv_store(g_be, &p.h, k, v, n, pos);
     float *dk = dev(k, sizeof(float) * (size_t)(n * w)), *dv = dev(v, sizeof(float) * (size_t)(n * w));
-    cuda_kv_store(g_c, &p.d, dk, dv, n, pos);
+    int64_t *dpos = dev(pos, sizeof(int64_t) * (size_t)n);
+    cuda_kv_store(g_c, &p.d, dk, dv, n, dpos);
     size_t diff = kv_compare(&p, 0);
     CHECK(diff == 0, "kv_store bits %d hd %d cap %lld n %lld stride %d: %zu bytes differ", bits, hd, (long long)cap,
           (long long)n, stride, diff);
     kv_release(&p);
     free(pos), free(k), free(v);
-    cuda_free(g_c, dk), cuda_free(g_c, dv);
+    cuda_free(g_c, dk), cuda_free(g_c, dv), cuda_free(g_c, dpos);
 }
 
 /* ---------------------------------------------------------- attention -- */
@@ -357,9 +360,11 @@ typedef struct att_case {
 
 /* n queries at pos0.. over a cache filled (on the CPU, uploaded) with
  * positions 0..pos0+n-1; cap as the engine sizes it: window + 36 (a batch
- * of 37) under a window, else every position. */
-static void test_attention(att_case ac, int bits, int64_t n, int64_t pos0) {
-    int64_t total = pos0 + n, cap = ac.window > 0 ? ac.window + 36 : total;
+ * of 37) under a window, else every position and `spare` slots more (a
+ * context not filled yet: the decode grid is sized for the cap, the splits
+ * in use for the positions). */
+static void test_attention(att_case ac, int bits, int64_t n, int64_t pos0, int64_t spare) {
+    int64_t total = pos0 + n, cap = ac.window > 0 ? ac.window + 36 : total + spare;
     int64_t w = (int64_t)ac.n_kv * ac.hd, qd = (int64_t)ac.n_heads * ac.hd;
     kv_pair p = kv_make(bits, ac.n_kv, ac.hd, cap);
     float *k = rnd((size_t)(total * w), 1), *v = rnd((size_t)(total * w), 1), *q = rnd((size_t)(n * qd), 2.5f);
@@ -370,16 +375,134 @@ static void test_attention(att_case ac, int bits, int64_t n, int64_t pos0) {
     float *want = malloc(sizeof(float) * (size_t)(n * qd));
     float *scratch = malloc(sizeof(float) * (size_t)(backend_threads(g_be) * (cap + ac.hd)));
     float scale = 1.0f / sqrtf((float)ac.hd);
-    be_attention(g_be, q, n, pos0, &p.h, ac.n_heads, ac.window, scale, scratch, want);
+    be_attention(g_be, q, n, pos + pos0, &p.h, ac.n_heads, ac.window, scale, scratch, want);
     float *dq = dev(q, sizeof(float) * (size_t)(n * qd)), *dout = dev(NULL, sizeof(float) * (size_t)(n * qd));
-    cuda_attention(g_c, dq, n, pos0, &p.d, ac.n_heads, ac.window, scale, dout);
+    int64_t *dpos = dev(pos + pos0, sizeof(int64_t) * (size_t)n);
+    cuda_attention(g_c, dq, n, dpos, &p.d, ac.n_heads, ac.window, scale, dout);
     float *got = host_of(dout, sizeof(float) * (size_t)(n * qd));
     double e = err_rel(got, want, (size_t)(n * qd));
     CHECK(e <= 1e-5, "attention heads %d/%d hd %d window %d cap %lld bits %d n %lld pos0 %lld: error %g", ac.n_heads,
           ac.n_kv, ac.hd, ac.window, (long long)cap, bits, (long long)n, (long long)pos0, e);
     kv_release(&p);
-    cuda_free(g_c, dq), cuda_free(g_c, dout);
+    cuda_free(g_c, dq), cuda_free(g_c, dout), cuda_free(g_c, dpos);
     free(k), free(v), free(q), free(pos), free(want), free(scratch), free(got);
+}
+
+/* ------------------------------------------------------------- graphs -- */
+
+/* One "step" of work on device inputs: x = the rope of x0 at positions pos
+ * (device), y = x + y0, with a staged host argument (gather_rows' index
+ * table) and a decode attention over a cache of `cap` slots (its splits
+ * follow pos on the device), into out. */
+typedef struct graph_case {
+    float *x0, *x, *y0, *y, *inv, *tab, *g, *q, *att;
+    int64_t *pos;
+    kv_pair kv;
+} graph_case;
+
+static void graph_work(graph_case *gc, int with_upload) {
+    const int heads = 4, hd = 64;
+    int64_t idx[3] = {2, 0, 1};
+    cuda_copy(g_c, gc->x, gc->x0, sizeof(float) * heads * hd);
+    cuda_rope(g_c, gc->x, 1, heads, hd, hd, gc->pos, gc->inv);
+    cuda_copy(g_c, gc->y, gc->y0, sizeof(float) * heads * hd);
+    cuda_add(g_c, gc->y, gc->x, heads * hd);
+    cuda_gather_rows(g_c, gc->g, gc->tab, 16, idx, 1, 3);
+    static const float four[4] = {1, 2, 3, 4};
+    if (with_upload) cuda_upload(g_c, gc->tab, four, sizeof four); /* reads the host now: cannot be recorded */
+    cuda_attention(g_c, gc->q, 1, gc->pos, &gc->kv.d, 8, 0, 0.125f, gc->att);
+}
+
+/* The step's outputs (y, gathered rows, attention) into one host array. */
+static float *graph_out(graph_case *gc) {
+    float *a = host_of(gc->y, sizeof(float) * 256), *b = host_of(gc->g, sizeof(float) * 48),
+          *c = host_of(gc->att, sizeof(float) * 8 * 64), *o = malloc(sizeof(float) * (256 + 48 + 512));
+    memcpy(o, a, sizeof(float) * 256), memcpy(o + 256, b, sizeof(float) * 48), memcpy(o + 304, c, sizeof(float) * 512);
+    free(a), free(b), free(c);
+    return o;
+}
+
+/* cuda_graph_*: steps at positions 0..7, the first plain, the second
+ * captured, the rest replayed, each equal to the same work issued plainly;
+ * staging traffic between replays (the ring wraps) changes nothing; a new
+ * key captures again; the scratch area moving (a larger attention) makes the
+ * next step capture again; work that cannot be recorded (an upload) is run
+ * plainly once end says so, and that key is never captured again. */
+static void test_graph(void) {
+    graph_case gc;
+    gc.x0 = rnd(256, 1), gc.y0 = rnd(256, 1), gc.tab = rnd(48, 1), gc.q = rnd(512, 1);
+    float inv[32];
+    for (int i = 0; i < 32; i++) inv[i] = (float)pow(10000.0, -2.0 * i / 64);
+    float *hx0 = gc.x0, *hy0 = gc.y0, *htab = gc.tab, *hq = gc.q;
+    gc.x0 = dev(hx0, sizeof(float) * 256), gc.y0 = dev(hy0, sizeof(float) * 256), gc.tab = dev(htab, sizeof(float) * 48);
+    gc.q = dev(hq, sizeof(float) * 512), gc.inv = dev(inv, sizeof inv);
+    gc.x = dev(NULL, sizeof(float) * 256), gc.y = dev(NULL, sizeof(float) * 256), gc.g = dev(NULL, sizeof(float) * 48);
+    gc.att = dev(NULL, sizeof(float) * 512), gc.pos = dev(NULL, sizeof(int64_t));
+    gc.kv = kv_make(8, 2, 64, 4096);
+    float *kvh = rnd(gc.kv.vbytes / 4, 1), *sbh = rnd(gc.kv.sbytes / 4, 0.01f);
+    void *d[6] = {gc.kv.d.k, gc.kv.d.v, gc.kv.d.ks, gc.kv.d.kb, gc.kv.d.vs, gc.kv.d.vb};
+    for (int i = 0; i < 6; i++) cuda_upload(g_c, d[i], i < 2 ? (void *)kvh : (void *)sbh, i < 2 ? gc.kv.vbytes : gc.kv.sbytes);
+
+    cuda_graph *g = NULL;
+    uint64_t rep0, cap0, rep, cap;
+    cuda_graph_counts(g_c, &rep0, &cap0);
+    int64_t steps[] = {0, 1, 2, 40, 41, 700, 701, 4000, 5, 6, 3000, 7, 8};
+    for (size_t i = 0; i < sizeof steps / sizeof *steps; i++) {
+        int64_t p = steps[i];
+        uint64_t key = i < 9 ? 1 : 2;
+        if (i == 4) { /* staging traffic: the ring wraps between replays */
+            int64_t *zeros = calloc(1 << 14, sizeof(int64_t));
+            float *sink = dev(NULL, sizeof(float) << 14);
+            for (int k = 0; k < 40; k++) cuda_gather_rows(g_c, sink, gc.x0, 1, zeros, 1, 1 << 14); /* 128 KiB staged each */
+            cuda_free(g_c, sink);
+            free(zeros);
+        }
+        if (i == 6) cuda_scratch_reserve(g_c, (size_t)256 << 20); /* the scratch area moves */
+        cuda_upload(g_c, gc.pos, &p, sizeof p);
+        graph_work(&gc, 0); /* plainly: the expected result */
+        float *want = graph_out(&gc);
+        cuda_zero(g_c, gc.y, sizeof(float) * 256), cuda_zero(g_c, gc.g, sizeof(float) * 48), cuda_zero(g_c, gc.att, sizeof(float) * 512);
+        int runs = 0;
+        for (int run = cuda_graph_begin(g_c, &g, key); run; run = cuda_graph_end(g_c, g)) {
+            graph_work(&gc, 0);
+            runs++;
+        }
+        float *got = graph_out(&gc);
+        size_t diff = n_diff(got, want, sizeof(float) * (256 + 48 + 512));
+        CHECK(diff == 0, "graph step %zu (position %lld, key %llu, work issued %d times): %zu bytes differ", i,
+              (long long)p, (unsigned long long)key, runs, diff);
+        /* issued: the first step of a key plainly, the second to capture, then replayed (none) */
+        int want_runs = i == 0 || i == 1 || i == 6 || i == 9 || i == 10 ? 1 : 0;
+        CHECK(runs == want_runs, "graph step %zu: work issued %d times, expected %d", i, runs, want_runs);
+        free(want), free(got);
+    }
+    cuda_graph_counts(g_c, &rep, &cap);
+    /* captures: step 1, 6 (scratch moved), 10 (key 2); replays: every step but 0 and 9 */
+    CHECK(cap - cap0 == 3 && rep - rep0 == sizeof steps / sizeof *steps - 2, "graphs: %llu captures, %llu replays",
+          (unsigned long long)(cap - cap0), (unsigned long long)(rep - rep0));
+
+    /* work that cannot be recorded: issued once to capture, once more plainly, then plainly ever after */
+    cuda_graph *h = NULL;
+    for (int i = 0; i < 4; i++) {
+        int64_t p = 10 + i;
+        cuda_upload(g_c, gc.pos, &p, sizeof p);
+        int runs = 0;
+        for (int run = cuda_graph_begin(g_c, &h, 3); run; run = cuda_graph_end(g_c, h)) {
+            graph_work(&gc, 1);
+            runs++;
+        }
+        CHECK(runs == (i == 1 ? 2 : 1), "uncapturable step %d: work issued %d times", i, runs);
+        CHECK(cuda_sync(g_c) == MOE_OK, "uncapturable step %d: the context failed: %s", i, moe_errmsg());
+    }
+    cuda_graph_counts(g_c, &rep0, &cap0);
+    CHECK(cap0 == cap && rep0 == rep, "an uncapturable step was recorded (%llu captures)", (unsigned long long)cap0);
+    cuda_graph_free(g_c, g);
+    cuda_graph_free(g_c, h);
+    kv_release(&gc.kv);
+    float *all[] = {gc.x0, gc.x, gc.y0, gc.y, gc.inv, gc.tab, gc.g, gc.q, gc.att};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) cuda_free(g_c, all[i]);
+    cuda_free(g_c, gc.pos);
+    free(hx0), free(hy0), free(htab), free(hq), free(kvh), free(sbh);
 }
 
 /* ------------------------------------------------------------ timings -- */
@@ -398,14 +521,15 @@ static double time_attention(int bits, int64_t ctx, int64_t n, int iters) {
     void *d[6] = {p.d.k, p.d.v, p.d.ks, p.d.kb, p.d.vs, p.d.vb};
     for (int i = 0; i < (bits == 32 ? 2 : 6); i++) cuda_upload(g_c, d[i], i < 2 ? (void *)kv : (void *)sb, i < 2 ? p.vbytes : p.sbytes);
     float *dq = dev(q, sizeof(float) * (size_t)(n * nh * hd)), *dout = dev(NULL, sizeof(float) * (size_t)(n * nh * hd));
-    for (int i = 0; i < 3; i++) cuda_attention(g_c, dq, n, ctx - n, &p.d, nh, 0, 0.088f, dout);
+    int64_t p0 = ctx - n, *dpos = dev(&p0, sizeof p0);
+    for (int i = 0; i < 3; i++) cuda_attention(g_c, dq, n, dpos, &p.d, nh, 0, 0.088f, dout);
     cuda_sync(g_c);
     double t0 = now_s();
-    for (int i = 0; i < iters; i++) cuda_attention(g_c, dq, n, ctx - n, &p.d, nh, 0, 0.088f, dout);
+    for (int i = 0; i < iters; i++) cuda_attention(g_c, dq, n, dpos, &p.d, nh, 0, 0.088f, dout);
     CHECK(cuda_sync(g_c) == MOE_OK, "timing run failed: %s", moe_errmsg());
     double dt = (now_s() - t0) / iters;
     kv_release(&p);
-    cuda_free(g_c, dq), cuda_free(g_c, dout);
+    cuda_free(g_c, dq), cuda_free(g_c, dout), cuda_free(g_c, dpos);
     free(kv), free(sb), free(q);
     return dt;
 }
@@ -494,7 +618,11 @@ int main(void) {
     const int64_t runs[][2] = {{1, 0}, {1, 5}, {1, 300}, {3, 129}, {37, 213}, {37, 0}, {70, 40}};
     for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++)
         for (int b = 0; b < 3; b++)
-            for (size_t r = 0; r < sizeof runs / sizeof *runs; r++) test_attention(cases[ci], bits[b], runs[r][0], runs[r][1]);
+            for (size_t r = 0; r < sizeof runs / sizeof *runs; r++) {
+                test_attention(cases[ci], bits[b], runs[r][0], runs[r][1], 0);
+                if (runs[r][0] <= 4) test_attention(cases[ci], bits[b], runs[r][0], runs[r][1], 4000);
+            }
+    test_graph();
 
     CHECK(cuda_sync(g_c) == MOE_OK, "CUDA failed: %s", moe_errmsg());
     if (!g_failures) timings();

@@ -68,6 +68,11 @@ moe_status be_download(backend *be, void *dst, const void *src, size_t bytes) {
     return be->ops->download(be, dst, src, bytes);
 }
 moe_status be_sync(backend *be) { return be->ops->sync(be); }
+int be_graph_begin(backend *be, void **g, uint64_t key) { return be->ops->graph_begin ? be->ops->graph_begin(be, g, key) : 1; }
+int be_graph_end(backend *be, void **g) { return be->ops->graph_end ? be->ops->graph_end(be, g) : 0; }
+void be_graph_free(backend *be, void *g) {
+    if (g && be->ops->graph_free) be->ops->graph_free(be, g);
+}
 moe_status be_place_weight(backend *be, wtensor *w) { return be->ops->place_weight(be, w); }
 const float *be_place_floats(backend *be, const float *src, size_t n, moe_status *st) {
     *st = MOE_OK;
@@ -110,9 +115,9 @@ void be_delta_rule(backend *be, const float *q, const float *k, const float *v, 
 void be_kv_store(backend *be, const kv_cache *c, const float *k, const float *v, int64_t n, const int64_t *pos) {
     be->ops->kv_store(be, c, k, v, n, pos);
 }
-void be_attention(backend *be, const float *q, int64_t n, int64_t pos0, const kv_cache *c, int n_heads, int window,
-                  float scale, float *scratch, float *out) {
-    be->ops->attention(be, q, n, pos0, c, n_heads, window, scale, scratch, out);
+void be_attention(backend *be, const float *q, int64_t n, const int64_t *pos, const kv_cache *c, int n_heads,
+                  int window, float scale, float *scratch, float *out) {
+    be->ops->attention(be, q, n, pos, c, n_heads, window, scale, scratch, out);
 }
 void be_add(backend *be, float *x, const float *y, int64_t n) { be->ops->add(be, x, y, n); }
 void be_mul_act(backend *be, float *x, const float *g, int64_t n, int act) { be->ops->mul_act(be, x, g, n, act); }

@@ -91,6 +91,23 @@ void be_zero(backend *be, void *p, size_t bytes);
 moe_status be_download(backend *be, void *dst, const void *src, size_t bytes);
 /* Waits for all work; its first error, or MOE_OK. */
 moe_status be_sync(backend *be);
+
+/* Recorded work (CUDA graphs): a caller that issues the same operations on
+ * the same buffers again and again (one decode step) brackets them:
+ *     for (int run = be_graph_begin(be, &g, key); run; run = be_graph_end(be, &g)) issue the operations;
+ * be_graph_begin returns 0 when it launched a recording of them made under the
+ * same key (the operations must not be issued), else 1: issue them, and
+ * be_graph_end records them (on the second call under a key: the first sizes
+ * the backend's scratch) and launches the recording, returning 0, or, where
+ * recording failed, returns 1 once to have them issued plainly (the key is then
+ * never recorded again). What varies between steps must lie in backend memory
+ * uploaded before be_graph_begin (token ids, positions), never in host
+ * arguments of the operations. key: the caller's summary of the operations'
+ * shape (0 is a valid key). On the CPU begin returns 1 and end 0: no recording.
+ * *g starts NULL; be_graph_free releases it. */
+int be_graph_begin(backend *be, void **g, uint64_t key);
+int be_graph_end(backend *be, void **g);
+void be_graph_free(backend *be, void *g);
 /* Makes w usable by the backend: the CPU leaves it; CUDA copies values,
  * scales and biases to device memory (owned by the backend, freed with it) and
  * repoints w. On failure w is unchanged. */
@@ -144,7 +161,7 @@ void be_moe_decode(backend *be, int ne, const wtensor *const *gate, const wtenso
                    const float *x, float *mid, int64_t ld_mid, float *const *out);
 /* Row r of W as float32 into out[w->cols] (quantized rows dequantized); host memory, CPU-side weights. */
 void be_get_row(const wtensor *w, int64_t r, float *out);
-/* out[t] = row tokens[t] of w as float32, t < n (the embedding lookup); tokens host memory. */
+/* out[t] = row tokens[t] of w as float32, t < n (the embedding lookup); tokens backend memory. */
 void be_embed(backend *be, const wtensor *w, const int32_t *tokens, int64_t n, float *out);
 
 /* ------------------------------------------------ elementwise and moves --
@@ -185,7 +202,7 @@ void be_delta_split(backend *be, const float *in, const float *ba, int64_t n, in
 void be_rmsnorm(backend *be, const float *x, const float *weight, int64_t n, int64_t d, float eps, float *out);
 /* Rotates pairs (i, i + rot/2), i < rot/2, of each head of x[n x n_heads*hd] by angle pos[t] * inv_freq[i]
  * (HF rotate_half over the first rot dims; rot = hd for full RoPE, less for partial; the rest pass through).
- * pos: host memory; inv_freq: backend memory (be_place_floats). */
+ * pos, inv_freq: backend memory (inv_freq from be_place_floats). */
 void be_rope(backend *be, float *x, int64_t n, int n_heads, int hd, int rot, const int64_t *pos, const float *inv_freq);
 
 /* ------------------------------------------------ gated DeltaNet (delta.c) --
@@ -238,15 +255,17 @@ size_t kv_sb_row_floats(const kv_cache *c);
 /* Writes n key and value rows k, v [n x n_kv*hd] into slots pos[t] % cap,
  * quantizing them (per group: scale = (max - min) / (2^bits - 1), bias = min,
  * q = round((x - bias) / scale) clamped to [0, 2^bits - 1]; an element is off
- * by at most scale/2 plus rounding). pos: host memory [n]. */
+ * by at most scale/2 plus rounding). pos: backend memory [n], increasing
+ * (several rows may land in one slot: the last one's stays). */
 void be_kv_store(backend *be, const kv_cache *c, const float *k, const float *v, int64_t n, const int64_t *pos);
 
-/* Attention of n queries q[n x n_heads*hd] at positions pos0..pos0+n-1 over
- * cache c; the query at position p sees keys [max(0, p-window+1) .. p]
- * (window 0: [0 .. p]). out[n x n_heads*hd]. `scratch` [threads x (cap + hd)]
- * floats (the CPU's; other backends keep their own and ignore it). */
-void be_attention(backend *be, const float *q, int64_t n, int64_t pos0, const kv_cache *c, int n_heads, int window,
-                  float scale, float *scratch, float *out);
+/* Attention of n queries q[n x n_heads*hd] at positions pos[0]..pos[0]+n-1
+ * over cache c; the query at position p sees keys [max(0, p-window+1) .. p]
+ * (window 0: [0 .. p]). out[n x n_heads*hd]. pos: backend memory (only pos[0]
+ * is read). `scratch` [threads x (cap + hd)] floats (the CPU's; other
+ * backends keep their own and ignore it). */
+void be_attention(backend *be, const float *q, int64_t n, const int64_t *pos, const kv_cache *c, int n_heads,
+                  int window, float scale, float *scratch, float *out);
 
 #ifdef __cplusplus
 }

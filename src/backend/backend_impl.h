@@ -25,6 +25,10 @@ typedef struct backend_ops {
     void (*zero)(backend *be, void *p, size_t bytes);
     moe_status (*download)(backend *be, void *dst, const void *src, size_t bytes);
     moe_status (*sync)(backend *be);
+    /* be_graph_*; NULL where the backend records nothing (CPU) */
+    int (*graph_begin)(backend *be, void **g, uint64_t key);
+    int (*graph_end)(backend *be, void **g);
+    void (*graph_free)(backend *be, void *g);
     moe_status (*place_weight)(backend *be, wtensor *w);
     const float *(*place_floats)(backend *be, const float *src, size_t n, moe_status *st);
     /* compute */
@@ -43,7 +47,7 @@ typedef struct backend_ops {
                        const float *beta, int64_t n, int nk, int nv, int dk, int dv, int chunk, float *state,
                        float *out, float *scratch);
     void (*kv_store)(backend *be, const kv_cache *c, const float *k, const float *v, int64_t n, const int64_t *pos);
-    void (*attention)(backend *be, const float *q, int64_t n, int64_t pos0, const kv_cache *c, int n_heads,
+    void (*attention)(backend *be, const float *q, int64_t n, const int64_t *pos, const kv_cache *c, int n_heads,
                       int window, float scale, float *scratch, float *out);
     void (*add)(backend *be, float *x, const float *y, int64_t n);
     void (*mul_act)(backend *be, float *x, const float *g, int64_t n, int act);

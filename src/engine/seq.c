@@ -171,6 +171,8 @@ moe_status moe_seq_new(moe_model *m, const moe_seq_params *p, moe_seq **out) {
     BALLOC(s->v, nb * kvd);
     BALLOC(s->ga, nb * inter);
     ALLOC(s->positions, nb);
+    BALLOC(s->pos_be, nb);
+    BALLOC(s->tok_be, nb);
     ALLOC(s->logits, c->vocab_size);
     if (!backend_host_memory(be)) BALLOC(s->lg, nb * c->vocab_size);
     BALLOC(s->att_scratch, (int64_t)backend_threads(m->be) * (maxcap + c->head_dim));
@@ -215,6 +217,7 @@ oom_be: { /* the backend said what it lacked (a GPU's free memory): keep that */
 void moe_seq_free(moe_seq *s) {
     if (!s) return;
     backend *be = s->m->be;
+    be_graph_free(be, s->graph); /* before the buffers it reads */
     if (s->cache)
         for (int l = 0; l < s->m->cfg.pub.n_layers; l++) {
             kv_cache *kv = &s->cache[l].kv;
@@ -228,7 +231,7 @@ void moe_seq_free(moe_seq *s) {
     }
     void *dev[] = {s->rec, s->qg, s->gate, s->lin_in, s->lin_ba, s->lin_mix, s->lin_conv, s->lin_z, s->lin_out,
                    s->lin_g, s->lin_beta, s->lin_scratch, s->x, s->h, s->q, s->att, s->k, s->v, s->ga, s->moe_acc,
-                   s->xe, s->ye, s->router, s->ew, s->yk, s->moe_mid, s->att_scratch, s->lg};
+                   s->xe, s->ye, s->router, s->ew, s->yk, s->moe_mid, s->att_scratch, s->lg, s->pos_be, s->tok_be};
     for (size_t i = 0; i < sizeof dev / sizeof *dev; i++) be_free(be, dev[i]);
     if (s->router_h != s->router) free(s->router_h);
     void *host[] = {s->snaps, s->history, s->sel, s->selw, s->usew, s->use, s->need, s->eidx, s->grp_off, s->grp_cur,

@@ -74,7 +74,10 @@ struct moe_seq {
     unsigned char *skipped;   /* [E] need[i] dropped by the skip policy */
     unsigned char *dropped;   /* [nb x top_k] choice dropped */
     float *att_scratch;       /* [threads x (max cap + hd)] */
-    int64_t *positions;       /* [nb] */
+    int64_t *positions;       /* (host) [nb] each row's position, then uploaded: */
+    int64_t *pos_be;          /* [nb] the positions the operations read */
+    int32_t *tok_be;          /* [nb] the token ids the embedding reads */
+    void *graph;              /* the recorded decode step (be_graph_begin), NULL before one */
     float *logits;            /* (host) [V] the last position's logits */
     float *lg;                /* [nb x V] the lm_head's output where the backend's memory is not the host's, else NULL */
     float *batch_logits;      /* [batch_rows x V] moe_seq_eval_pending's, when this sequence leads a batch */

@@ -294,15 +294,15 @@ static void attention_block(moe_seq *s, moe_seq *const *owner, int l, int64_t n)
         be_clip(be, s->k, n * kvd, mc->clip_qkv);
         be_clip(be, s->v, n * kvd, mc->clip_qkv);
     }
-    be_rope(be, s->q, n, nh, hd, mc->rot_dim, s->positions, m->inv_freq_be);
-    be_rope(be, s->k, n, nkv, hd, mc->rot_dim, s->positions, m->inv_freq_be);
+    be_rope(be, s->q, n, nh, hd, mc->rot_dim, s->pos_be, m->inv_freq_be);
+    be_rope(be, s->k, n, nkv, hd, mc->rot_dim, s->pos_be, m->inv_freq_be);
     /* each run of rows of one sequence attends over that sequence's own cache */
     for (int64_t r0 = 0, r1; r0 < n; r0 = r1) {
         moe_seq *o;
         r1 = owner_run(s, owner, r0, n, &o);
         const kv_cache *kv = &o->cache[l].kv; /* float32 or quantized: the backend stores and reads either */
-        be_kv_store(be, kv, s->k + r0 * kvd, s->v + r0 * kvd, r1 - r0, s->positions + r0);
-        be_attention(be, s->q + r0 * qd, r1 - r0, s->positions[r0], kv, nh, L->window, 1.0f / sqrtf((float)hd),
+        be_kv_store(be, kv, s->k + r0 * kvd, s->v + r0 * kvd, r1 - r0, s->pos_be + r0);
+        be_attention(be, s->q + r0 * qd, r1 - r0, s->pos_be + r0, kv, nh, L->window, 1.0f / sqrtf((float)hd),
                      o->att_scratch, s->att + r0 * qd);
     }
     if (gated) be_mul_act(be, s->att, s->gate, n * qd, BE_SIGMOID);
@@ -310,15 +310,22 @@ static void attention_block(moe_seq *s, moe_seq *const *owner, int l, int64_t n)
     be_add(be, s->x, s->h, n * H);
 }
 
-/* The layers over n rows in s's buffers (s->positions set), row t of
+/* The batch's token ids and positions (s->positions) into backend memory,
+ * where the operations read them. */
+static void inputs(moe_seq *s, const int32_t *tokens, int64_t n) {
+    be_upload(s->m->be, s->tok_be, tokens, sizeof *tokens * (size_t)n);
+    be_upload(s->m->be, s->pos_be, s->positions, sizeof *s->positions * (size_t)n);
+}
+
+/* The layers over n rows in s's buffers (inputs() done), row t of
  * sequence owner[t] (NULL: all of s): the matmuls run on all rows at once,
  * attention per sequence. */
-static moe_status layers(moe_seq *s, moe_seq *const *owner, const int32_t *tokens, int64_t n) {
+static moe_status layers(moe_seq *s, moe_seq *const *owner, int64_t n) {
     const moe_model *m = s->m;
     const moe_config *c = &m->cfg.pub;
     backend *be = m->be;
     int64_t H = c->hidden_size;
-    be_embed(be, &m->embed, tokens, n, s->x);
+    be_embed(be, &m->embed, s->tok_be, n, s->x);
     for (int l = 0; l < c->n_layers; l++) {
         const layer *L = &m->layers[l];
         if (L->is_linear) linear_block(s, owner, l, n);
@@ -336,33 +343,40 @@ static moe_status layers(moe_seq *s, moe_seq *const *owner, const int32_t *token
     return MOE_OK;
 }
 
-/* logits (host) [rows x V] = s->h's first rows . lm_head^T: straight into
- * logits where the backend computes in host memory, else through s->lg. */
-static moe_status head(moe_seq *s, int64_t rows, float *logits) {
+/* Where the lm_head writes logits: straight into the caller's host array on
+ * a backend whose memory is the host's, else s->lg (then downloaded). */
+static float *head_dst(moe_seq *s, float *logits) { return backend_host_memory(s->m->be) ? logits : s->lg; }
+
+/* y [rows x V] = rmsnorm(xs) . lm_head^T, xs rows of the residual stream */
+static void head(moe_seq *s, const float *xs, int64_t rows, float *y) {
     const moe_model *m = s->m;
-    size_t bytes = sizeof(float) * (size_t)rows * (size_t)m->cfg.pub.vocab_size;
-    float *y = backend_host_memory(m->be) ? logits : s->lg;
+    be_rmsnorm(m->be, xs, m->final_norm, rows, m->cfg.pub.hidden_size, m->cfg.pub.rms_norm_eps, s->h);
     be_matmul(m->be, &m->lm_head, s->h, rows, NULL, y);
-    return be_download(m->be, logits, y, bytes);
 }
+
+/* A decode step can be recorded once and replayed (be_graph_begin) when no
+ * decision in it is taken on the host: no MoE layer (routing reads the
+ * router's logits back) and no expert cache. */
+static int recordable(const moe_model *m) { return !m->xc && m->cfg.pub.n_experts == 0; }
 
 static moe_status forward(moe_seq *s, const int32_t *tokens, int64_t n, float *logits, int all) {
     const moe_model *m = s->m;
-    const moe_config *c = &m->cfg.pub;
     backend *be = m->be;
-    int64_t H = c->hidden_size;
+    int64_t H = m->cfg.pub.hidden_size, rows = all ? n : 1;
     for (int64_t t = 0; t < n; t++) s->positions[t] = s->pos + t;
-    moe_status st = layers(s, NULL, tokens, n);
-    if (st) return st;
-    if (!logits) {
-        if ((st = be_sync(be))) return st;
-        s->pos += n;
-        return MOE_OK;
-    }
+    inputs(s, tokens, n);
     const float *xs = all ? s->x : s->x + (n - 1) * H;
-    int64_t rows = all ? n : 1;
-    be_rmsnorm(be, xs, m->final_norm, rows, H, c->rms_norm_eps, s->h);
-    if ((st = head(s, rows, logits))) return st;
+    float *y = logits ? head_dst(s, logits) : NULL;
+    moe_status st = MOE_OK;
+    if (logits && n == 1 && recordable(m)) { /* one decode step: the same operations every time */
+        for (int run = be_graph_begin(be, &s->graph, 1); run; run = be_graph_end(be, &s->graph))
+            if (!(st = layers(s, NULL, n))) head(s, xs, rows, y);
+    } else if (!(st = layers(s, NULL, n)) && logits) {
+        head(s, xs, rows, y);
+    }
+    if (!st) st = logits ? be_download(be, logits, y, sizeof(float) * (size_t)rows * (size_t)m->cfg.pub.vocab_size)
+                         : be_sync(be);
+    if (st) return st;
     s->pos += n;
     return MOE_OK;
 }
@@ -378,17 +392,15 @@ moe_status model_forward(moe_seq *s, const int32_t *tokens, int64_t n, float *lo
 moe_status model_forward_batch(moe_seq *const *seqs, const int32_t *tokens, int64_t n, float *logits) {
     moe_seq *s = seqs[0]; /* its buffers hold the stacked rows */
     if (n < 1 || n > s->n_batch) return moe_err(MOE_EINVAL, "forward: batch of %lld sequences (1..%d)", (long long)n, s->n_batch);
-    const moe_model *m = s->m;
-    const moe_config *c = &m->cfg.pub;
     pthread_mutex_lock(&s->m->lock);
     for (int64_t t = 0; t < n; t++) s->positions[t] = seqs[t]->pos;
-    moe_status st = layers(s, seqs, tokens, n);
-    if (st) {
-        pthread_mutex_unlock(&s->m->lock);
-        return st;
+    inputs(s, tokens, n);
+    float *y = head_dst(s, logits);
+    moe_status st = layers(s, seqs, n);
+    if (!st) {
+        head(s, s->x, n, y);
+        st = be_download(s->m->be, logits, y, sizeof(float) * (size_t)n * (size_t)s->m->cfg.pub.vocab_size);
     }
-    be_rmsnorm(m->be, s->x, m->final_norm, n, c->hidden_size, c->rms_norm_eps, s->h);
-    st = head(s, n, logits);
     if (!st)
         for (int64_t t = 0; t < n; t++) seqs[t]->pos++;
     pthread_mutex_unlock(&s->m->lock);

@@ -203,14 +203,14 @@ static void test_attention(void) {
         float *want = malloc(out_n * sizeof(float)), *got = malloc(out_n * sizeof(float));
         float *scratch = malloc((size_t)(2 * (cap + hd)) * sizeof(float));
         float scale = 2.0f / sqrtf((float)hd);
-        be_attention(ref_be, q, n, pos0, &fc, n_heads, window, scale, scratch, want);
+        be_attention(ref_be, q, n, pos + pos0, &fc, n_heads, window, scale, scratch, want);
         double vmax = 0;
         for (int64_t i = 0; i < total * w; i++) vmax = fabs(vals[i]) > vmax ? fabs(vals[i]) : vmax;
         for (int ii = 0; ii < 3; ii++)
             for (int th = 1; th <= 2; th++) {
                 backend *be;
                 if (backend_new(th, isas[ii], &be) != MOE_OK) continue; /* not on this CPU */
-                be_attention(be, q, n, pos0, &qc, n_heads, window, scale, scratch, got);
+                be_attention(be, q, n, pos + pos0, &qc, n_heads, window, scale, scratch, got);
                 double worst = 0;
                 for (size_t i = 0; i < out_n; i++) worst = fmax(worst, fabs((double)got[i] - want[i]));
                 CHECK(worst <= 2e-5 * (1 + vmax), "%s x%d bits %d n_kv %d heads %d hd %d window %d n %lld pos0 %lld cap %lld: "

@@ -619,8 +619,9 @@ static void att_item(void *ctx, int64_t i, int tid) {
     }
 }
 
-static void cpu_attention(backend *be, const float *q, int64_t n, int64_t pos0, const kv_cache *c, int n_heads, int window,
-                  float scale, float *scratch, float *out) {
+static void cpu_attention(backend *be, const float *q, int64_t n, const int64_t *pos, const kv_cache *c, int n_heads,
+                          int window, float scale, float *scratch, float *out) {
+    int64_t pos0 = pos[0];
     att_job j = {be->k, q, c, scratch, out, pos0, n_heads, window, scale, NULL, NULL};
     if (c->bits != 32) {
         int ks = kv_slot(c->bits);

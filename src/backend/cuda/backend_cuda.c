@@ -44,6 +44,14 @@ static moe_status gpu_download(backend *be, void *dst, const void *src, size_t b
     return cuda_download(CTX(be), dst, src, bytes);
 }
 static moe_status gpu_sync(backend *be) { return cuda_sync(CTX(be)); }
+static int gpu_graph_begin(backend *be, void **g, uint64_t key) {
+    cuda_graph *cg = *g;
+    int run = cuda_graph_begin(CTX(be), &cg, key);
+    *g = cg;
+    return run;
+}
+static int gpu_graph_end(backend *be, void **g) { return cuda_graph_end(CTX(be), *g); }
+static void gpu_graph_free(backend *be, void *g) { cuda_graph_free(CTX(be), (cuda_graph *)g); }
 
 /* A device copy of n host bytes, or NULL with the message set. */
 static void *place_bytes(backend *be, const void *src, size_t n) {
@@ -119,10 +127,10 @@ static void gpu_kv_store(backend *be, const kv_cache *c, const float *k, const f
     cuda_kv_store(CTX(be), c, k, v, n, pos);
 }
 
-static void gpu_attention(backend *be, const float *q, int64_t n, int64_t pos0, const kv_cache *c, int n_heads, int window,
-                          float scale, float *scratch, float *out) {
+static void gpu_attention(backend *be, const float *q, int64_t n, const int64_t *pos, const kv_cache *c, int n_heads,
+                          int window, float scale, float *scratch, float *out) {
     (void)scratch;
-    cuda_attention(CTX(be), q, n, pos0, c, n_heads, window, scale, out);
+    cuda_attention(CTX(be), q, n, pos, c, n_heads, window, scale, out);
 }
 
 static void gpu_add(backend *be, float *x, const float *y, int64_t n) { cuda_add(CTX(be), x, y, n); }
@@ -172,6 +180,9 @@ static const backend_ops cuda_backend_ops = {
     .zero = gpu_zero,
     .download = gpu_download,
     .sync = gpu_sync,
+    .graph_begin = gpu_graph_begin,
+    .graph_end = gpu_graph_end,
+    .graph_free = gpu_graph_free,
     .place_weight = gpu_place_weight,
     .place_floats = gpu_place_floats,
     .matmul_n = gpu_matmul_n,

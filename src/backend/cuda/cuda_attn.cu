@@ -97,21 +97,19 @@ extern "C" void cuda_rope(cuda_ctx *c, float *x, int64_t n, int n_heads, int hd,
     CUDA_LIVE(c);
     int half = rot / 2;
     if (n <= 0 || half <= 0 || n_heads <= 0) return;
-    const int64_t *d_pos = (const int64_t *)cuda_stage(c, pos, sizeof *pos * (size_t)n);
-    if (!d_pos) return;
     unsigned b = cuda_blocks(n * n_heads * half, 256), most = (unsigned)c->n_sm * 16;
-    k_rope<<<b < most ? b : most, 256, 0, c->stream>>>(x, n, n_heads, hd, half, d_pos, inv_freq);
+    k_rope<<<b < most ? b : most, 256, 0, c->stream>>>(x, n, n_heads, hd, half, pos, inv_freq);
     cuda_launched(c, "rope");
 }
 
 /* ------------------------------------------------------------ KV store -- */
 
 /* Token t's write to slot `slot` is lost to a later token of the batch with
- * the same slot (the CPU writes in order): t_first >= 0 when the positions
- * are consecutive (then exactly t < t_first is overwritten), else a scan. */
-__device__ static inline bool kv_overwritten(const int64_t *pos, int64_t n, int64_t cap, int64_t t, int64_t slot,
-                                             int64_t t_first) {
-    if (t_first >= 0) return t < t_first;
+ * the same slot (the CPU writes in order). Positions increase (be_kv_store's
+ * contract), so they are consecutive when the last is n - 1 past the first:
+ * then exactly the rows before the last cap are overwritten; else a scan. */
+__device__ static inline bool kv_overwritten(const int64_t *pos, int64_t n, int64_t cap, int64_t t, int64_t slot) {
+    if (pos[n - 1] - pos[0] == n - 1) return t < n - cap;
     for (int64_t u = t + 1; u < n; u++)
         if (pos[u] % cap == slot) return true;
     return false;
@@ -119,10 +117,10 @@ __device__ static inline bool kv_overwritten(const int64_t *pos, int64_t n, int6
 
 /* float32 cache: a thread an element of a key and a value row */
 __global__ static void k_kv_store32(float *kc, float *vc, const float *k, const float *v, int64_t n, int64_t w,
-                                    const int64_t *pos, int64_t cap, int64_t t_first) {
+                                    const int64_t *pos, int64_t cap) {
     for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n * w; e += (int64_t)gridDim.x * blockDim.x) {
         int64_t t = e / w, j = e % w, slot = pos[t] % cap;
-        if (kv_overwritten(pos, n, cap, t, slot, t_first)) continue;
+        if (kv_overwritten(pos, n, cap, t, slot)) continue;
         kc[slot * w + j] = k[e];
         vc[slot * w + j] = v[e];
     }
@@ -134,12 +132,12 @@ __global__ static void k_kv_store32(float *kc, float *vc, const float *k, const 
 template <int BITS>
 __global__ static void k_kv_quant(unsigned char *kc, unsigned char *vc, float *ks, float *kb, float *vs, float *vb,
                                   const float *k, const float *v, int64_t n, int64_t w, int group,
-                                  const int64_t *pos, int64_t cap, int64_t t_first) {
+                                  const int64_t *pos, int64_t cap) {
     int64_t gpr = w / group, unit = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
     if (unit >= n * gpr) return;
     int lane = threadIdx.x % 32;
     int64_t t = unit / gpr, gg = unit % gpr, g0 = gg * group, slot = pos[t] % cap;
-    if (kv_overwritten(pos, n, cap, t, slot, t_first)) return;
+    if (kv_overwritten(pos, n, cap, t, slot)) return;
     bool is_v = blockIdx.y == 1;
     const float *xg = (is_v ? v : k) + t * w + g0;
     unsigned char *row = (is_v ? vc : kc) + (size_t)slot * (size_t)(w * BITS / 8);
@@ -180,15 +178,11 @@ extern "C" void cuda_kv_store(cuda_ctx *c, const kv_cache *kv, const float *k, c
                               const int64_t *pos) {
     CUDA_LIVE(c);
     if (n <= 0) return;
-    int64_t w = (int64_t)kv->n_kv * kv->hd, t_first = n > kv->cap ? n - kv->cap : 0;
-    for (int64_t t = 1; t < n && t_first >= 0; t++)
-        if (pos[t] != pos[0] + t) t_first = -1; /* not consecutive: the kernels scan */
-    const int64_t *d_pos = (const int64_t *)cuda_stage(c, pos, sizeof *pos * (size_t)n);
-    if (!d_pos) return;
+    int64_t w = (int64_t)kv->n_kv * kv->hd;
     if (kv->bits == 32) {
         unsigned b = cuda_blocks(n * w, 256), most = (unsigned)c->n_sm * 16;
-        k_kv_store32<<<b < most ? b : most, 256, 0, c->stream>>>((float *)kv->k, (float *)kv->v, k, v, n, w, d_pos,
-                                                                 kv->cap, t_first);
+        k_kv_store32<<<b < most ? b : most, 256, 0, c->stream>>>((float *)kv->k, (float *)kv->v, k, v, n, w, pos,
+                                                                 kv->cap);
         cuda_launched(c, "kv_store");
         return;
     }
@@ -199,10 +193,10 @@ extern "C" void cuda_kv_store(cuda_ctx *c, const kv_cache *kv, const float *k, c
     dim3 grid(cuda_blocks(n * (w / kv->group), 8), 2);
     if (kv->bits == 8)
         k_kv_quant<8><<<grid, 256, 0, c->stream>>>((unsigned char *)kv->k, (unsigned char *)kv->v, kv->ks, kv->kb,
-                                                   kv->vs, kv->vb, k, v, n, w, kv->group, d_pos, kv->cap, t_first);
+                                                   kv->vs, kv->vb, k, v, n, w, kv->group, pos, kv->cap);
     else
         k_kv_quant<4><<<grid, 256, 0, c->stream>>>((unsigned char *)kv->k, (unsigned char *)kv->v, kv->ks, kv->kb,
-                                                   kv->vs, kv->vb, k, v, n, w, kv->group, d_pos, kv->cap, t_first);
+                                                   kv->vs, kv->vb, k, v, n, w, kv->group, pos, kv->cap);
     cuda_launched(c, "kv_store");
 }
 
@@ -217,12 +211,14 @@ extern "C" void cuda_kv_store(cuda_ctx *c, const kv_cache *kv, const float *k, c
 
 typedef struct att_args {
     const float *q;
+    const int64_t *pos;         /* (dev) the queries' positions: pos[0] .. pos[0] + n - 1 */
     float *out, *part;          /* part: decode splits' [n x n_heads x nsplit x (hd + 2)] */
     const void *k, *v;          /* cache values, float32 or packed */
     const float *ks, *kb, *vs, *vb;
-    int64_t n, pos0, cap, row;  /* row: values a slot (n_kv * hd) */
+    int64_t n, cap, row;        /* row: values a slot (n_kv * hd) */
     int64_t rb, gpr;            /* packed bytes and groups a slot row */
-    int n_heads, hd, group, G, window, nsplit, chunk;
+    int n_heads, hd, group, G, window;
+    int nsplit;                 /* decode: the grid's splits, the most att_splits gives */
     float scale;
 } att_args;
 
@@ -295,7 +291,20 @@ __device__ static inline int64_t att_lo(int64_t p, int window) {
     return window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
 }
 
-/* Decode: grid (nsplit, n_kv * ceil(G / GB), n). Lane l holds elements
+/* Decode: how the keys the last query sees (span) are split, from the
+ * positions on the device (so that a recorded launch serves every step):
+ * chunks of at least ATT_MIN_CHUNK keys, at most a.nsplit of them. Returns
+ * the splits in use, their length in *chunk. */
+__device__ static inline int att_splits(const att_args &a, int64_t *chunk) {
+    int64_t span = a.pos[0] + a.n;
+    if (a.window > 0 && a.window < span) span = a.window;
+    int64_t ch = (span + a.nsplit - 1) / a.nsplit;
+    ch = ch < ATT_MIN_CHUNK ? ATT_MIN_CHUNK : ch;
+    *chunk = ch;
+    return (int)((span + ch - 1) / ch);
+}
+
+/* Decode: grid (nsplit, n_kv * ceil(G / GB), n); splits past att_splits' return at once. Lane l holds elements
  * l*EPL .. l*EPL+EPL-1 of the head (hd <= 32 * EPL). A warp takes keys
  * k0+warp, k0+warp+4, .. two at a time, so that four rows are in flight. */
 template <int BITS, int EPL, int GB>
@@ -303,8 +312,11 @@ __global__ static void __launch_bounds__(ATT_WARPS * 32) k_att_decode(att_args a
     extern __shared__ float sm[]; /* [ATT_WARPS x GB] max, sum; [ATT_WARPS x GB x hd] output */
     int gblocks = (a.G + GB - 1) / GB, kvh = blockIdx.y / gblocks, g0 = blockIdx.y % gblocks * GB;
     int ng = a.G - g0 < GB ? a.G - g0 : GB, warp = threadIdx.x / 32, lane = threadIdx.x % 32, hd = a.hd;
-    int64_t t = blockIdx.z, p = a.pos0 + t, k0 = att_lo(p, a.window) + (int64_t)blockIdx.x * a.chunk;
-    int64_t k1 = k0 + a.chunk < p + 1 ? k0 + a.chunk : p + 1;
+    int64_t chunk;
+    const int ns = att_splits(a, &chunk);
+    if ((int)blockIdx.x >= ns) return; /* the whole block */
+    int64_t t = blockIdx.z, p = a.pos[0] + t, k0 = att_lo(p, a.window) + (int64_t)blockIdx.x * chunk;
+    int64_t k1 = k0 + chunk < p + 1 ? k0 + chunk : p + 1;
     int j0 = lane * EPL, nv = hd - j0 < EPL ? (hd - j0 > 0 ? hd - j0 : 0) : EPL, e0 = kvh * hd + j0;
     bool vec = hd % EPL == 0 && (BITS == 32 || a.group % EPL == 0);
     int sg = BITS == 32 ? 0 : e0 / a.group;
@@ -374,7 +386,7 @@ __global__ static void __launch_bounds__(ATT_WARPS * 32) k_att_decode(att_args a
                 O += wacc[(w * GB + g) * hd + j] * f;
             }
         int64_t th = t * a.n_heads + (int64_t)kvh * a.G + g0 + g;
-        if (a.nsplit == 1) { /* split 0 holds key p: L > 0 */
+        if (ns == 1) { /* split 0 holds key p: L > 0 */
             a.out[th * hd + j] = O / L;
             continue;
         }
@@ -392,13 +404,16 @@ __global__ static void k_att_merge(att_args a) {
     int64_t th = blockIdx.x;
     int hd = a.hd;
     const float *pp = a.part + th * a.nsplit * (hd + 2);
+    int64_t chunk;
+    const int ns = att_splits(a, &chunk);
+    if (ns == 1) return; /* the decode kernel wrote out */
     float M = -INFINITY;
 #pragma unroll 4
-    for (int s = 0; s < a.nsplit; s++) M = fmaxf(M, pp[s * (hd + 2)]);
+    for (int s = 0; s < ns; s++) M = fmaxf(M, pp[s * (hd + 2)]);
     for (int j = threadIdx.x; j < hd; j += blockDim.x) {
         float L = 0, O = 0;
 #pragma unroll 4
-        for (int s = 0; s < a.nsplit; s++) {
+        for (int s = 0; s < ns; s++) {
             float ms = pp[s * (hd + 2)], f = ms > -INFINITY ? expf(ms - M) : 0.0f;
             L += pp[s * (hd + 2) + 1] * f;
             O += pp[s * (hd + 2) + 2 + j] * f;
@@ -416,7 +431,8 @@ __global__ static void __launch_bounds__(ATT_WARPS * 32) k_att_prompt(att_args a
     float *Qs = sm, *Ks = Qs + PQ * hd, *Vs = Ks + PK * (hd + 1);
     int64_t *slots = (int64_t *)(Vs + PK * hd); /* 8-byte aligned: the float counts before it are even */
     int64_t t0 = (int64_t)blockIdx.x * PQ, nq = a.n - t0 < PQ ? a.n - t0 : PQ;
-    int64_t plast = a.pos0 + t0 + nq - 1, kstart = att_lo(a.pos0 + t0, a.window);
+    const int64_t pos0 = a.pos[0];
+    int64_t plast = pos0 + t0 + nq - 1, kstart = att_lo(pos0 + t0, a.window);
     for (int e = threadIdx.x; e < PQ * hd; e += blockDim.x) {
         int r = e / hd, j = e % hd;
         Qs[e] = r < nq ? a.q[((t0 + r) * a.n_heads + h) * hd + j] : 0.0f;
@@ -426,7 +442,7 @@ __global__ static void __launch_bounds__(ATT_WARPS * 32) k_att_prompt(att_args a
 #pragma unroll
     for (int i = 0; i < QPW; i++) {
         m[i] = -INFINITY, l[i] = 0;
-        qp[i] = warp * QPW + i < nq ? a.pos0 + t0 + warp * QPW + i : -1; /* -1: no query, sees no key */
+        qp[i] = warp * QPW + i < nq ? pos0 + t0 + warp * QPW + i : -1; /* -1: no query, sees no key */
 #pragma unroll
         for (int e = 0; e < EPL; e++) acc[i][e] = 0;
     }
@@ -520,13 +536,11 @@ static void att_run(cuda_ctx *c, att_args a, int n_kv) {
         return;
     }
     int GB = a.G >= 8 ? 8 : a.G >= 4 ? 4 : a.G >= 2 ? 2 : 1, gblocks = (a.G + GB - 1) / GB;
-    /* splits: about 4 blocks an SM, at least ATT_MIN_CHUNK keys each */
-    int64_t span = a.pos0 + a.n, base = (int64_t)n_kv * gblocks * a.n;
-    if (a.window > 0 && a.window < span) span = a.window;
-    int64_t want = (4 * (int64_t)c->n_sm + base - 1) / base, chunk = (span + want - 1) / want;
-    chunk = chunk < ATT_MIN_CHUNK ? ATT_MIN_CHUNK : chunk;
-    a.chunk = (int)chunk;
-    a.nsplit = (int)((span + chunk - 1) / chunk);
+    /* splits: about 4 blocks an SM, at least ATT_MIN_CHUNK keys each, as many as
+     * the longest span the cache holds needs (att_splits picks per call, on the device) */
+    int64_t most = a.window > 0 && a.window < a.cap ? a.window : a.cap, base = (int64_t)n_kv * gblocks * a.n;
+    int64_t want = (4 * (int64_t)c->n_sm + base - 1) / base, need = (most + ATT_MIN_CHUNK - 1) / ATT_MIN_CHUNK;
+    a.nsplit = (int)(want < need ? want : need > 0 ? need : 1);
     if (a.nsplit > 1) {
         a.part = (float *)cuda_scratch(c, sizeof(float) * (size_t)(a.n * a.n_heads * a.nsplit) * (size_t)(hd + 2));
         if (!a.part) return;
@@ -550,7 +564,7 @@ static void att_bits(cuda_ctx *c, const att_args &a, int n_kv) {
     else att_run<BITS, 8>(c, a, n_kv);
 }
 
-extern "C" void cuda_attention(cuda_ctx *c, const float *q, int64_t n, int64_t pos0, const kv_cache *kv, int n_heads,
+extern "C" void cuda_attention(cuda_ctx *c, const float *q, int64_t n, const int64_t *pos, const kv_cache *kv, int n_heads,
                                int window, float scale, float *out) {
     CUDA_LIVE(c);
     if (n <= 0) return;
@@ -561,10 +575,10 @@ extern "C" void cuda_attention(cuda_ctx *c, const float *q, int64_t n, int64_t p
     }
     att_args a = {};
     a.q = q, a.out = out, a.k = kv->k, a.v = kv->v, a.ks = kv->ks, a.kb = kv->kb, a.vs = kv->vs, a.vb = kv->vb;
-    a.n = n, a.pos0 = pos0, a.cap = kv->cap, a.row = (int64_t)kv->n_kv * kv->hd;
+    a.n = n, a.pos = pos, a.cap = kv->cap, a.row = (int64_t)kv->n_kv * kv->hd;
     a.rb = a.row * kv->bits / 8, a.gpr = kv->bits == 32 ? 0 : a.row / kv->group;
     a.n_heads = n_heads, a.hd = kv->hd, a.group = kv->bits == 32 ? 1 : kv->group, a.G = n_heads / kv->n_kv;
-    a.window = window, a.nsplit = 1, a.chunk = 1, a.scale = scale;
+    a.window = window, a.nsplit = 1, a.scale = scale;
     if (kv->bits == 32) att_bits<32>(c, a, kv->n_kv);
     else if (kv->bits == 8) att_bits<8>(c, a, kv->n_kv);
     else att_bits<4>(c, a, kv->n_kv);

@@ -24,6 +24,11 @@ int cuda_device_count(void) {
 
 bool cuda_check(cuda_ctx *c, cudaError_t e, const char *what) {
     if (e == cudaSuccess) return true;
+    if (c && c->capturing) { /* the capture fails, not the context: the work is issued again plainly */
+        c->capture_failed = 1;
+        cudaGetLastError();
+        return false;
+    }
     if (c && c->err == MOE_OK) {
         c->err = e == cudaErrorMemoryAllocation ? MOE_ENOMEM : MOE_EIO;
         snprintf(c->msg, sizeof c->msg, "CUDA: %s: %s", what, cudaGetErrorString(e));
@@ -55,6 +60,8 @@ moe_status cuda_ctx_new(int device, cuda_ctx **out) {
         cuda_ctx_free(c);
         return st;
     }
+    const char *gr = getenv("MOE_CUDA_GRAPHS");
+    c->no_graphs = gr && !strcmp(gr, "0");
     c->n_sm = p.multiProcessorCount;
     c->cc = p.major * 10 + p.minor;
     snprintf(c->name, sizeof c->name, "%s, sm_%d, %.1f GiB", p.name, c->cc, (double)p.totalGlobalMem / (1 << 30));
@@ -122,8 +129,50 @@ void cuda_free(cuda_ctx *c, void *p) {
         }
 }
 
+/* A slot of `bytes` (rounded up to 256) in the staging ring: its host and
+ * device addresses. The copy of one call may still be in flight when the next
+ * stages, so each call takes the next part of the buffer, and wraps to the
+ * start only after the stream has passed the previous wrap. While capturing,
+ * the slot comes from the graph's own buffer instead, never reused. */
+static bool stage_slot(cuda_ctx *c, size_t bytes, char **h, char **d) {
+    bytes = (bytes + 255) & ~(size_t)255;
+    if (c->capturing) {
+        cuda_graph *g = c->capturing;
+        if (g->stage_used + bytes > CUDA_GRAPH_STAGE_BYTES) {
+            c->capture_failed = 1;
+            return false;
+        }
+        *h = (char *)g->stage_h + g->stage_used, *d = (char *)g->stage_d + g->stage_used;
+        g->stage_used += bytes;
+        return true;
+    }
+    if (bytes > CUDA_STAGE_BYTES) {
+        c->err = MOE_EINVAL;
+        snprintf(c->msg, sizeof c->msg, "CUDA: %zu bytes of host arguments exceed the staging buffer", bytes);
+        return false;
+    }
+    if (c->stage_used + bytes > CUDA_STAGE_BYTES) {
+        if (!cuda_check(c, cudaStreamSynchronize(c->stream), "staging")) return false;
+        c->stage_used = 0;
+    }
+    *h = (char *)c->stage + c->stage_used, *d = (char *)c->stage_dev + c->stage_used;
+    c->stage_used += bytes;
+    return true;
+}
+
 void cuda_upload(cuda_ctx *c, void *dst, const void *src, size_t bytes) {
     if (c->err || !bytes) return;
+    if (c->capturing) { /* an upload reads the host now: not something a replay can repeat */
+        c->capture_failed = 1;
+        return;
+    }
+    char *h, *d;
+    if (bytes <= CUDA_STAGE_BYTES / 16) { /* small (a step's token ids, positions): through the ring, no wait */
+        if (!stage_slot(c, bytes, &h, &d)) return;
+        memcpy(h, src, bytes);
+        cuda_check(c, cudaMemcpyAsync(dst, h, bytes, cudaMemcpyHostToDevice, c->stream), "upload");
+        return;
+    }
     /* pageable source: the copy has read src when it returns */
     cuda_check(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream), "upload");
     cuda_check(c, cudaStreamSynchronize(c->stream), "upload");
@@ -149,27 +198,13 @@ moe_status cuda_download(cuda_ctx *c, void *dst, const void *src, size_t bytes) 
     return cuda_sync(c);
 }
 
-/* Host arrays an operation reads go through a pinned staging buffer, copied
- * on the stream: the copy of one call may still be in flight when the next
- * stages, so each call takes the next part of the buffer, and wraps to the
- * start only after the stream has passed the previous wrap. */
+/* Host arrays an operation reads go through a pinned staging slot (stage_slot), copied on the stream. */
 const void *cuda_stage(cuda_ctx *c, const void *src, size_t bytes) {
     if (c->err) return NULL;
-    size_t len = bytes; /* what the caller has; its slot is rounded up to keep the next one aligned */
-    bytes = (bytes + 255) & ~(size_t)255;
-    if (bytes > CUDA_STAGE_BYTES) {
-        c->err = MOE_EINVAL;
-        snprintf(c->msg, sizeof c->msg, "CUDA: %zu bytes of host arguments exceed the staging buffer", bytes);
-        return NULL;
-    }
-    if (c->stage_used + bytes > CUDA_STAGE_BYTES) {
-        if (!cuda_check(c, cudaStreamSynchronize(c->stream), "staging")) return NULL;
-        c->stage_used = 0;
-    }
-    char *h = (char *)c->stage + c->stage_used, *d = (char *)c->stage_dev + c->stage_used;
-    memcpy(h, src, len);
-    c->stage_used += bytes;
-    if (!cuda_check(c, cudaMemcpyAsync(d, h, len, cudaMemcpyHostToDevice, c->stream), "staging")) return NULL;
+    char *h, *d;
+    if (!stage_slot(c, bytes, &h, &d)) return NULL;
+    memcpy(h, src, bytes);
+    if (!cuda_check(c, cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, c->stream), "staging")) return NULL;
     return d;
 }
 
@@ -177,7 +212,12 @@ const void *cuda_stage(cuda_ctx *c, const void *src, size_t bytes) {
  * stream orders its users); grown by freeing and reallocating. */
 void *cuda_scratch(cuda_ctx *c, size_t bytes) {
     if (c->err) return NULL;
+    if (bytes > c->scratch_bytes && c->capturing) { /* moving it cannot be recorded */
+        c->capture_failed = 1;
+        return NULL;
+    }
     if (bytes > c->scratch_bytes) {
+        c->scratch_gen++; /* recorded graphs point at the old area */
         cudaStreamSynchronize(c->stream);
         cudaFree(c->scratch);
         c->scratch = NULL;
@@ -187,4 +227,80 @@ void *cuda_scratch(cuda_ctx *c, size_t bytes) {
         c->scratch_bytes = want;
     }
     return c->scratch;
+}
+
+/* ------------------------------------------------------------- graphs -- */
+
+static void graph_drop(cuda_graph *g) {
+    if (g->exec) cudaGraphExecDestroy(g->exec);
+    g->exec = NULL;
+}
+
+int cuda_graph_begin(cuda_ctx *c, cuda_graph **gp, uint64_t key) {
+    if (c->err || c->capturing || c->no_graphs) return 1; /* the plain path reports the error; no nesting */
+    if (!*gp && !(*gp = (cuda_graph *)calloc(1, sizeof **gp))) return 1;
+    cuda_graph *g = *gp;
+    key = key << 1 | (cuda_decode_float(c) ? 1u : 0u);
+    if (g->key != key || !g->calls) {
+        graph_drop(g);
+        g->key = key, g->calls = 0, g->broken = 0;
+    }
+    if (g->broken) return 1;
+    if (g->exec && g->scratch_gen == c->scratch_gen) {
+        if (cuda_check(c, cudaGraphLaunch(g->exec, c->stream), "graph launch")) c->replays++;
+        return 0;
+    }
+    graph_drop(g);                /* stale: the scratch area moved */
+    if (g->calls++ == 0) return 1; /* the first call runs plainly: it sizes the scratch area */
+    if (!g->stage_h) {
+        if (cudaMallocHost(&g->stage_h, CUDA_GRAPH_STAGE_BYTES) != cudaSuccess ||
+            cudaMalloc(&g->stage_d, CUDA_GRAPH_STAGE_BYTES) != cudaSuccess) {
+            cudaGetLastError();
+            g->broken = 1;
+            return 1;
+        }
+    }
+    g->stage_used = 0;
+    if (cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+        cudaGetLastError();
+        g->broken = 1;
+        return 1;
+    }
+    c->capturing = g, c->capture_failed = 0;
+    g->scratch_gen = c->scratch_gen;
+    return 1;
+}
+
+int cuda_graph_end(cuda_ctx *c, cuda_graph *g) {
+    if (!g || c->capturing != g) return 0; /* a plain run or a replay: done */
+    c->capturing = NULL;
+    cudaGraph_t graph = NULL;
+    bool ok = cudaStreamEndCapture(c->stream, &graph) == cudaSuccess && graph && !c->capture_failed &&
+              g->scratch_gen == c->scratch_gen;
+    if (ok) ok = cudaGraphInstantiateWithFlags(&g->exec, graph, 0) == cudaSuccess;
+    if (graph) cudaGraphDestroy(graph);
+    if (!ok) { /* nothing ran: have the caller issue the work plainly, and never capture this key again */
+        cudaGetLastError();
+        graph_drop(g);
+        g->broken = 1;
+        return 1;
+    }
+    c->captures++;
+    if (cuda_check(c, cudaGraphLaunch(g->exec, c->stream), "graph launch")) c->replays++;
+    return 0;
+}
+
+void cuda_graph_free(cuda_ctx *c, cuda_graph *g) {
+    if (!g) return;
+    cudaStreamSynchronize(c->stream); /* a replay may still run */
+    graph_drop(g);
+    if (g->stage_h) cudaFreeHost(g->stage_h);
+    cudaFree(g->stage_d);
+    free(g);
+}
+
+void cuda_scratch_reserve(cuda_ctx *c, size_t bytes) { cuda_scratch(c, bytes); }
+
+void cuda_graph_counts(const cuda_ctx *c, uint64_t *replays, uint64_t *captures) {
+    *replays = c->replays, *captures = c->captures;
 }

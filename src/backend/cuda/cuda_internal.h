@@ -23,7 +23,29 @@ struct cuda_ctx {
     size_t stage_used;
     cudaEvent_t stage_done;
     int float_decode;             /* Q4/Q8 decode on float32 inputs, not int8-rounded ones (cuda_set_float_decode) */
+    /* graphs (cuda_graph_begin) */
+    int no_graphs;                /* MOE_CUDA_GRAPHS=0 when the context opened: every step issued plainly */
+    struct cuda_graph *capturing; /* the graph the stream is being captured into, NULL */
+    int capture_failed;           /* something issued during the capture cannot be recorded */
+    uint64_t scratch_gen;         /* bumped whenever the scratch area moves */
+    uint64_t replays, captures;
 };
+
+/* A recorded step (cuda_ops.h). stage_*: the host arguments staged while
+ * capturing, which every replay copies again from the same place. */
+#define CUDA_GRAPH_STAGE_BYTES ((size_t)64 << 10)
+struct cuda_graph {
+    uint64_t key;
+    int calls;              /* begins under this key; the first runs plainly */
+    int broken;             /* capture failed under this key: never again */
+    cudaGraphExec_t exec;   /* NULL until captured */
+    uint64_t scratch_gen;   /* the context's when captured */
+    void *stage_h, *stage_d; /* pinned host / device [CUDA_GRAPH_STAGE_BYTES] */
+    size_t stage_used;
+};
+
+/* Q4/Q8 decode on float32 inputs for this call (the context's setting or MOE_CUDA_FLOAT_DECODE). */
+bool cuda_decode_float(const cuda_ctx *c);
 
 /* Records e (when it is an error and none is kept yet) with "CUDA: what: ..."; true on success. */
 bool cuda_check(cuda_ctx *c, cudaError_t e, const char *what);

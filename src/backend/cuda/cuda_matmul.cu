@@ -941,7 +941,7 @@ static int nt_slot(int64_t n) { return n <= 1 ? 0 : n <= 2 ? 1 : n <= 4 ? 2 : 3;
  * activations (mvq_kernel): the context says so (cuda_set_float_decode: a
  * model whose recurrent state would carry the rounding on), or
  * MOE_CUDA_FLOAT_DECODE is set and not "0", read at each call. */
-static bool float_decode(const cuda_ctx *c) {
+bool cuda_decode_float(const cuda_ctx *c) {
     const char *e = getenv("MOE_CUDA_FLOAT_DECODE");
     return c->float_decode || (e && *e && strcmp(e, "0") != 0);
 }
@@ -998,7 +998,7 @@ static void mv_run(cuda_ctx *c, wfmt f, bool swi, const mm_seg *segs_in, int nse
     memset(&a, 0, sizeof a);
     a.nseg = nseg, a.n = (int)n;
     const int rp = swi ? MV_R / 2 : MV_R;
-    bool i8 = (f == WF_Q4 || f == WF_Q8) && !float_decode(c);
+    bool i8 = (f == WF_Q4 || f == WF_Q8) && !cuda_decode_float(c);
     for (int i = 0; i < nseg; i++) /* mvq_kernel's 32-bit row offsets */
         for (int t = 0; t < 2; t++)
             i8 = i8 && (uint64_t)segs[i].rows * segs[i].row_bytes[t] <= UINT32_MAX &&
@@ -1160,8 +1160,14 @@ extern "C" void cuda_moe_decode(cuda_ctx *c, int ne, const wtensor *const *gate,
 
 /* ------------------------------------------------------------- embed -- */
 
+/* Ids are checked where they enter (moe_seq_eval); one outside the table reads nothing and gives zeros. */
 __global__ void embed_kernel(const mm_seg s, int fmt, const int32_t *tok, float *out) {
     const int64_t t = blockIdx.y, r = tok[t];
+    if (r < 0 || r >= s.rows) {
+        for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < s.cols; k += (int64_t)gridDim.x * blockDim.x)
+            out[t * s.cols + k] = 0.0f;
+        return;
+    }
     const uint8_t *row = s.w[0] + r * s.row_bytes[0];
     const uint8_t *sr = s.s[0] ? s.s[0] + r * s.sb_row_bytes[0] : NULL;
     const uint8_t *br = s.b[0] ? s.b[0] + r * s.sb_row_bytes[0] : NULL;
@@ -1172,17 +1178,9 @@ __global__ void embed_kernel(const mm_seg s, int fmt, const int32_t *tok, float 
 extern "C" void cuda_embed(cuda_ctx *c, const wtensor *w, const int32_t *tokens, int64_t n, float *out) {
     CUDA_LIVE(c);
     if (n <= 0) return;
-    for (int64_t t = 0; t < n; t++)
-        if (tokens[t] < 0 || tokens[t] >= w->rows) {
-            c->err = MOE_EINVAL;
-            snprintf(c->msg, sizeof c->msg, "CUDA: embed: token %d at %lld outside [0, %lld)", (int)tokens[t],
-                     (long long)t, (long long)w->rows);
-            return;
-        }
     for (int64_t t0 = 0; t0 < n && !c->err; t0 += 65535) { /* gridDim.y's limit */
         int64_t nt = n - t0 < 65535 ? n - t0 : 65535;
-        const int32_t *tok = (const int32_t *)cuda_stage(c, tokens + t0, (size_t)nt * sizeof *tokens);
-        if (!tok) return;
+        const int32_t *tok = tokens + t0;
         mm_seg s = seg_of(w, NULL, NULL, 0, NULL, 0, NULL);
         dim3 grid(cuda_blocks(w->cols, 256) < 64 ? cuda_blocks(w->cols, 256) : 64, (unsigned)nt);
         embed_kernel<<<grid, 256, 0, c->stream>>>(s, (int)w->fmt, tok, out + t0 * w->cols);

@@ -57,6 +57,25 @@ moe_status cuda_download(cuda_ctx *c, void *dst, const void *src, size_t bytes);
 /* Waits for the stream; the context's first error, or MOE_OK. */
 moe_status cuda_sync(cuda_ctx *c);
 
+/* ------------------------------------------------------------- graphs --
+ * be_graph_begin / be_graph_end / be_graph_free (backend.h): the stream's
+ * work between them captured once into a CUDA graph and replayed. The key
+ * also holds what the context decides per call (float or int8 decode). While
+ * capturing, host arguments an operation stages go to the graph's own
+ * buffer (so a replay reads what the capture saw), and anything that cannot
+ * be recorded (the scratch area would grow, a call that waits) fails the
+ * capture, not the context. A capture is also dropped when the scratch area
+ * moved since (cuda_scratch reallocates it). */
+typedef struct cuda_graph cuda_graph;
+int cuda_graph_begin(cuda_ctx *c, cuda_graph **g, uint64_t key);
+int cuda_graph_end(cuda_ctx *c, cuda_graph *g);
+void cuda_graph_free(cuda_ctx *c, cuda_graph *g);
+/* Grows the scratch area to at least `bytes` now (it moves: recorded graphs
+ * capture again), so that later calls need not. */
+void cuda_scratch_reserve(cuda_ctx *c, size_t bytes);
+/* Replays launched and captures made since the context opened. */
+void cuda_graph_counts(const cuda_ctx *c, uint64_t *replays, uint64_t *captures);
+
 /* ----------------------------------------------------------- matmuls --
  * The same contracts as be_matmul, be_matmul_swiglu, be_moe_decode (backend.h),
  * for every wfmt (F32, F16, BF16, Q2..Q8 with F32/F16/BF16 scales and biases,
@@ -71,18 +90,18 @@ void cuda_moe_decode(cuda_ctx *c, int ne, const wtensor *const *gate, const wten
  * int8 per block of 32 (a context's default is int8; MOE_CUDA_FLOAT_DECODE=1, read at each
  * call, also turns it off; the backend turns it on for hybrid models, model.c). */
 void cuda_set_float_decode(cuda_ctx *c, int on);
-/* out[t] = row tokens[t] of w as float32 (dequantized), t < n; tokens (host). */
+/* out[t] = row tokens[t] of w as float32 (dequantized), t < n; tokens (dev). */
 void cuda_embed(cuda_ctx *c, const wtensor *w, const int32_t *tokens, int64_t n, float *out);
 
 /* ------------------------------------------------ norms, RoPE, attention -- */
 void cuda_rmsnorm(cuda_ctx *c, const float *x, const float *weight, int64_t n, int64_t d, float eps, float *out);
-/* pos (host) [n]; inv_freq (dev) [rot/2] */
+/* pos (dev) [n]; inv_freq (dev) [rot/2] */
 void cuda_rope(cuda_ctx *c, float *x, int64_t n, int n_heads, int hd, int rot, const int64_t *pos,
                const float *inv_freq);
-/* kv_cache's arrays (dev); pos (host) [n]. bits 32, 8, 4 as in backend.h. */
+/* kv_cache's arrays (dev); pos (dev) [n], increasing. bits 32, 8, 4 as in backend.h. */
 void cuda_kv_store(cuda_ctx *c, const kv_cache *kv, const float *k, const float *v, int64_t n, const int64_t *pos);
-/* be_attention's contract; scratch is whatever the kernel needs, from the context. */
-void cuda_attention(cuda_ctx *c, const float *q, int64_t n, int64_t pos0, const kv_cache *kv, int n_heads,
+/* be_attention's contract (pos (dev)); scratch is whatever the kernel needs, from the context. */
+void cuda_attention(cuda_ctx *c, const float *q, int64_t n, const int64_t *pos, const kv_cache *kv, int n_heads,
                     int window, float scale, float *out);
 
 /* ------------------------------------------------------ gated DeltaNet -- */
