@@ -364,7 +364,97 @@ static void check_moe(cuda_ctx *c, int ne, wfmt f, wfmt fmt_last, int64_t H, int
     free(x), free(mid), free(out);
 }
 
+/* The experts of a layer as the model keeps them: an array of structs. */
+typedef struct test_expert {
+    wtensor gate, up, down;
+} test_expert;
+
+/* cuda_route on E random router logits (top-K, weights renormalised or not)
+ * against the same arithmetic on the host, then cuda_moe_decode_sel of the
+ * chosen experts (+ a shared one) bit for bit against cuda_moe_decode of the
+ * same experts chosen on the host. odd >= 0: expert `odd` in format f_odd
+ * (the layer no longer uniform: the choice is read back). */
+static void check_moe_sel(cuda_ctx *c, int E, int K, int norm, wfmt f, int odd, wfmt f_odd, int shared, int64_t H,
+                          int64_t I) {
+    test_expert *hx = calloc((size_t)E + 1, sizeof *hx), *dx = calloc((size_t)E + 1, sizeof *dx);
+    for (int e = 0; e <= E; e++) { /* E: the shared expert, 2I wide */
+        wfmt fe = e == odd ? f_odd : f;
+        int64_t w = e == E ? 2 * I : I;
+        hx[e].gate = host_weight(fe, WF_BF16, 32, w, H), hx[e].up = host_weight(fe, WF_BF16, 32, w, H);
+        hx[e].down = host_weight(fe, WF_BF16, 32, H, w);
+        dx[e].gate = dev_weight(c, &hx[e].gate), dx[e].up = dev_weight(c, &hx[e].up), dx[e].down = dev_weight(c, &hx[e].down);
+    }
+    float *logit = rand_floats((size_t)E), *x = rand_floats((size_t)H);
+    for (int e = 0; e < E; e++) logit[e] = 4.0f * logit[e] + 0.001f * (float)e; /* no ties */
+    /* the host's routing, as forward.c's */
+    float *p = malloc((size_t)E * sizeof *p), mx = logit[0], sum = 0, wsum = 0, want_w[MOE_DEC_MAX];
+    int want_sel[MOE_DEC_MAX];
+    for (int e = 1; e < E; e++) mx = logit[e] > mx ? logit[e] : mx;
+    for (int e = 0; e < E; e++) sum += (p[e] = expf(logit[e] - mx));
+    for (int e = 0; e < E; e++) p[e] /= sum;
+    for (int k = 0; k < K; k++) {
+        int best = -1;
+        for (int e = 0; e < E; e++) {
+            int taken = 0;
+            for (int j = 0; j < k; j++) taken |= want_sel[j] == e;
+            if (!taken && (best < 0 || p[e] > p[best])) best = e;
+        }
+        want_sel[k] = best;
+        wsum += (want_w[k] = p[best]);
+    }
+    if (norm)
+        for (int k = 0; k < K; k++) want_w[k] /= wsum;
+    float *dlog = dev_floats(c, logit, (size_t)E), *dw = dev_floats(c, NULL, (size_t)K);
+    int32_t *dsel = cuda_alloc(c, sizeof(int32_t) * (size_t)K);
+    int64_t *dcnt = cuda_alloc(c, sizeof(int64_t) * (size_t)E);
+    cuda_route(c, dlog, 1, E, K, norm, dsel, dw, dcnt);
+    int32_t sel[MOE_DEC_MAX];
+    float w[MOE_DEC_MAX];
+    int64_t *cnt = malloc(sizeof(int64_t) * (size_t)E);
+    CHECK(cuda_download(c, sel, dsel, sizeof(int32_t) * (size_t)K) == MOE_OK && cuda_download(c, w, dw, 4 * (size_t)K) == MOE_OK &&
+              cuda_download(c, cnt, dcnt, sizeof(int64_t) * (size_t)E) == MOE_OK,
+          "route: %s", moe_errmsg());
+    int bad = 0;
+    int64_t chosen = 0;
+    for (int k = 0; k < K; k++) bad += sel[k] != want_sel[k] || fabsf(w[k] - want_w[k]) > 1e-6f * want_w[k];
+    for (int e = 0; e < E; e++) chosen += cnt[e];
+    for (int k = 0; k < K; k++) bad += cnt[sel[k]] != 1;
+    CHECK(bad == 0 && chosen == K, "route E %d K %d norm %d: %d choices differ from the host's (%lld counted)", E, K, norm,
+          bad, (long long)chosen);
+    /* the chosen experts on the device, against the same ones chosen on the host */
+    int ne = K + (shared ? 1 : 0);
+    int64_t ld_mid = 2 * I;
+    float *dxv = dev_floats(c, x, (size_t)H), *dmid = dev_floats(c, NULL, (size_t)(ne * ld_mid));
+    float *dout = dev_floats(c, NULL, (size_t)(K * H)), *dsh = dev_floats(c, NULL, (size_t)H);
+    float *dmid2 = dev_floats(c, NULL, (size_t)(ne * ld_mid)), *dout2 = dev_floats(c, NULL, (size_t)(ne * H));
+    cuda_moe_decode_sel(c, E, &dx[0].gate, &dx[0].up, &dx[0].down, sizeof *dx, dsel, K, shared ? &dx[E].gate : NULL,
+                        shared ? &dx[E].up : NULL, shared ? &dx[E].down : NULL, dxv, dmid, ld_mid, dout, H, dsh);
+    const wtensor *pg[MOE_DEC_MAX], *pu[MOE_DEC_MAX], *pd[MOE_DEC_MAX];
+    float *po[MOE_DEC_MAX];
+    for (int k = 0; k < ne; k++) {
+        int e = k < K ? want_sel[k] : E;
+        pg[k] = &dx[e].gate, pu[k] = &dx[e].up, pd[k] = &dx[e].down, po[k] = dout2 + k * H;
+    }
+    cuda_moe_decode(c, ne, pg, pu, pd, dxv, dmid2, ld_mid, po);
+    size_t nb = sizeof(float) * (size_t)(K * H);
+    float *a = malloc(nb + 4 * (size_t)H), *b = malloc(nb + 4 * (size_t)H);
+    CHECK(cuda_download(c, a, dout, nb) == MOE_OK && cuda_download(c, a + K * H, dsh, 4 * (size_t)H) == MOE_OK &&
+              cuda_download(c, b, dout2, nb + (shared ? 4 * (size_t)H : 0)) == MOE_OK,
+          "moe_decode_sel: %s", moe_errmsg());
+    if (!shared) memcpy(b + K * H, a + K * H, 4 * (size_t)H);
+    CHECK(memcmp(a, b, nb + 4 * (size_t)H) == 0, "moe_decode_sel E %d K %d %s%s%s: not the host-chosen experts' outputs",
+          E, K, wfmt_name(f), odd >= 0 ? " (one expert in another format)" : "", shared ? " + shared" : "");
+    for (int e = 0; e <= E; e++) host_free(&hx[e].gate), host_free(&hx[e].up), host_free(&hx[e].down);
+    void *d[] = {dlog, dw, dsel, dcnt, dxv, dmid, dout, dsh, dmid2, dout2};
+    for (size_t i = 0; i < sizeof d / sizeof *d; i++) cuda_free(c, d[i]);
+    free(hx), free(dx), free(logit), free(x), free(p), free(cnt), free(a), free(b);
+}
+
 static void test_moe(cuda_ctx *c) {
+    check_moe_sel(c, 8, 2, 1, WF_Q4, -1, WF_Q4, 0, 256, 96);   /* Mixtral-like */
+    check_moe_sel(c, 60, 4, 0, WF_Q8, -1, WF_Q8, 1, 128, 64);  /* Qwen-MoE-like: a shared expert, weights as chosen */
+    check_moe_sel(c, 64, 8, 0, WF_BF16, -1, WF_BF16, 0, 128, 32);
+    check_moe_sel(c, 16, 4, 1, WF_Q4, 5, WF_Q8, 1, 128, 64);    /* one expert in another format: read back */
     check_moe(c, 8, WF_Q4, WF_Q4, 256, 96, 160);    /* top-8 + a wider shared expert, one launch a phase */
     check_moe(c, 2, WF_BF16, WF_BF16, 192, 224, 224);
     check_moe(c, 3, WF_Q8, WF_Q4, 128, 64, 32);     /* mixed formats: expert by expert */

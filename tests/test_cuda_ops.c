@@ -133,10 +133,26 @@ static void test_moe_sums(int64_t n, int K, int64_t H) {
             want[t * H + j] = acc;
         }
     float *dyk = dev(yk, sizeof(float) * (size_t)(n * K * H)), *dout = dev(o0, sizeof(float) * (size_t)(n * H));
-    cuda_moe_combine(g_c, dout, dyk, w, use, n, K, H);
+    float *dw = dev(w, sizeof(float) * (size_t)(n * K));
+    unsigned char *duse = dev(use, (size_t)(n * K));
+    /* every choice used (use NULL) first: the sum of all K terms */
+    cuda_moe_combine(g_c, dout, dyk, dw, NULL, n, K, H);
     float *got = host_of(dout, sizeof(float) * (size_t)(n * H));
+    float *all = malloc(sizeof(float) * (size_t)(n * H));
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t j = 0; j < H; j++) {
+            float acc = w[t * K] * yk[t * K * H + j];
+            for (int k = 1; k < K; k++) acc += w[t * K + k] * yk[(t * K + k) * H + j];
+            all[t * H + j] = acc;
+        }
+    double ea = err_rel(got, all, (size_t)(n * H));
+    CHECK(ea <= 1e-6, "moe_combine (all used) n %lld K %d H %lld: error %g", (long long)n, K, (long long)H, ea);
+    free(got), free(all);
+    cuda_moe_combine(g_c, dout, dyk, dw, duse, n, K, H);
+    got = host_of(dout, sizeof(float) * (size_t)(n * H));
     double e = err_rel(got, want, (size_t)(n * H));
     CHECK(e <= 1e-6, "moe_combine n %lld K %d H %lld: error %g", (long long)n, K, (long long)H, e);
+    cuda_free(g_c, dw), cuda_free(g_c, duse);
     /* then the shared expert's gated add onto it */
     for (int64_t i = 0; i < n * H; i++) want[i] = got[i] + sigm(g[i / H]) * y[i];
     free(got);

@@ -94,6 +94,16 @@ void be_moe_decode(backend *be, int ne, const wtensor *const *gate, const wtenso
                    const float *x, float *mid, int64_t ld_mid, float *const *out) {
     be->ops->moe_decode(be, ne, gate, up, down, x, mid, ld_mid, out);
 }
+int backend_routes(const backend *be) { return be->ops->route && be->ops->moe_decode_sel; }
+void be_route(backend *be, float *logits, int64_t n, int E, int K, int norm, int32_t *sel, float *w, int64_t *counts) {
+    be->ops->route(be, logits, n, E, K, norm, sel, w, counts);
+}
+void be_moe_decode_sel(backend *be, int E, const wtensor *gate, const wtensor *up, const wtensor *down, size_t stride,
+                       const int32_t *sel, int K, const wtensor *sgate, const wtensor *sup, const wtensor *sdown,
+                       const float *x, float *mid, int64_t ld_mid, float *out, int64_t ld_out, float *shared_out) {
+    be->ops->moe_decode_sel(be, E, gate, up, down, stride, sel, K, sgate, sup, sdown, x, mid, ld_mid, out, ld_out,
+                            shared_out);
+}
 void be_embed(backend *be, const wtensor *w, const int32_t *tokens, int64_t n, float *out) {
     be->ops->embed(be, w, tokens, n, out);
 }

@@ -159,6 +159,21 @@ void be_matmul_swiglu(backend *be, const wtensor *gate, const wtensor *up, const
 #define MOE_DEC_MAX 64
 void be_moe_decode(backend *be, int ne, const wtensor *const *gate, const wtensor *const *up, const wtensor *const *down,
                    const float *x, float *mid, int64_t ld_mid, float *const *out);
+/* Routing on the device, where backend_routes(be) (CUDA; the CPU routes on
+ * the host, forward.c): a MoE layer's decode then needs nothing read back.
+ * be_route: per token t < n, p = softmax(logits[t]) (in place), sel[t*K ..]
+ * its K largest (largest first, ties to the lower index), w their p (divided
+ * by their sum when norm), counts[e] += each choice (counts may be NULL).
+ * be_moe_decode_sel: be_moe_decode of the K experts sel[0..K) of a layer's E
+ * (expert e's gate, up, down at gate/up/down + e * stride bytes: the fields
+ * of an array of structs), output k into out + k * ld_out; and the shared
+ * expert (sgate, sup, sdown; NULL without) into shared_out. logits, sel, w,
+ * counts, x, mid, out, shared_out: backend memory. */
+int backend_routes(const backend *be);
+void be_route(backend *be, float *logits, int64_t n, int E, int K, int norm, int32_t *sel, float *w, int64_t *counts);
+void be_moe_decode_sel(backend *be, int E, const wtensor *gate, const wtensor *up, const wtensor *down, size_t stride,
+                       const int32_t *sel, int K, const wtensor *sgate, const wtensor *sup, const wtensor *sdown,
+                       const float *x, float *mid, int64_t ld_mid, float *out, int64_t ld_out, float *shared_out);
 /* Row r of W as float32 into out[w->cols] (quantized rows dequantized); host memory, CPU-side weights. */
 void be_get_row(const wtensor *w, int64_t r, float *out);
 /* out[t] = row tokens[t] of w as float32, t < n (the embedding lookup); tokens backend memory. */
@@ -183,7 +198,7 @@ void be_scatter_rows(backend *be, float *dst, const float *src, int64_t width, c
 /* The weighted sum of a token's chosen experts: out[t] = sum over k < K in
  * order, of the choices with use[t*K + k], of w[t*K + k] * yk[t*K + k]
  * (rows of H; the first term assigned, the others added; no choice: zeros).
- * w, use: host memory [n x K]. */
+ * w, use: backend memory [n x K]; use NULL: every choice. */
 void be_moe_combine(backend *be, float *out, const float *yk, const float *w, const unsigned char *use, int64_t n, int K,
                     int64_t H);
 /* out[t][j] += sigmoid(g[t]) * y[t][j] (the shared expert's gate), t < n, j < H */

@@ -37,6 +37,13 @@ typedef struct backend_ops {
     void (*matmul_swiglu)(backend *be, const wtensor *gate, const wtensor *up, const float *x, int64_t n, float *out);
     void (*moe_decode)(backend *be, int ne, const wtensor *const *gate, const wtensor *const *up,
                        const wtensor *const *down, const float *x, float *mid, int64_t ld_mid, float *const *out);
+    /* be_route, be_moe_decode_sel: NULL where the host routes (CPU) */
+    void (*route)(backend *be, float *logits, int64_t n, int E, int K, int norm, int32_t *sel, float *w,
+                  int64_t *counts);
+    void (*moe_decode_sel)(backend *be, int E, const wtensor *gate, const wtensor *up, const wtensor *down,
+                           size_t stride, const int32_t *sel, int K, const wtensor *sgate, const wtensor *sup,
+                           const wtensor *sdown, const float *x, float *mid, int64_t ld_mid, float *out,
+                           int64_t ld_out, float *shared_out);
     void (*embed)(backend *be, const wtensor *w, const int32_t *tokens, int64_t n, float *out);
     void (*rmsnorm)(backend *be, const float *x, const float *weight, int64_t n, int64_t d, float eps, float *out);
     void (*rope)(backend *be, float *x, int64_t n, int n_heads, int hd, int rot, const int64_t *pos,

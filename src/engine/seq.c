@@ -187,6 +187,10 @@ moe_status moe_seq_new(moe_model *m, const moe_seq_params *p, moe_seq **out) {
         ALLOC(s->selw, nb * c->n_experts_per_tok);
         ALLOC(s->usew, nb * c->n_experts_per_tok);
         ALLOC(s->use, nb * c->n_experts_per_tok);
+        BALLOC(s->usew_be, nb * c->n_experts_per_tok);
+        BALLOC(s->use_be, nb * c->n_experts_per_tok);
+        BALLOC(s->sel_be, nb * c->n_experts_per_tok);
+        BALLOC(s->selw_be, nb * c->n_experts_per_tok);
         int64_t E = c->n_experts, K = c->n_experts_per_tok;
         BALLOC(s->ew, nb);
         BALLOC(s->yk, nb * K * H);
@@ -231,7 +235,7 @@ void moe_seq_free(moe_seq *s) {
     }
     void *dev[] = {s->rec, s->qg, s->gate, s->lin_in, s->lin_ba, s->lin_mix, s->lin_conv, s->lin_z, s->lin_out,
                    s->lin_g, s->lin_beta, s->lin_scratch, s->x, s->h, s->q, s->att, s->k, s->v, s->ga, s->moe_acc,
-                   s->xe, s->ye, s->router, s->ew, s->yk, s->moe_mid, s->att_scratch, s->lg, s->pos_be, s->tok_be};
+                   s->xe, s->ye, s->router, s->ew, s->yk, s->moe_mid, s->att_scratch, s->lg, s->pos_be, s->tok_be, s->usew_be, s->use_be, s->sel_be, s->selw_be};
     for (size_t i = 0; i < sizeof dev / sizeof *dev; i++) be_free(be, dev[i]);
     if (s->router_h != s->router) free(s->router_h);
     void *host[] = {s->snaps, s->history, s->sel, s->selw, s->usew, s->use, s->need, s->eidx, s->grp_off, s->grp_cur,

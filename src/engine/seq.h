@@ -61,6 +61,10 @@ struct moe_seq {
     float *selw;              /* (host) [nb x top_k] their weights */
     float *usew;              /* (host) [nb x top_k] the weights be_moe_combine applies (renormalised after skips) */
     unsigned char *use;       /* (host) [nb x top_k] the choice ran (not skipped) */
+    float *usew_be;           /* [nb x top_k] usew and use uploaded for be_moe_combine */
+    unsigned char *use_be;
+    int32_t *sel_be;          /* [nb x top_k] the experts be_route chose (decode on a backend that routes) */
+    float *selw_be;           /* [nb x top_k] their weights */
     float *ew;                /* [nb] shared-expert gate logits */
     float *yk;                /* [nb x top_k x H] each choice's expert output */
     float *moe_mid;           /* [(top_k + 1) x moe_mid_ld] one token's experts' silu(gate) * up, the shared one's last (decode) */

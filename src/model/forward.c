@@ -182,6 +182,32 @@ static moe_status run_experts(moe_seq *s, int l, int64_t n, const float *h, int 
     }
 }
 
+/* A token's MoE layer routed on the device (backend_routes): the router's
+ * choice, the chosen experts and the shared one, and their weighted sum,
+ * with nothing read back to the host. */
+static void moe_decode_routed(moe_seq *s, int l, const float *h, float *out) {
+    const moe_model *m = s->m;
+    const moe_config *c = &m->cfg.pub;
+    const layer *L = &m->layers[l];
+    backend *be = m->be;
+    int E = c->n_experts, K = c->n_experts_per_tok, sh = c->shared_expert_intermediate_size > 0;
+    int64_t H = c->hidden_size;
+    be_route(be, s->router, 1, E, K, m->cfg.norm_topk_prob, s->sel_be, s->selw_be, m->route_counts_be + (size_t)l * E);
+    be_moe_decode_sel(be, E, &L->experts[0].gate, &L->experts[0].up, &L->experts[0].down, sizeof(expert), s->sel_be, K,
+                      sh ? &L->shared.gate : NULL, sh ? &L->shared.up : NULL, sh ? &L->shared.down : NULL, h,
+                      s->moe_mid, s->moe_mid_ld, s->yk, H, s->ye);
+    be_moe_combine(be, out, s->yk, s->selw_be, NULL, 1, K, H);
+    if (sh) {
+        be_matmul(be, &L->shared_gate, h, 1, NULL, s->ew); /* [1] gate logit */
+        be_add_gated(be, out, s->ye, s->ew, 1, H);
+    }
+}
+
+/* One token's MoE layers can be routed on the device: no expert cache, a backend that routes. */
+static int routes_on_device(const moe_model *m) {
+    return !m->xc && backend_routes(m->be) && m->cfg.pub.n_experts_per_tok < MOE_DEC_MAX;
+}
+
 static moe_status moe_ffn(moe_seq *s, int l, const float *h, int64_t n, float *out) {
     const moe_config *c = &s->m->cfg.pub;
     const layer *L = &s->m->layers[l];
@@ -189,6 +215,10 @@ static moe_status moe_ffn(moe_seq *s, int l, const float *h, int64_t n, float *o
     int64_t H = c->hidden_size;
     int K = c->n_experts_per_tok;
     be_matmul(be, &L->router, h, n, NULL, s->router);
+    if (n == 1 && routes_on_device(s->m)) {
+        moe_decode_routed(s, l, h, out);
+        return MOE_OK;
+    }
     moe_status st = be_download(be, s->router_h, s->router, sizeof(float) * (size_t)(n * c->n_experts));
     if (st) return st;
     route(s, n, s->m->route_counts + (size_t)l * (size_t)c->n_experts);
@@ -210,7 +240,9 @@ static moe_status moe_ffn(moe_seq *s, int l, const float *h, int64_t n, float *o
             s->usew[t * K + k] = s->selw[t * K + k] * scale;
         }
     }
-    be_moe_combine(be, out, s->yk, s->usew, s->use, n, K, H);
+    be_upload(be, s->usew_be, s->usew, sizeof *s->usew * (size_t)(n * K));
+    be_upload(be, s->use_be, s->use, sizeof *s->use * (size_t)(n * K));
+    be_moe_combine(be, out, s->yk, s->usew_be, s->use_be, n, K, H);
     if (c->shared_expert_intermediate_size > 0) {
         if (!shared_done) swiglu_mlp(s, &L->shared, h, n, s->ye);
         be_matmul(be, &L->shared_gate, h, n, NULL, s->ew); /* [n] gate logits */
@@ -355,9 +387,9 @@ static void head(moe_seq *s, const float *xs, int64_t rows, float *y) {
 }
 
 /* A decode step can be recorded once and replayed (be_graph_begin) when no
- * decision in it is taken on the host: no MoE layer (routing reads the
- * router's logits back) and no expert cache. */
-static int recordable(const moe_model *m) { return !m->xc && m->cfg.pub.n_experts == 0; }
+ * decision in it is taken on the host: no expert cache, and MoE layers
+ * routed on the device. */
+static int recordable(const moe_model *m) { return !m->xc && (m->cfg.pub.n_experts == 0 || routes_on_device(m)); }
 
 static moe_status forward(moe_seq *s, const int32_t *tokens, int64_t n, float *logits, int all) {
     const moe_model *m = s->m;

@@ -626,6 +626,10 @@ moe_status moe_model_load(const char *dir, const moe_load_params *p, moe_model *
         st = moe_err(MOE_EUNSUPPORTED, "expert offloading runs on the CPU only so far (device %s); use --device cpu",
                      backend_kind(m->be));
     if (!st && !backend_host_memory(m->be)) st = place_weights(m);
+    if (!st && m->route_counts && backend_routes(m->be) &&
+        !(m->route_counts_be = be_alloc(m->be, sizeof *m->route_counts_be * (size_t)m->cfg.pub.n_layers *
+                                                   (size_t)m->cfg.pub.n_experts)))
+        st = moe_err_prefix(MOE_ENOMEM, "the routing counts");
     /* a DeltaNet state carries every token's rounding on: int8-rounded decode inputs moved the
      * quantized qwen3next fixture's logits 12-18% RMS on the GPU (3x the other families') */
     if (!st && m->cfg.pub.n_linear_layers > 0) backend_set_float_decode(m->be, 1); /* the recurrent state carried int8 rounding on */
@@ -640,6 +644,7 @@ moe_status moe_model_load(const char *dir, const moe_load_params *p, moe_model *
 void moe_model_free(moe_model *m) {
     if (!m) return;
     offload_teardown(m);
+    if (m->be) be_free(m->be, m->route_counts_be);
     backend_free(m->be);
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
@@ -663,11 +668,26 @@ moe_status moe_model_expert_counts(const moe_model *m, int layer, int64_t *count
     if (!counts) return moe_err(MOE_EINVAL, "moe_model_expert_counts: counts is NULL");
     if (layer < 0 || layer >= c->n_layers || !m->layers[layer].is_moe)
         return moe_err(MOE_EINVAL, "layer %d is not a MoE layer", layer);
-    memcpy(counts, m->route_counts + (size_t)layer * (size_t)c->n_experts, sizeof *counts * (size_t)c->n_experts);
-    return MOE_OK;
+    size_t E = (size_t)c->n_experts;
+    memcpy(counts, m->route_counts + (size_t)layer * E, sizeof *counts * E);
+    if (!m->route_counts_be) return MOE_OK;
+    /* plus what the backend counted when it routed on the device */
+    int64_t *dev = malloc(sizeof *dev * E);
+    if (!dev) return moe_err(MOE_ENOMEM, "out of memory");
+    pthread_mutex_lock((pthread_mutex_t *)&m->lock); /* the backend's stream is the forward pass's */
+    moe_status st = be_download(m->be, dev, m->route_counts_be + (size_t)layer * E, sizeof *dev * E);
+    pthread_mutex_unlock((pthread_mutex_t *)&m->lock);
+    for (size_t e = 0; !st && e < E; e++) counts[e] += dev[e];
+    free(dev);
+    return st;
 }
 
 void moe_model_reset_expert_counts(moe_model *m) {
-    if (m->route_counts)
-        memset(m->route_counts, 0, sizeof *m->route_counts * (size_t)m->cfg.pub.n_layers * (size_t)m->cfg.pub.n_experts);
+    size_t n = (size_t)m->cfg.pub.n_layers * (size_t)m->cfg.pub.n_experts;
+    if (m->route_counts) memset(m->route_counts, 0, sizeof *m->route_counts * n);
+    if (m->route_counts_be) {
+        pthread_mutex_lock(&m->lock);
+        be_zero(m->be, m->route_counts_be, sizeof *m->route_counts_be * n);
+        pthread_mutex_unlock(&m->lock);
+    }
 }

@@ -55,6 +55,7 @@ struct moe_model {
     float *inv_freq;               /* [rot_dim/2] RoPE frequencies */
     const float *inv_freq_be;      /* the same in the backend's memory (inv_freq itself on the CPU) */
     int64_t *route_counts;         /* [n_layers x E] times each expert was chosen (forward.c counts) */
+    int64_t *route_counts_be;      /* the same in backend memory, counted by be_route (backends that route), else NULL */
     void **owned;                  /* float32 copies of small vectors, freed with the model */
     int n_owned, cap_owned;
     backend *be;

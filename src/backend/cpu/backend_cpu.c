@@ -742,7 +742,7 @@ static void cpu_moe_combine(backend *be, float *out, const float *yk, const floa
         int first = 1;
         for (int k = 0; k < K; k++) {
             int64_t tk = t * K + k;
-            if (!use[tk]) continue;
+            if (use && !use[tk]) continue;
             const float *y = yk + tk * H;
             float wk = w[tk];
             if (first) for (int64_t j = 0; j < H; j++) o[j] = wk * y[j];

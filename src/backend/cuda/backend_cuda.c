@@ -98,6 +98,17 @@ static void gpu_moe_decode(backend *be, int ne, const wtensor *const *gate, cons
     cuda_moe_decode(CTX(be), ne, gate, up, down, x, mid, ld_mid, out);
 }
 
+static void gpu_route(backend *be, float *logits, int64_t n, int E, int K, int norm, int32_t *sel, float *w,
+                      int64_t *counts) {
+    cuda_route(CTX(be), logits, n, E, K, norm, sel, w, counts);
+}
+static void gpu_moe_decode_sel(backend *be, int E, const wtensor *gate, const wtensor *up, const wtensor *down,
+                               size_t stride, const int32_t *sel, int K, const wtensor *sgate, const wtensor *sup,
+                               const wtensor *sdown, const float *x, float *mid, int64_t ld_mid, float *out,
+                               int64_t ld_out, float *shared_out) {
+    cuda_moe_decode_sel(CTX(be), E, gate, up, down, stride, sel, K, sgate, sup, sdown, x, mid, ld_mid, out, ld_out,
+                        shared_out);
+}
 static void gpu_embed(backend *be, const wtensor *w, const int32_t *tokens, int64_t n, float *out) {
     cuda_embed(CTX(be), w, tokens, n, out);
 }
@@ -188,6 +199,8 @@ static const backend_ops cuda_backend_ops = {
     .matmul_n = gpu_matmul_n,
     .matmul_swiglu = gpu_matmul_swiglu,
     .moe_decode = gpu_moe_decode,
+    .route = gpu_route,
+    .moe_decode_sel = gpu_moe_decode_sel,
     .embed = gpu_embed,
     .rmsnorm = gpu_rmsnorm,
     .rope = gpu_rope,

@@ -75,6 +75,7 @@ void cuda_ctx_free(cuda_ctx *c) {
     if (c->stream) cudaStreamSynchronize(c->stream);
     for (size_t i = 0; i < c->n_allocs; i++) cudaFree(c->allocs[i]);
     free(c->allocs);
+    free(c->xtabs);
     cudaFree(c->scratch);
     cudaFree(c->stage_dev);
     if (c->stage) cudaFreeHost(c->stage);

@@ -120,7 +120,7 @@ __global__ static void k_moe_combine(float *out, const float *yk, const float *w
         int first = 1;
         for (int k = 0; k < K; k++) {
             int64_t tk = t * K + k;
-            if (!use[tk]) continue;
+            if (use && !use[tk]) continue;
             float term = w[tk] * yk[tk * H + j];
             acc = first ? term : acc + term;
             first = 0;
@@ -137,11 +137,7 @@ extern "C" void cuda_moe_combine(cuda_ctx *c, float *out, const float *yk, const
                                  int64_t n, int K, int64_t H) {
     CUDA_LIVE(c);
     if (n <= 0 || H <= 0) return;
-    size_t nk = (size_t)n * (size_t)K;
-    const float *d_w = K > 0 ? (const float *)cuda_stage(c, w, sizeof *w * nk) : NULL;
-    const unsigned char *d_use = K > 0 ? (const unsigned char *)cuda_stage(c, use, nk) : NULL;
-    if (K > 0 && (!d_w || !d_use)) return;
-    k_moe_combine<<<elem_blocks(c, n * H), ELEM_THREADS, 0, c->stream>>>(out, yk, d_w, d_use, n, K, H);
+    k_moe_combine<<<elem_blocks(c, n * H), ELEM_THREADS, 0, c->stream>>>(out, yk, w, use, n, K, H);
     cuda_launched(c, "moe_combine");
 }
 

@@ -29,6 +29,10 @@ struct cuda_ctx {
     int capture_failed;           /* something issued during the capture cannot be recorded */
     uint64_t scratch_gen;         /* bumped whenever the scratch area moves */
     uint64_t replays, captures;
+    /* MoE decode with the experts chosen on the device (cuda_moe_decode_sel) */
+    void *xtabs;                  /* xtable [n_xtabs]: per layer, each expert's weights as the device reads them */
+    int n_xtabs, cap_xtabs;
+    void *seg_dev;                /* (dev) the launch tables the device fills from its choice */
 };
 
 /* A recorded step (cuda_ops.h). stage_*: the host arguments staged while

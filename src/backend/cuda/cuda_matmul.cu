@@ -990,8 +990,32 @@ static bool xq_place(cuda_ctx *c, wfmt f, mm_seg *segs, int nseg, int64_t n, siz
  * nseg segments of format f (swi: SwiGLU pairs), n <= MV_MAX_N tokens; segs
  * staged to the device when there are several. keep: bytes at the start of
  * the context's scratch that the caller holds (the int8 path uses the rest). */
+/* Experts chosen on the device (cuda_moe_decode_sel): segments k < K of a
+ * launch take their weights from tab[sel[k]], the rest (the shared expert)
+ * keep theirs; the table is built in dst on the device. */
+typedef struct seg_w {
+    const uint8_t *w[2], *s[2], *b[2];
+} seg_w;
+typedef struct seg_pick {
+    const seg_w *tab; /* (dev) [E] */
+    const int32_t *sel; /* (dev) [K] */
+    int K;
+    mm_seg *dst;      /* (dev) [nseg] */
+} seg_pick;
+
+__global__ void k_seg_pick(mm_seg *dst, const mm_seg *tmpl, int nseg, seg_pick p) {
+    int i = threadIdx.x;
+    if (i >= nseg) return;
+    mm_seg s = tmpl[i];
+    if (i < p.K) {
+        const seg_w e = p.tab[p.sel[i]];
+        for (int t = 0; t < 2; t++) s.w[t] = e.w[t], s.s[t] = e.s[t], s.b[t] = e.b[t];
+    }
+    dst[i] = s;
+}
+
 static void mv_run(cuda_ctx *c, wfmt f, bool swi, const mm_seg *segs_in, int nseg, int64_t n, const char *what,
-                   size_t keep) {
+                   size_t keep, const seg_pick *pick = NULL) {
     mm_seg segs[MOE_DEC_MAX];
     memcpy(segs, segs_in, (size_t)nseg * sizeof *segs);
     mv_args a;
@@ -1027,9 +1051,14 @@ static void mv_run(cuda_ctx *c, wfmt f, bool swi, const mm_seg *segs_in, int nse
 #endif
     const int spg = MV_WARPS / a.ks; /* sets a group */
     for (int i = 0; i < nseg; i++) a.first[i + 1] = a.first[i] + (int)cuda_blocks((segs[i].rows + rp - 1) / rp, spg);
-    if (nseg > 1) {
+    if (nseg > 1 || pick) {
         a.tab = (const mm_seg *)cuda_stage(c, segs, (size_t)nseg * sizeof *segs);
         if (!a.tab) return;
+        if (pick) { /* the staged segments are the template; the weights come from the device's choice */
+            k_seg_pick<<<1, 128, 0, c->stream>>>(pick->dst, a.tab, nseg, *pick);
+            if (!cuda_launched(c, what)) return;
+            a.tab = pick->dst;
+        }
     }
     if (i8) {
         const int q8 = f == WF_Q8;
@@ -1156,6 +1185,182 @@ extern "C" void cuda_moe_decode(cuda_ctx *c, int ne, const wtensor *const *gate,
     if (one) mv_run(c, down[0]->fmt, false, segs, ne, 1, "moe_decode down", 0);
     else
         for (int i = 0; i < ne; i++) cuda_matmul(c, down[i], mid + i * ld_mid, 1, NULL, out[i]);
+}
+
+/* --------------------------------------------------- routing on the GPU -- */
+
+/* A thread a token: p = softmax(logits) in place (as forward.c's route: the
+ * max subtracted, expf, the sum in order, each divided), the K largest by
+ * repeated scan (ties to the lower index), their p as weights (divided by
+ * their sum when norm), counts[e] += each choice. */
+__global__ void k_route(float *logits, int64_t n, int E, int K, int norm, int32_t *sel, float *w,
+                        unsigned long long *counts) {
+    int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= n) return;
+    float *p = logits + t * E, mx = p[0], sum = 0.0f, wsum = 0.0f;
+    for (int e = 1; e < E; e++) mx = p[e] > mx ? p[e] : mx;
+    for (int e = 0; e < E; e++) sum += (p[e] = expf(p[e] - mx));
+    for (int e = 0; e < E; e++) p[e] /= sum;
+    int32_t *st = sel + t * K;
+    float *wt = w + t * K;
+    for (int k = 0; k < K; k++) {
+        int best = -1;
+        for (int e = 0; e < E; e++) {
+            bool taken = false;
+            for (int j = 0; j < k && !taken; j++) taken = st[j] == e;
+            if (!taken && (best < 0 || p[e] > p[best])) best = e;
+        }
+        st[k] = best;
+        wsum += (wt[k] = p[best]);
+        if (counts) atomicAdd(counts + best, 1ull);
+    }
+    if (norm)
+        for (int k = 0; k < K; k++) wt[k] /= wsum;
+}
+
+extern "C" void cuda_route(cuda_ctx *c, float *logits, int64_t n, int E, int K, int norm, int32_t *sel, float *w,
+                           int64_t *counts) {
+    CUDA_LIVE(c);
+    if (n <= 0 || E <= 0 || K <= 0) return;
+    if (K > E) {
+        c->err = MOE_EINVAL;
+        snprintf(c->msg, sizeof c->msg, "CUDA: route: top-%d of %d experts", K, E);
+        return;
+    }
+    k_route<<<cuda_blocks(n, 64), 64, 0, c->stream>>>(logits, n, E, K, norm, sel, w, (unsigned long long *)counts);
+    cuda_launched(c, "route");
+}
+
+/* A layer's experts as the device picks them: for each, the weights of its
+ * gate/up segment and of its down segment. Made on the first call for a
+ * layer (keyed by expert 0's gate) and kept with the context. */
+typedef struct xtable {
+    const wtensor *key;
+    int E;
+    seg_w *gu, *dn; /* (dev) [E] each */
+} xtable;
+
+static seg_w seg_w_of(const wtensor *a, const wtensor *b) {
+    seg_w r;
+    const wtensor *w[2] = {a, b ? b : a};
+    for (int t = 0; t < 2; t++)
+        r.w[t] = (const uint8_t *)w[t]->data, r.s[t] = (const uint8_t *)w[t]->scales, r.b[t] = (const uint8_t *)w[t]->biases;
+    return r;
+}
+
+#define XW(base, e, stride) ((const wtensor *)((const char *)(base) + (size_t)(e) * (stride)))
+
+static const xtable *xtable_get(cuda_ctx *c, int E, const wtensor *gate, const wtensor *up, const wtensor *down,
+                                size_t stride) {
+    xtable *t = (xtable *)c->xtabs;
+    for (int i = 0; i < c->n_xtabs; i++)
+        if (t[i].key == gate && t[i].E == E) return &t[i];
+    if (c->capturing) { /* allocating and uploading cannot be recorded */
+        c->capture_failed = 1;
+        return NULL;
+    }
+    if (c->n_xtabs == c->cap_xtabs) {
+        int cap = c->cap_xtabs ? 2 * c->cap_xtabs : 16;
+        xtable *nt = (xtable *)realloc(c->xtabs, (size_t)cap * sizeof *nt);
+        if (!nt) {
+            c->err = MOE_ENOMEM;
+            snprintf(c->msg, sizeof c->msg, "out of memory");
+            return NULL;
+        }
+        c->xtabs = nt, c->cap_xtabs = cap, t = nt;
+    }
+    seg_w *h = (seg_w *)malloc(2 * (size_t)E * sizeof *h);
+    seg_w *d = (seg_w *)cuda_alloc(c, 2 * (size_t)E * sizeof *d);
+    if (!h || !d) {
+        free(h);
+        if (!c->err) {
+            c->err = MOE_ENOMEM;
+            snprintf(c->msg, sizeof c->msg, "CUDA: out of memory for an expert table");
+        }
+        return NULL;
+    }
+    for (int e = 0; e < E; e++) h[e] = seg_w_of(XW(gate, e, stride), XW(up, e, stride)), h[E + e] = seg_w_of(XW(down, e, stride), NULL);
+    cuda_upload(c, d, h, 2 * (size_t)E * sizeof *h);
+    free(h);
+    xtable *x = &t[c->n_xtabs++];
+    x->key = gate, x->E = E, x->gu = d, x->dn = d + E;
+    return x;
+}
+
+/* Every expert of the layer in one format and layout the fast kernels read. */
+static bool experts_uniform(int E, const wtensor *gate, const wtensor *up, const wtensor *down, size_t stride,
+                            const float *x, const float *mid) {
+    for (int e = 0; e < E; e++) {
+        const wtensor *g = XW(gate, e, stride), *u = XW(up, e, stride), *d = XW(down, e, stride);
+        if (!same_layout(g, gate) || !same_layout(u, gate) || !same_layout(d, down) || !fast_ok(g, x, 0) ||
+            !fast_ok(u, x, 0) || !fast_ok(d, mid, 0) || g->rows <= 0 || d->rows <= 0)
+            return false;
+    }
+    return true;
+}
+
+extern "C" void cuda_moe_decode_sel(cuda_ctx *c, int E, const wtensor *gate, const wtensor *up, const wtensor *down,
+                                    size_t stride, const int32_t *sel, int K, const wtensor *sgate,
+                                    const wtensor *sup, const wtensor *sdown, const float *x, float *mid,
+                                    int64_t ld_mid, float *out, int64_t ld_out, float *shared_out) {
+    CUDA_LIVE(c);
+    if (K <= 0) return;
+    int ne = K + (sgate ? 1 : 0);
+    if (ne > MOE_DEC_MAX || K > E) {
+        c->err = MOE_EINVAL;
+        snprintf(c->msg, sizeof c->msg, "CUDA: moe_decode_sel: top-%d of %d experts (at most %d)", K, E, MOE_DEC_MAX);
+        return;
+    }
+    if (!experts_uniform(E, gate, up, down, stride, x, mid)) {
+        /* experts of several formats: the choice read back, then cuda_moe_decode (not recordable) */
+        if (c->capturing) {
+            c->capture_failed = 1;
+            return;
+        }
+        int32_t hs[MOE_DEC_MAX];
+        if (cuda_download(c, hs, sel, sizeof *hs * (size_t)K)) return;
+        const wtensor *g[MOE_DEC_MAX], *u[MOE_DEC_MAX], *d[MOE_DEC_MAX];
+        float *o[MOE_DEC_MAX];
+        for (int k = 0; k < K; k++) {
+            if (hs[k] < 0 || hs[k] >= E) {
+                c->err = MOE_EIO;
+                snprintf(c->msg, sizeof c->msg, "CUDA: moe_decode_sel: expert %d chosen of %d", hs[k], E);
+                return;
+            }
+            g[k] = XW(gate, hs[k], stride), u[k] = XW(up, hs[k], stride), d[k] = XW(down, hs[k], stride);
+            o[k] = out + k * ld_out;
+        }
+        if (sgate) g[K] = sgate, u[K] = sup, d[K] = sdown, o[K] = shared_out;
+        cuda_moe_decode(c, ne, g, u, d, x, mid, ld_mid, o);
+        return;
+    }
+    const xtable *xt = xtable_get(c, E, gate, up, down, stride);
+    if (!xt) return;
+    if (!c->seg_dev && !c->capturing) c->seg_dev = cuda_alloc(c, 2 * (MOE_DEC_MAX + 1) * sizeof(mm_seg));
+    if (!c->seg_dev) {
+        if (c->capturing) c->capture_failed = 1;
+        else if (!c->err) c->err = MOE_ENOMEM, snprintf(c->msg, sizeof c->msg, "CUDA: out of memory");
+        return;
+    }
+    mm_seg *dst = (mm_seg *)c->seg_dev;
+    /* the shared expert joins the launch where its format matches */
+    bool with_shared = sgate && sgate->fmt == gate->fmt && same_layout(sgate, sup) && fast_ok(sgate, x, 0) &&
+                       fast_ok(sup, x, 0) && sdown->fmt == down->fmt && fast_ok(sdown, mid, 0) && sgate->rows > 0 &&
+                       sdown->rows > 0;
+    int nl = K + (with_shared ? 1 : 0);
+    mm_seg segs[MOE_DEC_MAX + 1];
+    for (int k = 0; k < K; k++) segs[k] = seg_of(gate, up, x, 0, mid + k * ld_mid, 0, NULL);
+    if (with_shared) segs[K] = seg_of(sgate, sup, x, 0, mid + K * ld_mid, 0, NULL);
+    seg_pick pk = {xt->gu, sel, K, dst};
+    mv_run(c, gate->fmt, true, segs, nl, 1, "moe_decode gate/up", 0, &pk);
+    for (int k = 0; k < K; k++) segs[k] = seg_of(down, NULL, mid + k * ld_mid, 0, out + k * ld_out, 0, NULL);
+    if (with_shared) segs[K] = seg_of(sdown, NULL, mid + K * ld_mid, 0, shared_out, 0, NULL);
+    seg_pick pd = {xt->dn, sel, K, dst + MOE_DEC_MAX + 1};
+    mv_run(c, down->fmt, false, segs, nl, 1, "moe_decode down", 0, &pd);
+    if (sgate && !with_shared) { /* fixed weights: any kernel */
+        cuda_matmul_swiglu(c, sgate, sup, x, 1, mid + K * ld_mid);
+        cuda_matmul(c, sdown, mid + K * ld_mid, 1, NULL, shared_out);
+    }
 }
 
 /* ------------------------------------------------------------- embed -- */

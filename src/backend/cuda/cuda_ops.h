@@ -86,6 +86,11 @@ void cuda_matmul_swiglu(cuda_ctx *c, const wtensor *gate, const wtensor *up, con
  * (dev) pointers. */
 void cuda_moe_decode(cuda_ctx *c, int ne, const wtensor *const *gate, const wtensor *const *up,
                      const wtensor *const *down, const float *x, float *mid, int64_t ld_mid, float *const *out);
+/* be_route and be_moe_decode_sel's contracts (backend.h): all (dev) but the wtensors. */
+void cuda_route(cuda_ctx *c, float *logits, int64_t n, int E, int K, int norm, int32_t *sel, float *w, int64_t *counts);
+void cuda_moe_decode_sel(cuda_ctx *c, int E, const wtensor *gate, const wtensor *up, const wtensor *down, size_t stride,
+                         const int32_t *sel, int K, const wtensor *sgate, const wtensor *sup, const wtensor *sdown,
+                         const float *x, float *mid, int64_t ld_mid, float *out, int64_t ld_out, float *shared_out);
 /* on: Q4/Q8 matrix x vector (n <= 8) keeps float32 inputs instead of rounding them to
  * int8 per block of 32 (a context's default is int8; MOE_CUDA_FLOAT_DECODE=1, read at each
  * call, also turns it off; the backend turns it on for hybrid models, model.c). */
