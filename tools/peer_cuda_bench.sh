@@ -14,7 +14,7 @@ if [ "$step" != bench ]; then
   tar xzf "$tgz" -C "$w"
   cmake -S "$w/llama.cpp" -B "$w/build" -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
     -DGGML_NATIVE=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-    -DLLAMA_BUILD_SERVER=OFF >"$out/cmake.log" 2>&1 || { tail -30 "$out/cmake.log"; exit 1; }
+    -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF >"$out/cmake.log" 2>&1 || { tail -30 "$out/cmake.log"; exit 1; }
   cmake --build "$w/build" -j"$(nproc)" --target llama-bench >"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
   echo "built: $(ls "$w"/build/bin/llama-bench)"
 fi
