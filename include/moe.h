@@ -79,7 +79,7 @@ typedef enum moe_store_kind {
 
 /* Where the weights the forward pass reads live on the CPU. A mapped file's
  * pages are the page cache's; on the machine this was measured on, 4-bit
- * decode streamed them ~5% slower than the same bytes copied into
+ * decode streamed them 5-12% slower than the same bytes copied into
  * anonymous memory (docs/PERFORMANCE.md). A GPU copies the weights into its
  * own memory whatever this says. */
 typedef enum moe_load_mode {

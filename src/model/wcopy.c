@@ -3,16 +3,17 @@
  *
  * Why: decode streams every weight once a token, so its speed is the
  * memory's read bandwidth. On the machine the engine was tuned on, 4-bit
- * decode read the same bytes ~5% faster from anonymous memory than from the
+ * decode read the same bytes 5-12% faster from anonymous memory than from the
  * page cache behind a file mapping, 2 MiB pages or 4 KiB alike
  * (docs/PERFORMANCE.md, "weights copied into anonymous memory").
  *
  * How: one anonymous mapping, 2 MiB-aligned and advised MADV_HUGEPAGE; each
  * weight's values, scales and biases read into it with pread (so no page of
- * the file mapping is faulted in) on the model's number of threads, 64-byte aligned, in the order the forward
- * pass reads them; each copied range is then dropped from the mapping and
- * the page cache (file_map_drop) so the bytes are not held twice; the copy
- * is made read-only. The views are repointed only once all is copied. */
+ * the file mapping is faulted in) on the model's number of threads, 64-byte
+ * aligned, in the order the forward pass reads them; each copied range is
+ * then dropped from the mapping and the page cache (file_map_drop) so the
+ * bytes are not held twice; the copy is made read-only. The views are
+ * repointed only once all is copied. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
