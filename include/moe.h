@@ -77,6 +77,21 @@ typedef enum moe_store_kind {
     MOE_STORE_MODEL = 2, /* the model's own files; no pack is built or read */
 } moe_store_kind;
 
+/* Where the weights the forward pass reads live on the CPU. A mapped file's
+ * pages are the page cache's; on the machine this was measured on, 4-bit
+ * decode streamed them 5-12% slower than the same bytes copied into
+ * anonymous memory (docs/PERFORMANCE.md). A GPU copies the weights into its
+ * own memory whatever this says. */
+typedef enum moe_load_mode {
+    MOE_LOAD_AUTO = 0,  /* copy when the weights fit in available memory with a 4096-token KV
+                           cache and working room (the test that turns offloading on), else map */
+    MOE_LOAD_MMAP = 1,  /* use the weights where the file's mapping holds them: instant, shared
+                           with other processes through the page cache */
+    MOE_LOAD_COPY = 2,  /* read them into anonymous memory (2 MiB pages where the kernel gives
+                           them) and drop the file's pages from the page cache; MOE_ENOMEM when
+                           they do not fit in available memory */
+} moe_load_mode;
+
 typedef struct moe_load_params {
     int n_threads;        /* worker threads for the kernels; <= 0: all online cores */
     const char *device;   /* where the model runs: "cpu", "cuda", "cuda:N" (a GPU of a build with
@@ -105,7 +120,11 @@ typedef struct moe_load_params {
                              $XDG_CACHE_HOME/moe, else ~/.cache/moe */
     int io_threads;       /* reader threads; <= 0: 4 */
     moe_store_kind store; /* where experts are read from; MOE_STORE_AUTO (default) */
-    /* building the store and preloading report (what, done, total) in bytes; may be NULL */
+    moe_load_mode load;   /* CPU weights mapped or copied; MOE_LOAD_AUTO (default). Offloaded
+                             experts live in the expert cache either way: only the others
+                             are copied */
+    /* building the store, preloading and copying (1 GB or more) report (what, done, total)
+     * in bytes; may be NULL */
     void (*progress)(void *ctx, const char *what, uint64_t done, uint64_t total);
     void *progress_ctx;
 } moe_load_params;
@@ -116,13 +135,18 @@ const char *moe_devices(void);
 
 /* Loads the model in directory `dir` (config.json + model.safetensors or the
  * shards listed in model.safetensors.index.json). Weights are memory-mapped,
- * not copied; with offloading, experts are read into the expert cache
+ * then on the CPU copied into the process's memory or used in place
+ * (p->load); with offloading, experts are read into the expert cache
  * instead. On success *out owns the model (free with moe_model_free);
  * on failure *out is NULL and nothing is left open. `p` may be NULL. */
 moe_status moe_model_load(const char *dir, const moe_load_params *p, moe_model **out);
 /* Frees the model; with offloading and p->warm, first saves the expert
  * cache's state for the next load (a failure to save is ignored). */
 void moe_model_free(moe_model *m);
+
+/* Bytes of weights copied into the process's memory at load (moe_load_mode);
+ * 0 when they are used from the files' mappings (or placed on a GPU). */
+int64_t moe_model_copied_bytes(const moe_model *m);
 
 /* How a model was loaded with offloading (all zero without). */
 typedef struct moe_offload_info {

@@ -2,6 +2,7 @@
 #include "file.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,6 +45,17 @@ moe_status file_map_open(const char *path, file_map *out) {
 void file_map_close(file_map *m) {
     if (m && m->data) munmap((void *)m->data, m->size);
     if (m) { m->data = NULL; m->size = 0; }
+}
+
+int file_map_drop(const file_map *m, int fd, const void *p, size_t n) {
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), a = (uintptr_t)p, b = a + n;
+    uintptr_t lo = (uintptr_t)m->data, hi = lo + m->size;
+    if (!p || !n || !m->data || a < lo || b > hi) return 0;
+    a = a / page * page; /* the mapping starts on a page and ends on one */
+    b = (b + page - 1) / page * page;
+    madvise((void *)a, b - a, MADV_DONTNEED);
+    if (fd >= 0) posix_fadvise(fd, (off_t)(a - lo), (off_t)(b - a), POSIX_FADV_DONTNEED);
+    return 1;
 }
 
 moe_status file_read_all(const char *path, size_t max_bytes, char **out, size_t *len) {

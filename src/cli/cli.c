@@ -97,6 +97,7 @@ int cli_load(const char *dir, int n_threads, moe_model **out) {
     moe_load_params lp;
     moe_load_params_defaults(&lp);
     lp.n_threads = n_threads;
+    lp.load = MOE_LOAD_MMAP; /* for looking at a model (moe info), not running it */
     moe_status st = moe_model_load(dir, &lp, out);
     return st ? cli_fail_status(st) : 0;
 }
@@ -207,6 +208,9 @@ void cli_model_help(FILE *f) {
     fprintf(f, "  -t N                threads (default: all cores)\n"
                "  --device DEV        cpu, cuda, cuda:N or auto (a GPU if there is one); default: $MOE_DEVICE,\n"
                "                      else cpu. This build: %s\n"
+               "  --load auto|mmap|copy  CPU weights: copied into memory (faster decode, dropped from the\n"
+               "                      page cache) or used from the files' mapping (instant load); auto\n"
+               "                      (default): copy when they fit in available memory\n"
                "expert offloading (MoE models; on by itself when the model does not fit in memory):\n"
                "  --offload           always offload experts (--no-offload: never)\n"
                "  --capacity N        experts kept in memory per MoE layer; 0: none (each use read from disk)\n"
@@ -236,6 +240,13 @@ int cli_model_opt(cli_model_opts *o, int argc, char **argv, int *i) {
     } while (0)
     if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { VAL(); if (cli_int(a, v, 0, 4096, &ll)) return -1; p->n_threads = (int)ll; }
     else if (!strcmp(a, "--device")) { VAL(); p->device = v; }
+    else if (!strcmp(a, "--load")) {
+        VAL();
+        if (!strcmp(v, "auto")) p->load = MOE_LOAD_AUTO;
+        else if (!strcmp(v, "mmap")) p->load = MOE_LOAD_MMAP;
+        else if (!strcmp(v, "copy")) p->load = MOE_LOAD_COPY;
+        else { cli_fail("--load: expected auto, mmap or copy, got \"%s\"", v); return -1; }
+    }
     else if (!strcmp(a, "--offload")) p->offload = 1;
     else if (!strcmp(a, "--no-offload")) p->offload = 0;
     else if (!strcmp(a, "--capacity")) { VAL(); if (cli_int(a, v, 0, 1 << 20, &ll)) return -1; p->capacity = (int)ll; }

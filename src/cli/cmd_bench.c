@@ -45,7 +45,7 @@ int cmd_bench(int argc, char **argv) {
     moe_model *m;
     double t_launch = cli_now();
     if (cli_load_model(dir, &mo, &m)) return 1;
-    double load_s = cli_now() - t_launch;
+    double load_s = cli_now() - t_launch, copied_gb = (double)moe_model_copied_bytes(m) / 1e9;
     const moe_config *c = moe_model_config(m);
     moe_offload_info off;
     moe_model_offload_info(m, &off);
@@ -108,9 +108,11 @@ int cmd_bench(int argc, char **argv) {
         if (json) {
             printf("{\"model\":\"%s\",\"family\":\"%s\",\"dtype\":\"%s\",\"device\":\"%s\",\"threads\":%d,\"prompt_tokens\":%lld,"
                    "\"gen_tokens\":%lld,\"prompt_tps\":%.3f,\"gen_tps\":%.3f,\"ttft_ms\":%.2f,\"peak_rss_mb\":%.1f,"
-                   "\"bytes_per_token\":%lld,\"gen_gbps\":%.3f,\"load_s\":%.3f,\"first_ttft_ms\":%.2f,\"launch_ttft_s\":%.3f",
+                   "\"bytes_per_token\":%lld,\"gen_gbps\":%.3f,\"load_s\":%.3f,\"copied_gb\":%.3f,\"first_ttft_ms\":%.2f,"
+                   "\"launch_ttft_s\":%.3f",
                    dir, c->model_type, c->dtype, moe_model_device(m), moe_model_threads(m), np, ng, best_pp, best_tg,
-                   best_ttft * 1e3, peak_mb, (long long)c->weight_bytes_active, gbs, load_s, first_ttft * 1e3, load_s + first_ttft);
+                   best_ttft * 1e3, peak_mb, (long long)c->weight_bytes_active, gbs, load_s, copied_gb, first_ttft * 1e3,
+                   load_s + first_ttft);
             if (off.enabled)
                 printf(",\"offload\":{\"capacity\":%d,\"n_experts\":%d,\"cache_gb\":%.3f,\"store\":\"%s\",\"store_built\":%d,"
                        "\"build_s\":%.2f,\"preloaded\":%lld,\"preload_s\":%.3f,\"hit_rate\":%.4f,\"skipped_per_token\":%.3f,"
@@ -122,9 +124,9 @@ int cmd_bench(int argc, char **argv) {
             printf("}\n");
         } else {
             printf("%s (%s, %s, %s): prompt %lld tok: %.2f tok/s | generation %lld tok: %.2f tok/s "
-                   "(%.2f GB/s of weights) | first token %.1f ms | peak RSS %.1f MB | load %.2f s\n",
+                   "(%.2f GB/s of weights) | first token %.1f ms | peak RSS %.1f MB | load %.2f s%s\n",
                    dir, c->model_type, c->dtype, moe_model_device(m), np, best_pp, ng, best_tg, gbs, best_ttft * 1e3, peak_mb,
-                   load_s);
+                   load_s, copied_gb > 0 ? " (weights copied into memory)" : "");
             if (off.enabled)
                 printf("offload: %d of %d experts per layer, read from %s | generation: hit rate %.1f%%, %.1f MB read per token, "
                        "%.2f GB/s read (%.2f GB/s while reading), %.2f experts skipped per token, next-layer guesses %.1f%% right "

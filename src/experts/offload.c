@@ -247,6 +247,10 @@ static moe_status choose_capacity(moe_model *m, const moe_load_params *p, int64_
 
 static moe_status setup(moe_model *m, const moe_load_params *p, const xp_profile *pr);
 
+int64_t model_memory_need(const moe_model *m, int64_t weight_bytes) {
+    return weight_bytes + moe_model_kv_bytes(m, 4096) + WORK_ROOM;
+}
+
 moe_status offload_setup(moe_model *m, const moe_load_params *p) {
     const moe_config *c = &m->cfg.pub;
     if (p->offload == 0) return MOE_OK;
@@ -264,7 +268,7 @@ moe_status offload_setup(moe_model *m, const moe_load_params *p) {
     m->off.available_bytes = mem_available();
     int want = p->offload == 1 || p->capacity >= 0 || p->expert_mem > 0 || p->profile || p->miss == MOE_MISS_SKIP;
     if (!want) {
-        int64_t need = c->weight_bytes + moe_model_kv_bytes(m, 4096) + WORK_ROOM;
+        int64_t need = model_memory_need(m, c->weight_bytes);
         if (m->off.available_bytes < 0 || need <= m->off.available_bytes) return MOE_OK;
         m->off.auto_reason = 1;
     }

@@ -105,6 +105,7 @@ moe_status moe_pack(const char *model_dir, const moe_pack_params *p, moe_pack_re
     moe_load_params_defaults(&lp);
     lp.n_threads = 1; /* nothing is computed */
     lp.offload = 0;   /* the experts are read from the model's own files */
+    lp.load = MOE_LOAD_MMAP;
     moe_model *m;
     moe_status st = moe_model_load(model_dir, &lp, &m);
     if (st) return st;

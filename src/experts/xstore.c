@@ -626,22 +626,12 @@ static moe_status w_record(writer *w, const expert *ex, xs_record *r) {
     return MOE_OK;
 }
 
-/* Drops the pages of p[n] from the model's mapping that holds them (they
- * are read-only file pages, refetched from the file on the next touch),
- * then from the page cache. Only inside a shard's mapping: the same call on
- * memory of one's own (an expert view pointing at a cache slot) would zero
- * it. shard_fds: the shards opened again for posix_fadvise (-1: not open). */
+/* Drops the pages of p[n] from the shard mapping that holds them and from
+ * the page cache (file_map_drop). shard_fds: the shards opened again for
+ * posix_fadvise (-1: not open). */
 static void drop_range(const moe_model *m, const int *shard_fds, const void *p, size_t n) {
-    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), a = (uintptr_t)p, b = a + n;
-    for (int s = 0; p && n && s < m->n_shards; s++) {
-        uintptr_t lo = (uintptr_t)m->shards[s]->map.data, hi = lo + m->shards[s]->map.size;
-        if (a < lo || b > hi) continue;
-        a = a / page * page; /* the mapping starts on a page and ends on one */
-        b = (b + page - 1) / page * page;
-        madvise((void *)a, b - a, MADV_DONTNEED);
-        if (shard_fds[s] >= 0) posix_fadvise(shard_fds[s], (off_t)(a - lo), (off_t)(b - a), POSIX_FADV_DONTNEED);
-        return;
-    }
+    for (int s = 0; s < m->n_shards; s++)
+        if (file_map_drop(&m->shards[s]->map, shard_fds[s], p, n)) return;
 }
 
 /* Drops expert ex's source pages (its pieces in record r) once they are copied. */

@@ -533,6 +533,41 @@ static moe_status load(moe_model *m, const moe_load_params *p) {
  * and vector goes to its memory once, here, in its stored format; the
  * layer's fields then point there. Host copies stay as they were (the mmap,
  * the owned float32 vectors) and are freed with the model as before. */
+
+static moe_status each_expert(moe_model *m, expert *e, model_weight_fn fn, void *ctx) {
+    moe_status st;
+    if ((st = fn(m, &e->gate, ctx)) || (st = fn(m, &e->up, ctx))) return st;
+    return fn(m, &e->down, ctx);
+}
+
+static moe_status each_layer_weight(moe_model *m, layer *L, model_weight_fn fn, void *ctx) {
+    const moe_config *c = &m->cfg.pub;
+    moe_status st;
+    wtensor *lin[] = {&L->qkvz, &L->ba, &L->out_proj}, *att[] = {&L->wq, &L->wk, &L->wv, &L->wo};
+    wtensor **w = L->is_linear ? lin : att;
+    for (size_t i = 0, n = L->is_linear ? 3 : 4; i < n; i++)
+        if ((st = fn(m, w[i], ctx))) return st;
+    if (!L->is_moe) return each_expert(m, &L->mlp, fn, ctx);
+    if ((st = fn(m, &L->router, ctx))) return st;
+    for (int e = 0; !m->xc && e < c->n_experts; e++)
+        if ((st = each_expert(m, &L->experts[e], fn, ctx))) return st;
+    if (c->shared_expert_intermediate_size > 0 &&
+        ((st = each_expert(m, &L->shared, fn, ctx)) || (st = fn(m, &L->shared_gate, ctx))))
+        return st;
+    return MOE_OK;
+}
+
+moe_status model_each_weight(moe_model *m, model_weight_fn fn, void *ctx) {
+    moe_status st;
+    int tied = m->lm_head.data == m->embed.data;
+    if ((st = fn(m, &m->embed, ctx))) return st;
+    if (tied) m->lm_head = m->embed;
+    else if ((st = fn(m, &m->lm_head, ctx))) return st;
+    for (int l = 0; l < m->cfg.pub.n_layers; l++)
+        if ((st = each_layer_weight(m, &m->layers[l], fn, ctx))) return st;
+    return MOE_OK;
+}
+
 static moe_status place_vec(moe_model *m, float **v, size_t n) {
     moe_status st;
     const float *d = be_place_floats(m->be, *v, n, &st);
@@ -540,13 +575,7 @@ static moe_status place_vec(moe_model *m, float **v, size_t n) {
     return st;
 }
 
-static moe_status place_expert(moe_model *m, expert *e) {
-    moe_status st;
-    if ((st = be_place_weight(m->be, &e->gate)) || (st = be_place_weight(m->be, &e->up))) return st;
-    return be_place_weight(m->be, &e->down);
-}
-
-static moe_status place_layer(moe_model *m, layer *L) {
+static moe_status place_layer_vecs(moe_model *m, layer *L) {
     const moe_config *c = &m->cfg.pub;
     const model_config *mc = &m->cfg;
     int64_t H = c->hidden_size, hd = c->head_dim;
@@ -555,45 +584,34 @@ static moe_status place_layer(moe_model *m, layer *L) {
     if ((st = place_vec(m, &L->attn_norm, (size_t)H)) || (st = place_vec(m, &L->ffn_norm, (size_t)H))) return st;
     if (L->is_linear) {
         int64_t cd = 2 * (int64_t)mc->lin_nk * mc->lin_dk + (int64_t)mc->lin_nv * mc->lin_dv;
-        wtensor *w[] = {&L->qkvz, &L->ba, &L->out_proj};
-        for (size_t i = 0; i < 3; i++)
-            if ((st = be_place_weight(m->be, w[i]))) return st;
         if ((st = place_vec(m, &L->conv_w, (size_t)(cd * mc->lin_conv))) || (st = place_vec(m, &L->neg_a, (size_t)mc->lin_nv)) ||
             (st = place_vec(m, &L->dt_bias, (size_t)mc->lin_nv)) || (st = place_vec(m, &L->lin_norm, (size_t)mc->lin_dv)))
             return st;
-    } else {
-        wtensor *w[] = {&L->wq, &L->wk, &L->wv, &L->wo};
-        for (size_t i = 0; i < 4; i++)
-            if ((st = be_place_weight(m->be, w[i]))) return st;
-        int64_t qd = L->wq.rows, kvd = L->wk.rows;
-        if ((st = place_vec(m, &L->bq, (size_t)qd)) || (st = place_vec(m, &L->bk, (size_t)kvd)) ||
-            (st = place_vec(m, &L->bv, (size_t)kvd)) || (st = place_vec(m, &L->bo, (size_t)H)) ||
-            (st = place_vec(m, &L->q_norm, (size_t)(qn_full ? (int64_t)c->n_heads * hd : hd))) ||
-            (st = place_vec(m, &L->k_norm, (size_t)(qn_full ? (int64_t)c->n_kv_heads * hd : hd))))
-            return st;
+        return MOE_OK;
     }
-    if (!L->is_moe) return place_expert(m, &L->mlp);
-    if ((st = be_place_weight(m->be, &L->router))) return st;
-    for (int e = 0; !m->xc && e < c->n_experts; e++)
-        if ((st = place_expert(m, &L->experts[e]))) return st;
-    if (c->shared_expert_intermediate_size > 0 &&
-        ((st = place_expert(m, &L->shared)) || (st = be_place_weight(m->be, &L->shared_gate))))
+    int64_t qd = L->wq.rows, kvd = L->wk.rows;
+    if ((st = place_vec(m, &L->bq, (size_t)qd)) || (st = place_vec(m, &L->bk, (size_t)kvd)) ||
+        (st = place_vec(m, &L->bv, (size_t)kvd)) || (st = place_vec(m, &L->bo, (size_t)H)) ||
+        (st = place_vec(m, &L->q_norm, (size_t)(qn_full ? (int64_t)c->n_heads * hd : hd))) ||
+        (st = place_vec(m, &L->k_norm, (size_t)(qn_full ? (int64_t)c->n_kv_heads * hd : hd))))
         return st;
     return MOE_OK;
 }
 
+static moe_status place_one(moe_model *m, wtensor *w, void *ctx) {
+    (void)ctx;
+    return be_place_weight(m->be, w);
+}
+
 static moe_status place_weights(moe_model *m) {
     moe_status st;
-    int tied = m->lm_head.data == m->embed.data;
-    if ((st = be_place_weight(m->be, &m->embed))) return st;
-    if (tied) m->lm_head = m->embed;
-    else if ((st = be_place_weight(m->be, &m->lm_head))) return st;
+    if ((st = model_each_weight(m, place_one, NULL))) return moe_err_prefix(st, "placing the weights");
     if ((st = place_vec(m, &m->final_norm, (size_t)m->cfg.pub.hidden_size))) return st;
     const float *f = be_place_floats(m->be, m->inv_freq, (size_t)(m->cfg.rot_dim / 2), &st);
     if (st) return st;
     m->inv_freq_be = f;
     for (int l = 0; l < m->cfg.pub.n_layers; l++)
-        if ((st = place_layer(m, &m->layers[l]))) return moe_err_prefix(st, "placing the weights");
+        if ((st = place_layer_vecs(m, &m->layers[l]))) return moe_err_prefix(st, "placing the weights");
     return MOE_OK;
 }
 
@@ -620,19 +638,22 @@ moe_status moe_model_load(const char *dir, const moe_load_params *p, moe_model *
     moe_load_params dp;
     if (!p) moe_load_params_defaults(&dp);
     const moe_load_params *lp = p ? p : &dp;
-    moe_status st = load(m, lp);
+    moe_status st = lp->load == MOE_LOAD_AUTO || lp->load == MOE_LOAD_MMAP || lp->load == MOE_LOAD_COPY
+                        ? load(m, lp)
+                        : moe_err(MOE_EINVAL, "load mode %d: expected MOE_LOAD_AUTO, MOE_LOAD_MMAP or MOE_LOAD_COPY", (int)lp->load);
     if (!st && backend_host_memory(m->be)) st = offload_setup(m, lp);
     else if (!st && (lp->offload == 1 || lp->capacity >= 0 || lp->expert_mem > 0 || lp->profile || lp->miss == MOE_MISS_SKIP))
         st = moe_err(MOE_EUNSUPPORTED, "expert offloading runs on the CPU only so far (device %s); use --device cpu",
                      backend_kind(m->be));
     if (!st && !backend_host_memory(m->be)) st = place_weights(m);
+    else if (!st) st = wcopy_load(m, lp);
     if (!st && m->route_counts && backend_routes(m->be) &&
         !(m->route_counts_be = be_alloc(m->be, sizeof *m->route_counts_be * (size_t)m->cfg.pub.n_layers *
                                                    (size_t)m->cfg.pub.n_experts)))
         st = moe_err_prefix(MOE_ENOMEM, "the routing counts");
     /* a DeltaNet state carries every token's rounding on: int8-rounded decode inputs moved the
      * quantized qwen3next fixture's logits 12-18% RMS on the GPU (3x the other families') */
-    if (!st && m->cfg.pub.n_linear_layers > 0) backend_set_float_decode(m->be, 1); /* the recurrent state carried int8 rounding on */
+    if (!st && m->cfg.pub.n_linear_layers > 0) backend_set_float_decode(m->be, 1);
     if (st) {
         moe_model_free(m);
         return st;
@@ -645,6 +666,7 @@ void moe_model_free(moe_model *m) {
     if (!m) return;
     offload_teardown(m);
     if (m->be) be_free(m->be, m->route_counts_be);
+    wcopy_free(m);
     backend_free(m->be);
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
@@ -659,6 +681,7 @@ void moe_model_free(moe_model *m) {
 }
 
 const moe_config *moe_model_config(const moe_model *m) { return &m->cfg.pub; }
+int64_t moe_model_copied_bytes(const moe_model *m) { return m->wcopy_bytes; }
 int moe_model_threads(const moe_model *m) { return backend_threads(m->be); }
 const char *moe_model_device(const moe_model *m) { return backend_device_name(m->be); }
 const char *moe_devices(void) { return backend_devices(); }

@@ -65,9 +65,35 @@ struct moe_model {
     int prefetch, warm;
     int delta_chunk;               /* tokens per chunk of the DeltaNet prompt form (64; MOE_DELTA_CHUNK, 0: token by token) */
     moe_offload_info off;
+    /* weights copied into anonymous memory at load (wcopy.c), NULL / 0 when mapped: */
+    void *wcopy_map;               /* [wcopy_map_bytes] the mapping (munmap'ed with the model) */
+    size_t wcopy_map_bytes;
+    int64_t wcopy_bytes;           /* bytes of weights copied there */
     pthread_mutex_t lock;
     char dir[4096];
 };
+
+/* Calls fn(m, w, ctx) on every weight the forward pass reads from the
+ * model's files (or from where placement put them): the embedding, the head
+ * unless tied (then set to the embedding again afterwards), every layer's
+ * matrices, and the experts unless offloaded (m->xc). Stops at fn's first
+ * error and returns it. */
+typedef moe_status (*model_weight_fn)(moe_model *m, wtensor *w, void *ctx);
+moe_status model_each_weight(moe_model *m, model_weight_fn fn, void *ctx);
+
+/* Bytes the model needs in memory to run without offloading when its
+ * weights take weight_bytes: those, a 4096-token KV cache and working room
+ * (experts/offload.c; what decides automatic offloading and copying). */
+int64_t model_memory_need(const moe_model *m, int64_t weight_bytes);
+
+/* On a backend that computes in host memory: copies the weights
+ * model_each_weight visits into one anonymous mapping and repoints them
+ * there, or leaves them mapped, as p->load says (wcopy.c). After the weights
+ * are bound and offloading is set up. On failure the weights still point
+ * into the files' mappings. */
+moe_status wcopy_load(moe_model *m, const moe_load_params *p);
+/* Unmaps the copy (at model free; harmless without one). */
+void wcopy_free(moe_model *m);
 
 /* Offloading at load (after the weights are bound) and at free: decides,
  * opens or builds the store, sizes and fills the cache (experts/offload.c). */

@@ -481,7 +481,10 @@ static moe_status plan(job *j, const char *in_dir, const moe_quantize_params *p)
     const char *tds = json_is_string(td) ? json_string_value(td) : "";
     int cast = !strcmp(tds, "bfloat16") ? ST_BF16 : !strcmp(tds, "float16") ? ST_F16 : !strcmp(tds, "float32") ? ST_F32 : -1;
     json_decref(cfg);
-    if ((st = moe_model_load(in_dir, NULL, &j->m)) || (st = check_float(j->m))) return st;
+    moe_load_params lp;
+    moe_load_params_defaults(&lp);
+    lp.load = MOE_LOAD_MMAP; /* each weight is read once, to quantize it: a copy would only cost */
+    if ((st = moe_model_load(in_dir, &lp, &j->m)) || (st = check_float(j->m))) return st;
     const model_config *c = &j->m->cfg;
     if ((st = ml_layout_build(c, p->bits, p->group_size, !c->pub.tie_word_embeddings, &j->layout))) return st;
     size_t n = j->layout.n;

@@ -91,6 +91,7 @@ static moe_model *load(const char *dir) {
     moe_load_params lp;
     moe_load_params_defaults(&lp);
     lp.n_threads = 1;
+    lp.load = MOE_LOAD_MMAP; /* a store reads experts where the files hold them, as an offloaded load leaves them */
     moe_model *m = NULL;
     moe_status st = moe_model_load(dir, &lp, &m);
     CHECK(st == MOE_OK, "load %s: %s", dir, moe_errmsg());
