@@ -119,6 +119,11 @@ typedef struct moe_load_params {
     const char *cache_dir;/* root of expert stores; NULL: $MOE_CACHE_DIR, else
                              $XDG_CACHE_HOME/moe, else ~/.cache/moe */
     int io_threads;       /* reader threads; <= 0: 4 */
+    int host_experts;     /* on a GPU: every expert also kept in pinned host memory, read
+                             from the store once at load, so a miss is one copy over the bus
+                             instead of a read of the disk. -1 (default): when the store fits
+                             in available host memory with room to spare; 0: never; 1: always
+                             (MOE_ENOMEM when it cannot be pinned) */
     moe_store_kind store; /* where experts are read from; MOE_STORE_AUTO (default) */
     moe_load_mode load;   /* CPU weights mapped or copied; MOE_LOAD_AUTO (default). Offloaded
                              experts live in the expert cache either way: only the others
@@ -155,8 +160,10 @@ typedef struct moe_offload_info {
     int n_experts;          /* per MoE layer */
     int pinned;             /* experts pinned per layer */
     int auto_reason;        /* 1: turned on because the model does not fit in memory */
-    int64_t available_bytes;/* memory available at load */
+    int64_t available_bytes;/* memory available at load (on a GPU: its free memory) */
     int64_t cache_bytes;    /* all slots of all layers */
+    int on_device;          /* the cache's slots are in the GPU's memory */
+    int64_t host_bytes;     /* on a GPU: every expert held in pinned host memory (0: read from the store) */
     moe_store_kind store;   /* the store in use: MOE_STORE_PACK or MOE_STORE_MODEL */
     int64_t store_bytes;    /* the experts as the store lays them out (a pack's records; the
                                same sum when read from the model's files) */

@@ -22,71 +22,9 @@
  * continuation may leave the reference's only where its top-2 gap is within
  * reach of the prompt tolerance. Exits 77 (skipped) where no GPU is present.
  * usage: test_cuda_golden RTOL_PROMPT RTOL_DECODE RTOL_INT8 FIXTURE_DIR...  */
-#include <jansson.h>
-#include <math.h>
-#include <stdlib.h>
-
 #include "f32file.h"
-#include "moe.h"
+#include "gpu_test.h"
 #include "test.h"
-
-static int32_t *ints(json_t *a, size_t *n) {
-    *n = json_array_size(a);
-    int32_t *v = malloc((*n ? *n : 1) * sizeof *v);
-    for (size_t i = 0; i < *n; i++) v[i] = (int32_t)json_integer_value(json_array_get(a, i));
-    return v;
-}
-
-/* A fingerprint of the experts m's MoE layers chose since the last reset
- * (moe_model_expert_counts), then reset: 0 for a dense model. */
-static uint64_t take_routes(moe_model *m) {
-    const moe_config *c = moe_model_config(m);
-    uint64_t h = 1469598103934665603ull;
-    int64_t *k = calloc((size_t)(c->n_experts ? c->n_experts : 1), sizeof *k);
-    for (int l = 0; c->n_experts && l < c->n_layers; l++)
-        if (moe_model_expert_counts(m, l, k) == MOE_OK)
-            for (int e = 0; e < c->n_experts; e++) h = (h ^ (uint64_t)k[e] ^ ((uint64_t)l << 32 | (uint64_t)e)) * 1099511628211ull;
-    free(k);
-    moe_model_reset_expert_counts(m);
-    return c->n_experts ? h : 0;
-}
-
-/* logits of tok[n] fed `step` tokens per call (0: all at once), NULL on
- * failure; routes (NULL: not wanted) [n]: each position's call's take_routes */
-static float *run(moe_model *m, const int32_t *tok, size_t n, size_t step, int V, uint64_t *routes) {
-    moe_seq_params sp;
-    moe_seq_params_defaults(&sp);
-    sp.n_ctx = (int)n + 8;
-    sp.n_batch = step ? (int)step : (int)n;
-    moe_seq *s;
-    if (moe_seq_new(m, &sp, &s) != MOE_OK) return NULL;
-    float *out = malloc(n * (size_t)V * sizeof *out);
-    if (!step) step = n;
-    for (size_t off = 0; off < n && out; off += step) {
-        size_t k = n - off < step ? n - off : step;
-        moe_model_reset_expert_counts(m);
-        if (moe_seq_eval(s, tok + off, k, out + off * (size_t)V, 1) != MOE_OK) {
-            fprintf(stderr, "eval: %s\n", moe_errmsg());
-            free(out);
-            out = NULL;
-        } else if (routes) {
-            uint64_t r = take_routes(m);
-            for (size_t i = 0; i < k; i++) routes[off + i] = r;
-        }
-    }
-    moe_seq_free(s);
-    return out;
-}
-
-/* RMS(got - ref) / RMS(ref) over count logits */
-static double rel_rms(const float *got, const float *ref, size_t count) {
-    double se = 0, sr = 0;
-    for (size_t i = 0; i < count; i++) {
-        se += ((double)got[i] - ref[i]) * ((double)got[i] - ref[i]);
-        sr += (double)ref[i] * ref[i];
-    }
-    return sr > 0 ? sqrt(se / sr) : sqrt(se);
-}
 
 static moe_model *load(const char *dir, const char *device) {
     moe_load_params lp;
@@ -244,10 +182,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: test_cuda_golden RTOL_PROMPT RTOL_DECODE RTOL_INT8 FIXTURE_DIR...\n");
         return 2;
     }
-    if (!strstr(moe_devices(), "cuda") || strstr(moe_devices(), "(0 devices)")) {
-        printf("no GPU: skipped (%s)\n", moe_devices());
-        return 77;
-    }
+    if (!gpu_present()) return 77;
     double rtol = atof(argv[1]), rtol_dec = atof(argv[2]), rtol_i8 = atof(argv[3]);
     setenv("MOE_ISA", "scalar", 1); /* the CPU side in float32 whatever this CPU has */
     for (int i = 4; i < argc; i++) fixture(argv[i], rtol, rtol_dec, rtol_i8);

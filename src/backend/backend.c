@@ -52,6 +52,46 @@ void backend_set_float_decode(backend *be, int on) {
     if (be->ops->set_float_decode) be->ops->set_float_decode(be, on);
 }
 
+int backend_movers(const backend *be) { return be->ops->mover_upload != NULL; }
+void *be_host_alloc(backend *be, size_t bytes) {
+    if (!be->ops->host_alloc) {
+        moe_err(MOE_EUNSUPPORTED, "backend %s: no pinned host memory", be->ops->kind);
+        return NULL;
+    }
+    return be->ops->host_alloc(be, bytes);
+}
+void be_host_free(backend *be, void *p) {
+    if (p && be->ops->host_free) be->ops->host_free(be, p);
+}
+be_mover *be_mover_new(backend *be) {
+    if (!be->ops->mover_new) {
+        moe_err(MOE_EUNSUPPORTED, "backend %s: no copy queues", be->ops->kind);
+        return NULL;
+    }
+    return be->ops->mover_new(be);
+}
+void be_mover_free(backend *be, be_mover *mv) {
+    if (mv && be->ops->mover_free) be->ops->mover_free(be, mv);
+}
+moe_status be_mover_upload(backend *be, be_mover *mv, void *dst, const void *src, size_t bytes, be_fence *f) {
+    if (!be->ops->mover_upload) return moe_err(MOE_EUNSUPPORTED, "backend %s: no copy queues", be->ops->kind);
+    return be->ops->mover_upload(be, mv, dst, src, bytes, f);
+}
+be_fence *be_fence_new(backend *be) {
+    if (!be->ops->fence_new) {
+        moe_err(MOE_EUNSUPPORTED, "backend %s: no fences", be->ops->kind);
+        return NULL;
+    }
+    return be->ops->fence_new(be);
+}
+void be_fence_free(backend *be, be_fence *f) {
+    if (f && be->ops->fence_free) be->ops->fence_free(be, f);
+}
+void be_fence_record(backend *be, be_fence *f) {
+    if (f && be->ops->fence_record) be->ops->fence_record(be, f);
+}
+int64_t backend_free_memory(backend *be) { return be->ops->free_memory ? be->ops->free_memory(be) : -1; }
+
 void backend_free(backend *be) {
     if (be) be->ops->destroy(be);
 }

@@ -92,6 +92,32 @@ moe_status be_download(backend *be, void *dst, const void *src, size_t bytes);
 /* Waits for all work; its first error, or MOE_OK. */
 moe_status be_sync(backend *be);
 
+/* Moving bytes into backend memory from other threads, beside the compute
+ * stream (the expert cache's I/O threads on a GPU). Only backends whose memory
+ * is not the host's have them (backend_movers); elsewhere a memcpy does.
+ *   be_host_alloc  host memory, XS_ALIGN (4096) aligned, that the device copies
+ *                  from at full speed (pinned); NULL with a message;
+ *   be_mover_new   a copy queue for one thread; NULL with a message;
+ *   be_mover_upload dst (backend) <- src (host, any), once the compute work
+ *                  fenced by f (NULL: none) is done; returns when dst holds
+ *                  the bytes; its error is returned, never kept by the
+ *                  backend (the compute stream is not affected);
+ *   be_fence_record marks the compute work queued so far (called by the
+ *                  compute thread), so that an upload waits for it. */
+typedef struct be_mover be_mover;
+typedef struct be_fence be_fence;
+int backend_movers(const backend *be);
+void *be_host_alloc(backend *be, size_t bytes);
+void be_host_free(backend *be, void *p); /* NULL allowed */
+be_mover *be_mover_new(backend *be);
+void be_mover_free(backend *be, be_mover *mv); /* NULL allowed */
+moe_status be_mover_upload(backend *be, be_mover *mv, void *dst, const void *src, size_t bytes, be_fence *f);
+be_fence *be_fence_new(backend *be);
+void be_fence_free(backend *be, be_fence *f); /* NULL allowed */
+void be_fence_record(backend *be, be_fence *f);
+/* Free backend memory in bytes now; -1 where that is the host's (ask the OS). */
+int64_t backend_free_memory(backend *be);
+
 /* Recorded work (CUDA graphs): a caller that issues the same operations on
  * the same buffers again and again (one decode step) brackets them:
  *     for (int run = be_graph_begin(be, &g, key); run; run = be_graph_end(be, &g)) issue the operations;

@@ -29,6 +29,16 @@ typedef struct backend_ops {
     int (*graph_begin)(backend *be, void **g, uint64_t key);
     int (*graph_end)(backend *be, void **g);
     void (*graph_free)(backend *be, void *g);
+    /* movers and fences (backend.h); NULL where the memory is the host's */
+    void *(*host_alloc)(backend *be, size_t bytes);
+    void (*host_free)(backend *be, void *p);
+    be_mover *(*mover_new)(backend *be);
+    void (*mover_free)(backend *be, be_mover *mv);
+    moe_status (*mover_upload)(backend *be, be_mover *mv, void *dst, const void *src, size_t bytes, be_fence *f);
+    be_fence *(*fence_new)(backend *be);
+    void (*fence_free)(backend *be, be_fence *f);
+    void (*fence_record)(backend *be, be_fence *f);
+    int64_t (*free_memory)(backend *be);
     moe_status (*place_weight)(backend *be, wtensor *w);
     const float *(*place_floats)(backend *be, const float *src, size_t n, moe_status *st);
     /* compute */

@@ -226,6 +226,9 @@ void cli_model_help(FILE *f) {
                "                      read an expert) or from the model's own files (no copy); auto\n"
                "                      (default): the pack when it exists or the disk has room for it\n"
                "  --io-threads N      reader threads (default 4)\n"
+               "  --host-experts auto|on|off  on a GPU: also hold every expert in pinned host memory, so a\n"
+               "                      miss is a copy over the bus, not a disk read; auto (default): when\n"
+               "                      the host has room for them\n"
                "  --stats             print the expert cache's hits, misses, reads at the end\n",
             moe_devices());
 }
@@ -273,6 +276,13 @@ int cli_model_opt(cli_model_opts *o, int argc, char **argv, int *i) {
         else if (!strcmp(v, "model")) p->store = MOE_STORE_MODEL;
         else { cli_fail("--store: expected auto, pack or model, got \"%s\"", v); return -1; }
     }
+    else if (!strcmp(a, "--host-experts")) {
+        VAL();
+        if (!strcmp(v, "auto")) p->host_experts = -1;
+        else if (!strcmp(v, "on")) p->host_experts = 1;
+        else if (!strcmp(v, "off")) p->host_experts = 0;
+        else { cli_fail("--host-experts: expected auto, on or off, got \"%s\"", v); return -1; }
+    }
     else if (!strcmp(a, "--io-threads")) { VAL(); if (cli_int(a, v, 1, 256, &ll)) return -1; p->io_threads = (int)ll; }
     else if (!strcmp(a, "--stats")) o->stats = 1;
     else return 0;
@@ -295,16 +305,18 @@ int cli_load_model(const char *dir, cli_model_opts *o, moe_model **out) {
     moe_model_offload_info(*out, &in);
     if (!in.enabled) return 0;
     if (*in.note) fprintf(stderr, "offload: %s%s\n", in.built ? "built the expert store: " : "", in.note);
-    fprintf(stderr, "offload: %d of %d experts per MoE layer in memory (%.2f GB of slots", in.capacity, in.n_experts,
-            (double)in.cache_bytes / 1e9);
+    fprintf(stderr, "offload: %d of %d experts per MoE layer in %s memory (%.2f GB of slots", in.capacity, in.n_experts,
+            in.on_device ? "GPU" : "host", (double)in.cache_bytes / 1e9);
     if (in.pinned) fprintf(stderr, ", %d pinned", in.pinned);
     if (in.store == MOE_STORE_MODEL)
         fprintf(stderr, "); experts read from the model's files in %s (%.2f GB)", in.store_path, (double)in.store_bytes / 1e9);
     else
         fprintf(stderr, "); store %s (%.2f GB%s)", in.store_path, (double)in.store_bytes / 1e9, in.built ? ", built now" : "");
+    if (in.host_bytes) fprintf(stderr, "; every expert also in pinned host memory (%.2f GB)", (double)in.host_bytes / 1e9);
     if (in.preloaded) fprintf(stderr, "; %lld experts preloaded in %.2f s", (long long)in.preloaded, in.preload_seconds);
     if (in.auto_reason)
-        fprintf(stderr, "; on because the model does not fit in the %.2f GB available", (double)in.available_bytes / 1e9);
+        fprintf(stderr, "; on because the model does not fit in the %.2f GB available%s", (double)in.available_bytes / 1e9,
+                in.on_device ? " on the GPU" : "");
     fputc('\n', stderr);
     return 0;
 }

@@ -116,11 +116,12 @@ int cmd_bench(int argc, char **argv) {
             if (off.enabled)
                 printf(",\"offload\":{\"capacity\":%d,\"n_experts\":%d,\"cache_gb\":%.3f,\"store\":\"%s\",\"store_built\":%d,"
                        "\"build_s\":%.2f,\"preloaded\":%lld,\"preload_s\":%.3f,\"hit_rate\":%.4f,\"skipped_per_token\":%.3f,"
-                       "\"read_bytes_per_token\":%.0f,\"read_gbps\":%.3f,\"device_read_gbps\":%.3f,\"prefetch_accuracy\":%.4f}",
+                       "\"read_bytes_per_token\":%.0f,\"read_gbps\":%.3f,\"device_read_gbps\":%.3f,\"prefetch_accuracy\":%.4f,"
+                       "\"on_gpu\":%d,\"host_gb\":%.3f}",
                        off.capacity, off.n_experts, (double)off.cache_bytes / 1e9,
                        off.store == MOE_STORE_MODEL ? "model" : "pack", off.built, off.build_seconds,
                        (long long)off.preloaded, off.preload_seconds, hit, (double)gen.skipped / toks, per_tok, read_gbps,
-                       dev_gbps, guess);
+                       dev_gbps, guess, off.on_device, (double)off.host_bytes / 1e9);
             printf("}\n");
         } else {
             printf("%s (%s, %s, %s): prompt %lld tok: %.2f tok/s | generation %lld tok: %.2f tok/s "
@@ -128,10 +129,11 @@ int cmd_bench(int argc, char **argv) {
                    dir, c->model_type, c->dtype, moe_model_device(m), np, best_pp, ng, best_tg, gbs, best_ttft * 1e3, peak_mb,
                    load_s, copied_gb > 0 ? " (weights copied into memory)" : "");
             if (off.enabled)
-                printf("offload: %d of %d experts per layer, read from %s | generation: hit rate %.1f%%, %.1f MB read per token, "
+                printf("offload: %d of %d experts per layer in %s memory, read from %s | generation: hit rate %.1f%%, %.1f MB read per token, "
                        "%.2f GB/s read (%.2f GB/s while reading), %.2f experts skipped per token, next-layer guesses %.1f%% right "
                        "| first token after launch %.2f s\n",
-                       off.capacity, off.n_experts, off.store == MOE_STORE_MODEL ? "the model's files" : "the pack", 100 * hit, per_tok / 1e6, read_gbps, dev_gbps, (double)gen.skipped / toks,
+                       off.capacity, off.n_experts, off.on_device ? "GPU" : "host",
+                       off.host_bytes ? "pinned host memory" : off.store == MOE_STORE_MODEL ? "the model's files" : "the pack", 100 * hit, per_tok / 1e6, read_gbps, dev_gbps, (double)gen.skipped / toks,
                        100 * guess, load_s + first_ttft);
         }
     }

@@ -9,6 +9,10 @@
  * hottest experts, and preload the experts the last run left resident
  * (warm start). From then on the forward pass reads experts through m->xc
  * and the mapped expert weights are never touched.
+ * On a GPU the cache's slots are in its memory and sized from its free memory;
+ * every expert is also read once into pinned host memory when the host has
+ * room (the host tier), so that a miss is a copy over the bus, not a read of
+ * the disk.
  * At free (offload_teardown): save the cache's state for the next warm start.
  *
  * The warm-start state is a small JSON file in the model's cache directory
@@ -28,6 +32,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../backend/backend.h"
 #include "../base/err.h"
 #include "../base/mem.h"
 #include "../model/model.h"
@@ -260,12 +265,13 @@ moe_status offload_setup(moe_model *m, const moe_load_params *p) {
                            c->model_type);
         return MOE_OK;
     }
-    if (p->capacity < -1 || p->expert_mem < 0 || p->pin < -1 || (p->miss != MOE_MISS_EXACT && p->miss != MOE_MISS_SKIP) ||
+    if (p->capacity < -1 || p->expert_mem < 0 || p->pin < -1 || p->host_experts < -1 || p->host_experts > 1 || (p->miss != MOE_MISS_EXACT && p->miss != MOE_MISS_SKIP) ||
         (p->evict != MOE_EVICT_LFU && p->evict != MOE_EVICT_LRU) ||
         (p->store != MOE_STORE_AUTO && p->store != MOE_STORE_PACK && p->store != MOE_STORE_MODEL))
         return moe_err(MOE_EINVAL, "offloading: bad parameters (capacity %d, expert_mem %lld, pin %d, miss %d, evict %d, store %d)",
                        p->capacity, (long long)p->expert_mem, p->pin, (int)p->miss, (int)p->evict, (int)p->store);
-    m->off.available_bytes = mem_available();
+    int dev = !backend_host_memory(m->be);
+    m->off.available_bytes = dev ? backend_free_memory(m->be) : mem_available();
     int want = p->offload == 1 || p->capacity >= 0 || p->expert_mem > 0 || p->profile || p->miss == MOE_MISS_SKIP;
     if (!want) {
         int64_t need = model_memory_need(m, c->weight_bytes);
@@ -283,13 +289,17 @@ moe_status offload_setup(moe_model *m, const moe_load_params *p) {
 /* Opens the store p->store asks for, in cache directory `dir`: auto takes a
  * valid pack that is there, builds one when the disk has room for it with
  * a margin, and else reads the model's own files (saying why in the note). */
-static moe_status choose_store(moe_model *m, const moe_load_params *p, const char *dir, struct xstore **xs) {
+static moe_status choose_store(moe_model *m, const moe_load_params *p, const char *dir, int no_pack, struct xstore **xs) {
     if (snprintf(m->off.store_path, sizeof m->off.store_path, "%s/experts.pack", dir) >= (int)sizeof m->off.store_path)
         return moe_err(MOE_EINVAL, "cache directory path too long");
     const char *pack = m->off.store_path;
     int model = p->store == MOE_STORE_MODEL;
     struct stat s;
     if (p->store == MOE_STORE_AUTO && (stat(pack, &s) != 0 || xs_open(m, pack, xs) != MOE_OK)) {
+        if (no_pack) { /* every expert is read once, into host memory: a pack would only copy them */
+            add_note(m, "no expert pack: the experts are read once from the model's files into host memory");
+            return xs_open_model(m, dir, xs);
+        }
         uint64_t need;
         moe_status st = xs_pack_bytes(m, &need);
         if (st) return st;
@@ -309,6 +319,26 @@ static moe_status choose_store(moe_model *m, const moe_load_params *p, const cha
     return st;
 }
 
+/* On a GPU: whether to hold every expert in pinned host memory (asked for, or
+ * the store fits in what the host has available with a tenth and 2 GB to spare). */
+static int want_host_tier(const moe_model *m, const moe_load_params *p) {
+    if (p->host_experts >= 0) return p->host_experts;
+    int64_t avail = mem_available(), need = expert_bytes(m);
+    return avail > 0 && need + need / 10 + ((int64_t)2 << 30) <= avail;
+}
+
+/* Fills the host tier when the cache was made for one; a failure is an error
+ * when it was asked for, else a note (the cache reads the store instead). */
+static moe_status host_tier(moe_model *m, const moe_load_params *p, struct xcache *xc) {
+    if (!want_host_tier(m, p)) return MOE_OK;
+    progress_adapter pa = {p, "experts into host memory"};
+    moe_status st = xc_fill_host(xc, p->progress ? progress : NULL, &pa);
+    if (st && p->host_experts == 1) return st;
+    if (st) add_note(m, "experts not held in host memory (%s): read from the store", moe_errmsg());
+    m->off.host_bytes = (int64_t)xc_host_bytes(xc);
+    return MOE_OK;
+}
+
 /* Offloading, once decided: store, cache, pins, warm state. */
 static moe_status setup(moe_model *m, const moe_load_params *p, const xp_profile *pr) {
     const moe_config *c = &m->cfg.pub;
@@ -316,7 +346,8 @@ static moe_status setup(moe_model *m, const moe_load_params *p, const xp_profile
     moe_status st = xs_cache_dir(m->dir, p->cache_dir, 1, dir, sizeof dir);
     if (st) return st;
     struct xstore *xs = NULL;
-    if ((st = choose_store(m, p, dir, &xs))) return st;
+    int dev = !backend_host_memory(m->be), host = dev && want_host_tier(m, p);
+    if ((st = choose_store(m, p, dir, host, &xs))) return st;
     m->xs = xs;
     m->off.store = xs_is_pack(xs) ? MOE_STORE_PACK : MOE_STORE_MODEL;
     snprintf(m->off.store_path, sizeof m->off.store_path, "%s", xs_path(xs));
@@ -331,7 +362,9 @@ static moe_status setup(moe_model *m, const moe_load_params *p, const xp_profile
     int n_stage = 2 * c->n_experts_per_tok, cap = 0, use_stage = 1;
     if ((st = choose_capacity(m, p, per_slot, (int64_t)n_stage * largest, &cap, &use_stage))) return st;
     xc_params xp = {.capacity = cap, .skip = p->miss == MOE_MISS_SKIP, .lru = p->evict == MOE_EVICT_LRU,
-                    .io_threads = p->io_threads > 0 ? p->io_threads : 4, .stage = use_stage ? n_stage : 0};
+                    .io_threads = p->io_threads > 0 ? p->io_threads : 4, .stage = use_stage ? n_stage : 0,
+                    .be = dev ? m->be : NULL, .host_tier = host};
+    m->off.on_device = dev;
     struct xcache *xc;
     if ((st = xc_new(m, xs, &xp, &xc))) return st;
     m->xc = xc;
@@ -344,6 +377,7 @@ static moe_status setup(moe_model *m, const moe_load_params *p, const xp_profile
 
     double t0 = now_s();
     if (pr && cap > 0 && (st = pin_profile(m, p, pr))) return st;
+    if (m->off.on_device && (st = host_tier(m, p, xc))) return st;
     if (m->warm && (st = load_state(m, p))) return st;
     m->off.preload_seconds = now_s() - t0;
     xc_reset_stats(xc);

@@ -14,6 +14,15 @@
  * batch needs no more slots than the cache has and reads each expert once.
  *
  * One mutex guards everything; I/O threads drop it while they read.
+ *
+ * On a GPU (xc_params.be, a backend with movers) the slots and staging
+ * buffers are device memory and an expert reaches its slot by an upload on
+ * the I/O thread's own stream: from the host tier (every expert held in
+ * pinned host memory, filled once by xc_fill_host) in one copy, or read
+ * from the store into the thread's pinned bounce buffer first, then copied
+ * read by read. The compute stream runs behind the host: a slot handed out
+ * and released may still be read by queued kernels, so each buffer carries a
+ * fence recorded at its release, and an upload into it waits for that fence.
  */
 #include "xcache.h"
 
@@ -25,6 +34,7 @@
 #include <sys/mman.h>
 #include <time.h>
 
+#include "../backend/backend.h"
 #include "../base/err.h"
 
 enum { SL_EMPTY, SL_LOADING, SL_READY, SL_FAILED };
@@ -33,7 +43,8 @@ enum { B_WAIT, B_SLOT, B_OUT, B_DONE, B_SKIP };
 #define XC_DECAY 0.99 /* LFU: a use's weight after one more pass of the layer */
 
 typedef struct slot {
-    unsigned char *buf;       /* [slot_bytes], XS_ALIGN-aligned */
+    unsigned char *buf;       /* [slot_bytes], XS_ALIGN-aligned (device: backend memory) */
+    be_fence *fence;          /* device: the compute work that last read buf */
     int expert;               /* -1 when empty */
     int state;                /* SL_* */
     int refs;                 /* held by the current batch */
@@ -47,7 +58,7 @@ typedef struct slot {
 typedef struct xlayer {
     int n_slots;              /* cache slots; then c->n_stage staging slots, whose buffers */
     slot *slots;              /* [n_slots + n_stage]   are borrowed from the shared pool */
-    unsigned char *mem;       /* the slots' mapping */
+    unsigned char *mem;       /* the slots' mapping (device: backend memory) */
     size_t mem_bytes;
     int *where;               /* [E] slot of expert e, -1 */
     double *score;            /* [E] LFU: decayed uses as of pass stamp[e] */
@@ -61,6 +72,7 @@ typedef struct xlayer {
 } xlayer;
 
 typedef struct job { int l, s, k; } job; /* read k of the expert going into slot s of layer l */
+typedef struct io_thread { struct xcache *c; int i; } io_thread;
 
 struct xcache {
     const moe_model *m;
@@ -83,8 +95,18 @@ struct xcache {
                                  and is not kept */
     int n_free;
     unsigned char **free_buf; /* [n_stage] the buffers not lent out */
+    be_fence **free_fence;    /* [n_stage] device: theirs */
     unsigned char *stage_mem; /* their mapping */
     size_t stage_mem_bytes;
+    /* device (xc_params.be): */
+    backend *be;
+    io_thread *iot;           /* [io_threads] */
+    be_mover **mv;            /* [io_threads] each I/O thread's copy queue */
+    unsigned char **bounce;   /* [io_threads] pinned [largest slot], without a host tier */
+    unsigned char *host;      /* the host tier: pinned, expert (l, e) at host_off[l] + e * slot bytes */
+    uint64_t *host_off;       /* [n_layers] */
+    uint64_t host_bytes;
+    int host_ready;           /* xc_fill_host succeeded: uploads come from the host tier */
 };
 
 static double now_s(void) {
@@ -95,8 +117,23 @@ static double now_s(void) {
 
 /* ------------------------------------------------------------ I/O side -- */
 
+/* Device: expert e of layer l, read k, into slot sl's device buffer, by I/O thread t. */
+static moe_status dev_fill(xcache *c, int t, int l, int e, int k, slot *sl) {
+    uint64_t sb = xs_slot_bytes(c->x, l);
+    if (c->host_ready)
+        return be_mover_upload(c->be, c->mv[t], sl->buf, c->host + c->host_off[l] + (uint64_t)e * sb, (size_t)sb, sl->fence);
+    if (!c->bounce[t]) return moe_err(MOE_EINVAL, "expert cache: a read of the store before its buffers (xc_fill_host)");
+    moe_status st = xs_read_span(c->x, l, e, k, c->bounce[t]);
+    uint64_t dst[XS_MAX_SPANS], len[XS_MAX_SPANS];
+    int n = st ? 0 : xs_span_parts(c->x, l, e, k, dst, len);
+    for (int i = 0; i < n && !st; i++)
+        st = be_mover_upload(c->be, c->mv[t], sl->buf + dst[i], c->bounce[t] + dst[i], (size_t)len[i], sl->fence);
+    return st;
+}
+
 static void *io_main(void *arg) {
-    xcache *c = arg;
+    io_thread *me = arg;
+    xcache *c = me->c;
     pthread_mutex_lock(&c->mu);
     for (;;) {
         while (!c->qlen && !c->stop) pthread_cond_wait(&c->cv_work, &c->mu);
@@ -111,7 +148,7 @@ static void *io_main(void *arg) {
         pthread_mutex_unlock(&c->mu);
 
         double t0 = now_s();
-        moe_status st = xs_read_span(c->x, j.l, e, j.k, sl->buf);
+        moe_status st = c->be ? dev_fill(c, me->i, j.l, e, j.k, sl) : xs_read_span(c->x, j.l, e, j.k, sl->buf);
         double dt = now_s() - t0;
         char msg[256] = "";
         if (st) snprintf(msg, sizeof msg, "%s", moe_errmsg());
@@ -132,7 +169,7 @@ static void *io_main(void *arg) {
                 memcpy(c->bg_msg, sl->msg, sizeof sl->msg);
             }
         } else {
-            L->cnt.bytes_read += (int64_t)xs_read_bytes(c->x, j.l, e);
+            L->cnt.bytes_read += (int64_t)(c->host_ready ? xs_slot_bytes(c->x, j.l) : xs_read_bytes(c->x, j.l, e));
             xs_bind(xs_record_of(c->x, j.l, e), sl->buf, &sl->w);
             sl->state = SL_READY;
         }
@@ -189,7 +226,7 @@ static void start_read(xcache *c, int l, int s, int e) {
     L->where[e] = s;
     /* each of its reads is a job of its own: an expert in 9 pieces (MLX layout
      * read from the model's files) is fetched by several threads at once */
-    sl->reads_left = xs_spans(c->x, l, e);
+    sl->reads_left = c->host_ready ? 1 : xs_spans(c->x, l, e);
     for (int k = 0; k < sl->reads_left; k++) c->q[(c->qhead + c->qlen++) % c->qcap] = (job){l, s, k};
     pthread_cond_broadcast(&c->cv_work);
 }
@@ -222,8 +259,10 @@ static void empty_slot(xcache *c, xlayer *L, int s) {
     sl->state = SL_EMPTY;
     sl->prefetched = 0;
     if (s >= L->n_slots && sl->buf) {
+        c->free_fence[c->n_free] = sl->fence;
         c->free_buf[c->n_free++] = sl->buf;
         sl->buf = NULL;
+        sl->fence = NULL;
     }
 }
 
@@ -250,6 +289,7 @@ static int stage_slot(xcache *c, int l) {
     }
     if (!c->n_free) return -1;
     L->slots[s].buf = c->free_buf[--c->n_free];
+    L->slots[s].fence = c->free_fence[c->n_free];
     return s;
 }
 
@@ -327,6 +367,7 @@ static void abort_locked(xcache *c, int l) {
     xlayer *L = &c->L[l];
     for (int i = 0; i < L->n_need; i++) {
         if ((L->bstate[i] == B_SLOT || L->bstate[i] == B_OUT) && L->bslot[i] >= 0) L->slots[L->bslot[i]].refs--;
+        if (L->bstate[i] == B_OUT && c->be) be_fence_record(c->be, L->slots[L->bslot[i]].fence);
         L->bstate[i] = B_DONE;
     }
     L->n_need = 0;
@@ -374,6 +415,7 @@ void xc_release(xcache *c, int l, int i) {
         slot *sl = &L->slots[L->bslot[i]];
         sl->refs--;
         L->bstate[i] = B_DONE;
+        if (c->be) be_fence_record(c->be, sl->fence); /* the kernels queued on it so far */
         if ((c->p.capacity == 0 || L->bslot[i] >= L->n_slots) && !sl->refs) /* staged: not kept */
             empty_slot(c, L, L->bslot[i]);
         assign_waiting(c, l);
@@ -560,17 +602,110 @@ uint64_t xc_bytes(const xcache *c) {
     return b;
 }
 
+uint64_t xc_host_bytes(const xcache *c) { return c->host_ready ? c->host_bytes : 0; }
+
+/* ------------------------------------------------------------ host tier -- */
+
+typedef struct fill_job {
+    xcache *c;
+    pthread_mutex_t mu;
+    int next;                 /* the next (layer * E + expert) to read */
+    uint64_t done;            /* bytes read */
+    moe_status st;
+    char msg[256];
+    void (*progress)(void *, uint64_t, uint64_t);
+    void *ctx;
+} fill_job;
+
+static void *fill_main(void *arg) {
+    fill_job *f = arg;
+    xcache *c = f->c;
+    for (;;) {
+        pthread_mutex_lock(&f->mu);
+        int i = f->next;
+        while (i < c->n_layers * c->E && !c->L[i / c->E].n_slots) i++;
+        f->next = i + 1;
+        int stop = f->st || i >= c->n_layers * c->E;
+        pthread_mutex_unlock(&f->mu);
+        if (stop) return NULL;
+        int l = i / c->E, e = i % c->E;
+        uint64_t sb = xs_slot_bytes(c->x, l);
+        moe_status st = xs_read(c->x, l, e, c->host + c->host_off[l] + (uint64_t)e * sb);
+        pthread_mutex_lock(&f->mu);
+        if (st && !f->st) {
+            f->st = st;
+            snprintf(f->msg, sizeof f->msg, "%s", moe_errmsg());
+        }
+        f->done += sb;
+        /* progress from one thread at a time, in order */
+        if (!st && f->progress) f->progress(f->ctx, f->done, c->host_bytes);
+        pthread_mutex_unlock(&f->mu);
+    }
+}
+
+/* The host tier could not be had: the store's reads need their bounce
+ * buffers after all. Returns st (its message kept), or a failure to get them. */
+static moe_status host_failed(xcache *c, moe_status st) {
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s", moe_errmsg());
+    size_t largest = 0;
+    for (int l = 0; l < c->n_layers; l++)
+        if (c->L[l].n_slots && xs_slot_bytes(c->x, l) > largest) largest = (size_t)xs_slot_bytes(c->x, l);
+    for (int i = 0; i < c->p.io_threads; i++)
+        if (!c->bounce[i] && !(c->bounce[i] = be_host_alloc(c->be, largest)))
+            return moe_err(MOE_ENOMEM, "expert cache: %s; and no bounce buffer: %s", msg, moe_errmsg());
+    return moe_err(st, "%s", msg);
+}
+
+moe_status xc_fill_host(xcache *c, void (*progress)(void *ctx, uint64_t done, uint64_t total), void *ctx) {
+    if (!c->be) return moe_err(MOE_EINVAL, "expert cache: a host tier is for a device's cache");
+    if (c->host_ready) return MOE_OK;
+    if (!c->host) {
+        uint64_t total = 0;
+        for (int l = 0; l < c->n_layers; l++) {
+            c->host_off[l] = total;
+            if (c->L[l].n_slots) total += (uint64_t)c->E * xs_slot_bytes(c->x, l);
+        }
+        c->host_bytes = total;
+        if (!(c->host = be_host_alloc(c->be, (size_t)total)))
+            return host_failed(c, moe_err(MOE_ENOMEM, "%.2f GB of pinned host memory for every expert: %s", (double)total / 1e9,
+                                          moe_errmsg()));
+    }
+    fill_job f = {.c = c, .progress = progress, .ctx = ctx};
+    pthread_mutex_init(&f.mu, NULL);
+    pthread_t th[16];
+    int n = c->n_io < 16 ? c->n_io : 16, started = 0;
+    for (int i = 0; i < n; i++) started += !pthread_create(&th[started], NULL, fill_main, &f);
+    if (!started) fill_main(&f);
+    for (int i = 0; i < started; i++) pthread_join(th[i], NULL);
+    pthread_mutex_destroy(&f.mu);
+    if (f.st) {
+        moe_status st = moe_err(f.st, "%s", f.msg);
+        be_host_free(c->be, c->host);
+        c->host = NULL;
+        return host_failed(c, st);
+    }
+    pthread_mutex_lock(&c->mu); /* no read is queued: the reads so far went to the store */
+    while (c->qlen || c->inflight) pthread_cond_wait(&c->cv_done, &c->mu);
+    c->host_ready = 1;
+    pthread_mutex_unlock(&c->mu);
+    return MOE_OK;
+}
+
 /* ---------------------------------------------------------- lifetime -- */
 
 moe_status xc_new(const moe_model *m, xstore *x, const xc_params *p, xcache **out) {
     *out = NULL;
     const moe_config *mc = &m->cfg.pub;
     if (p->capacity < 0 || p->io_threads < 1) return moe_err(MOE_EINVAL, "expert cache: capacity %d, %d I/O threads", p->capacity, p->io_threads);
+    if (p->be && !backend_movers(p->be))
+        return moe_err(MOE_EINVAL, "expert cache: backend %s keeps its memory on the host (no device cache)", backend_kind(p->be));
     xcache *c = calloc(1, sizeof *c);
     if (!c) return moe_err(MOE_ENOMEM, "out of memory");
     c->m = m;
     c->x = x;
     c->p = *p;
+    c->be = p->be;
     c->E = mc->n_experts;
     c->n_layers = mc->n_layers;
     if (c->p.capacity > c->E) c->p.capacity = c->E;
@@ -586,18 +721,19 @@ moe_status xc_new(const moe_model *m, xstore *x, const xc_params *p, xcache **ou
         if (!m->layers[l].is_moe || !sb) continue;
         L->n_slots = c->p.capacity ? c->p.capacity : 2;
         L->mem_bytes = (size_t)sb * (size_t)L->n_slots;
-        void *mem = mmap(NULL, L->mem_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (mem == MAP_FAILED) {
+        void *mem = c->be ? be_alloc(c->be, L->mem_bytes)
+                          : mmap(NULL, L->mem_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (c->be ? !mem : mem == MAP_FAILED) {
             L->mem_bytes = 0;
-            st = moe_err(MOE_ENOMEM, "expert cache: cannot map %.1f MB for layer %d's %d slots", (double)sb * L->n_slots / 1e6, l,
-                         L->n_slots);
+            st = moe_err(MOE_ENOMEM, "expert cache: cannot allocate %.1f MB for layer %d's %d slots%s%s", (double)sb * L->n_slots / 1e6,
+                         l, L->n_slots, c->be ? ": " : "", c->be ? moe_errmsg() : "");
             goto fail;
         }
         L->mem = mem;
         /* 2 MB pages where the kernel gives them: a slot's first fill would
          * otherwise fault in ~450 4 KB pages of a 1.8 MB expert, each fault
          * costly in a VM; advisory, so a refusal changes nothing */
-        madvise(mem, L->mem_bytes, MADV_HUGEPAGE);
+        if (!c->be) madvise(mem, L->mem_bytes, MADV_HUGEPAGE);
         if (!(L->slots = calloc((size_t)(L->n_slots + c->n_stage), sizeof *L->slots)) || !(L->where = malloc(sizeof(int) * (size_t)c->E)) ||
             !(L->score = calloc((size_t)c->E, sizeof *L->score)) || !(L->stamp = calloc((size_t)c->E, sizeof *L->stamp)) ||
             !(L->guess = calloc((size_t)c->E, 1)) || !(L->need = malloc(sizeof(int) * (size_t)c->E)) ||
@@ -607,6 +743,7 @@ moe_status xc_new(const moe_model *m, xstore *x, const xc_params *p, xcache **ou
         for (int s = 0; s < L->n_slots + c->n_stage; s++) {
             L->slots[s].buf = s < L->n_slots ? L->mem + (size_t)s * sb : NULL;
             L->slots[s].expert = -1;
+            if (c->be && s < L->n_slots && !(L->slots[s].fence = be_fence_new(c->be))) goto dev_fail;
         }
         c->qcap += (L->n_slots + c->n_stage) * XS_MAX_SPANS; /* every slot loading, each read a job */
         if (sb > c->stage_mem_bytes) c->stage_mem_bytes = (size_t)sb; /* for now: the largest slot */
@@ -614,22 +751,42 @@ moe_status xc_new(const moe_model *m, xstore *x, const xc_params *p, xcache **ou
     if (c->n_stage) {
         size_t one = c->stage_mem_bytes;
         c->stage_mem_bytes = one * (size_t)c->n_stage;
-        void *mem = mmap(NULL, c->stage_mem_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (mem == MAP_FAILED) {
+        void *mem = c->be ? be_alloc(c->be, c->stage_mem_bytes)
+                          : mmap(NULL, c->stage_mem_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (c->be ? !mem : mem == MAP_FAILED) {
             c->stage_mem_bytes = 0;
-            st = moe_err(MOE_ENOMEM, "expert cache: cannot map %d staging buffers", c->n_stage);
+            st = moe_err(MOE_ENOMEM, "expert cache: cannot allocate %d staging buffers%s%s", c->n_stage, c->be ? ": " : "",
+                         c->be ? moe_errmsg() : "");
             goto fail;
         }
         c->stage_mem = mem;
-        if (!(c->free_buf = malloc(sizeof *c->free_buf * (size_t)c->n_stage))) goto oom;
-        for (int i = 0; i < c->n_stage; i++) c->free_buf[c->n_free++] = c->stage_mem + (size_t)i * one;
+        if (!(c->free_buf = malloc(sizeof *c->free_buf * (size_t)c->n_stage)) ||
+            !(c->free_fence = calloc((size_t)c->n_stage, sizeof *c->free_fence)))
+            goto oom;
+        for (int i = 0; i < c->n_stage; i++) {
+            if (c->be && !(c->free_fence[c->n_free] = be_fence_new(c->be))) goto dev_fail;
+            c->free_buf[c->n_free++] = c->stage_mem + (size_t)i * one;
+        }
     } else {
         c->stage_mem_bytes = 0;
     }
     if (!(c->q = malloc(sizeof *c->q * (size_t)(c->qcap ? c->qcap : 1)))) goto oom;
-    if (!(c->io = calloc((size_t)p->io_threads, sizeof *c->io))) goto oom;
+    if (!(c->io = calloc((size_t)p->io_threads, sizeof *c->io)) || !(c->iot = calloc((size_t)p->io_threads, sizeof *c->iot)))
+        goto oom;
+    if (c->be) {
+        size_t largest = 0;
+        for (int l = 0; l < c->n_layers; l++)
+            if (c->L[l].n_slots && xs_slot_bytes(x, l) > largest) largest = (size_t)xs_slot_bytes(x, l);
+        if (!(c->mv = calloc((size_t)p->io_threads, sizeof *c->mv)) || !(c->bounce = calloc((size_t)p->io_threads, sizeof *c->bounce)) ||
+            !(c->host_off = calloc((size_t)c->n_layers, sizeof *c->host_off)))
+            goto oom;
+        for (int i = 0; i < p->io_threads; i++)
+            if (!(c->mv[i] = be_mover_new(c->be)) || (!p->host_tier && !(c->bounce[i] = be_host_alloc(c->be, largest)))) goto dev_fail;
+        if ((st = be_sync(c->be))) goto fail; /* the slots' zeroing is done before any upload lands */
+    }
     for (int i = 0; i < p->io_threads; i++) {
-        if (pthread_create(&c->io[i], NULL, io_main, c)) {
+        c->iot[i] = (io_thread){c, i};
+        if (pthread_create(&c->io[i], NULL, io_main, &c->iot[i])) {
             st = moe_err(MOE_ENOMEM, "expert cache: cannot start I/O thread %d", i);
             goto fail;
         }
@@ -639,6 +796,9 @@ moe_status xc_new(const moe_model *m, xstore *x, const xc_params *p, xcache **ou
     return MOE_OK;
 oom:
     st = moe_err(MOE_ENOMEM, "out of memory");
+    goto fail;
+dev_fail:
+    st = moe_err(MOE_ENOMEM, "expert cache: %s", moe_errmsg());
 fail:
     xc_free(c);
     return st;
@@ -653,7 +813,9 @@ void xc_free(xcache *c) {
     for (int i = 0; i < c->n_io; i++) pthread_join(c->io[i], NULL);
     for (int l = 0; c->L && l < c->n_layers; l++) {
         xlayer *L = &c->L[l];
-        if (L->mem) munmap(L->mem, L->mem_bytes);
+        if (L->mem && c->be) be_free(c->be, L->mem);
+        else if (L->mem) munmap(L->mem, L->mem_bytes);
+        for (int s = 0; c->be && L->slots && s < L->n_slots + c->n_stage; s++) be_fence_free(c->be, L->slots[s].fence);
         free(L->slots);
         free(L->where);
         free(L->score);
@@ -663,8 +825,20 @@ void xc_free(xcache *c) {
         free(L->bslot);
         free(L->bstate);
     }
-    if (c->stage_mem) munmap(c->stage_mem, c->stage_mem_bytes);
+    if (c->stage_mem && c->be) be_free(c->be, c->stage_mem);
+    else if (c->stage_mem) munmap(c->stage_mem, c->stage_mem_bytes);
+    for (int i = 0; c->be && c->free_fence && i < c->n_free; i++) be_fence_free(c->be, c->free_fence[i]);
+    free(c->free_fence);
     free(c->free_buf);
+    for (int i = 0; c->be && c->mv && i < c->p.io_threads; i++) {
+        be_mover_free(c->be, c->mv[i]);
+        if (c->bounce) be_host_free(c->be, c->bounce[i]);
+    }
+    free(c->mv);
+    free(c->bounce);
+    if (c->be) be_host_free(c->be, c->host);
+    free(c->host_off);
+    free(c->iot);
     free(c->L);
     free(c->q);
     free(c->io);

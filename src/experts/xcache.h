@@ -46,6 +46,10 @@ typedef struct xc_params {
     int stage;               /* staging buffers shared by the layers (0 < capacity < experts only):
                                 a miss worth less than every cached expert, or such a guess, is
                                 read into one and not kept, instead of evicting a hotter one */
+    struct backend *be;      /* NULL: slots in host memory. A backend with movers (a GPU): slots
+                                in its memory, filled by uploads on the I/O threads' own queues */
+    int host_tier;           /* be only: every expert will be kept in pinned host memory
+                                (xc_fill_host), so no bounce buffers are allocated for the store */
 } xc_params;
 
 /* A new cache over store x for model m: slots allocated (not touched: memory
@@ -106,5 +110,15 @@ int xc_resident(xcache *c, int l, int *experts, double *scores);
 
 /* Bytes of all slots and staging buffers (what the cache may hold at most). */
 uint64_t xc_bytes(const xcache *c);
+
+/* A device's cache (xc_params.be): reads every expert from the store into
+ * pinned host memory (on the I/O threads' count of threads, progress(ctx,
+ * done, total) in bytes, may be NULL), after which every miss is one upload
+ * from there instead of a read of the store. Call before the cache is used.
+ * On failure (no memory to pin, a failed read) the host tier is dropped and
+ * the cache goes on reading the store; the error is returned. */
+moe_status xc_fill_host(xcache *c, void (*progress)(void *ctx, uint64_t done, uint64_t total), void *ctx);
+/* Bytes of the host tier once filled; 0 without one. */
+uint64_t xc_host_bytes(const xcache *c);
 
 #endif

@@ -1214,6 +1214,19 @@ moe_status xs_read_span(xstore *x, int l, int e, int k, void *buf) {
     return MOE_OK;
 }
 
+int xs_span_parts(const xstore *x, int l, int e, int k, uint64_t *dst, uint64_t *len) {
+    const xs_record *r = plan_rec(&x->p, l, e);
+    if (!r || k < 0) return 0;
+    xs_range one;
+    const xs_range *rg;
+    int n = ranges_of(x, r, &one, &rg), i = 0;
+    for (int s = 0; s < k && i < n; s++) i = span_end(rg, n, i);
+    if (i >= n) return 0;
+    int j = span_end(rg, n, i);
+    for (int t = i; t < j; t++) dst[t - i] = rg[t].dst, len[t - i] = rg[t].len;
+    return j - i;
+}
+
 moe_status xs_read(xstore *x, int l, int e, void *buf) {
     int n = xs_spans(x, l, e);
     if (!n) return moe_err(MOE_EINVAL, "%s: layer %d expert %d: no such record", x->path, l, e);

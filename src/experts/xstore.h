@@ -151,6 +151,10 @@ moe_status xs_read(xstore *x, int l, int e, void *buf);
 #define XS_MAX_SPANS 9 /* gate, up, down x values, scales, biases */
 int xs_spans(const xstore *x, int l, int e);
 moe_status xs_read_span(xstore *x, int l, int e, int k, void *buf);
+/* The byte ranges of the record that read k of expert e of layer l fills in
+ * the buffer (dst[i], len[i], at most XS_MAX_SPANS): what a copy of that
+ * read's result elsewhere must carry. Returns how many; 0 for no such read. */
+int xs_span_parts(const xstore *x, int l, int e, int k, uint64_t *dst, uint64_t *len);
 
 /* Points *out's three weights at the parts of record r held in buf (what
  * xs_read filled). */

@@ -622,6 +622,7 @@ void moe_load_params_defaults(moe_load_params *p) {
     p->prefetch = 1;
     p->warm = 1;
     p->pin = -1;
+    p->host_experts = -1;
 }
 
 moe_status moe_model_load(const char *dir, const moe_load_params *p, moe_model **out) {
@@ -641,10 +642,7 @@ moe_status moe_model_load(const char *dir, const moe_load_params *p, moe_model *
     moe_status st = lp->load == MOE_LOAD_AUTO || lp->load == MOE_LOAD_MMAP || lp->load == MOE_LOAD_COPY
                         ? load(m, lp)
                         : moe_err(MOE_EINVAL, "load mode %d: expected MOE_LOAD_AUTO, MOE_LOAD_MMAP or MOE_LOAD_COPY", (int)lp->load);
-    if (!st && backend_host_memory(m->be)) st = offload_setup(m, lp);
-    else if (!st && (lp->offload == 1 || lp->capacity >= 0 || lp->expert_mem > 0 || lp->profile || lp->miss == MOE_MISS_SKIP))
-        st = moe_err(MOE_EUNSUPPORTED, "expert offloading runs on the CPU only so far (device %s); use --device cpu",
-                     backend_kind(m->be));
+    if (!st) st = offload_setup(m, lp);
     if (!st && !backend_host_memory(m->be)) st = place_weights(m);
     else if (!st) st = wcopy_load(m, lp);
     if (!st && m->route_counts && backend_routes(m->be) &&

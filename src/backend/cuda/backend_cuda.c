@@ -53,6 +53,22 @@ static int gpu_graph_begin(backend *be, void **g, uint64_t key) {
 static int gpu_graph_end(backend *be, void **g) { return cuda_graph_end(CTX(be), *g); }
 static void gpu_graph_free(backend *be, void *g) { cuda_graph_free(CTX(be), (cuda_graph *)g); }
 
+static void *gpu_host_alloc(backend *be, size_t bytes) { return cuda_host_alloc(CTX(be), bytes); }
+static void gpu_host_free(backend *be, void *p) { cuda_host_free(CTX(be), p); }
+static be_mover *gpu_mover_new(backend *be) { return (be_mover *)cuda_mover_new(CTX(be)); }
+static void gpu_mover_free(backend *be, be_mover *mv) { cuda_mover_free(CTX(be), (cuda_mover *)mv); }
+static moe_status gpu_mover_upload(backend *be, be_mover *mv, void *dst, const void *src, size_t bytes, be_fence *f) {
+    return cuda_mover_upload(CTX(be), (cuda_mover *)mv, dst, src, bytes, (cuda_fence *)f);
+}
+static be_fence *gpu_fence_new(backend *be) { return (be_fence *)cuda_fence_new(CTX(be)); }
+static void gpu_fence_free(backend *be, be_fence *f) { cuda_fence_free(CTX(be), (cuda_fence *)f); }
+static void gpu_fence_record(backend *be, be_fence *f) { cuda_fence_record(CTX(be), (cuda_fence *)f); }
+static int64_t gpu_free_memory(backend *be) {
+    size_t fr = 0, tot = 0;
+    cuda_mem_info(CTX(be), &fr, &tot);
+    return (int64_t)fr;
+}
+
 /* A device copy of n host bytes, or NULL with the message set. */
 static void *place_bytes(backend *be, const void *src, size_t n) {
     void *d = gpu_alloc(be, n);
@@ -194,6 +210,15 @@ static const backend_ops cuda_backend_ops = {
     .graph_begin = gpu_graph_begin,
     .graph_end = gpu_graph_end,
     .graph_free = gpu_graph_free,
+    .host_alloc = gpu_host_alloc,
+    .host_free = gpu_host_free,
+    .mover_new = gpu_mover_new,
+    .mover_free = gpu_mover_free,
+    .mover_upload = gpu_mover_upload,
+    .fence_new = gpu_fence_new,
+    .fence_free = gpu_fence_free,
+    .fence_record = gpu_fence_record,
+    .free_memory = gpu_free_memory,
     .place_weight = gpu_place_weight,
     .place_floats = gpu_place_floats,
     .matmul_n = gpu_matmul_n,

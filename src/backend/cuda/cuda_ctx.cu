@@ -130,6 +130,103 @@ void cuda_free(cuda_ctx *c, void *p) {
         }
 }
 
+/* ----------------------------------------------- copies beside the stream -- */
+
+struct cuda_mover { cudaStream_t stream; };
+struct cuda_fence { cudaEvent_t ev; };
+
+/* A moe_err for a failed call of another thread's copy (the context keeps none). */
+static moe_status mover_err(cudaError_t e, const char *what) {
+    cudaGetLastError();
+    return moe_err(e == cudaErrorMemoryAllocation ? MOE_ENOMEM : MOE_EIO, "CUDA: %s: %s", what, cudaGetErrorString(e));
+}
+
+/* Pinned through registration of an aligned allocation (cudaMallocHost only
+ * promises 256 bytes; the expert store reads with O_DIRECT into it). */
+void *cuda_host_alloc(cuda_ctx *c, size_t bytes) {
+    cudaSetDevice(c->device);
+    size_t n = (bytes + 4095) & ~(size_t)4095;
+    void *p = NULL;
+    if (posix_memalign(&p, 4096, n ? n : 4096)) {
+        moe_err(MOE_ENOMEM, "out of memory (%.1f MB of pinned host memory)", (double)bytes / 1e6);
+        return NULL;
+    }
+    cudaError_t e = cudaHostRegister(p, n ? n : 4096, cudaHostRegisterPortable);
+    if (e != cudaSuccess) {
+        free(p);
+        mover_err(e, "cudaHostRegister");
+        return NULL;
+    }
+    return p;
+}
+
+void cuda_host_free(cuda_ctx *c, void *p) {
+    if (!p) return;
+    cudaSetDevice(c->device);
+    cudaHostUnregister(p);
+    free(p);
+}
+
+cuda_mover *cuda_mover_new(cuda_ctx *c) {
+    cudaSetDevice(c->device);
+    cuda_mover *mv = (cuda_mover *)calloc(1, sizeof *mv);
+    if (!mv) {
+        moe_err(MOE_ENOMEM, "out of memory");
+        return NULL;
+    }
+    cudaError_t e = cudaStreamCreateWithFlags(&mv->stream, cudaStreamNonBlocking);
+    if (e != cudaSuccess) {
+        free(mv);
+        mover_err(e, "cudaStreamCreate");
+        return NULL;
+    }
+    return mv;
+}
+
+void cuda_mover_free(cuda_ctx *c, cuda_mover *mv) {
+    if (!mv) return;
+    cudaSetDevice(c->device);
+    cudaStreamSynchronize(mv->stream);
+    cudaStreamDestroy(mv->stream);
+    free(mv);
+}
+
+moe_status cuda_mover_upload(cuda_ctx *c, cuda_mover *mv, void *dst, const void *src, size_t bytes, cuda_fence *f) {
+    cudaError_t e = cudaSetDevice(c->device);
+    if (e == cudaSuccess && f) e = cudaStreamWaitEvent(mv->stream, f->ev, 0);
+    if (e == cudaSuccess) e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, mv->stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(mv->stream);
+    return e == cudaSuccess ? MOE_OK : mover_err(e, "upload beside the stream");
+}
+
+cuda_fence *cuda_fence_new(cuda_ctx *c) {
+    cudaSetDevice(c->device);
+    cuda_fence *f = (cuda_fence *)calloc(1, sizeof *f);
+    if (!f) {
+        moe_err(MOE_ENOMEM, "out of memory");
+        return NULL;
+    }
+    cudaError_t e = cudaEventCreateWithFlags(&f->ev, cudaEventDisableTiming);
+    if (e != cudaSuccess) {
+        free(f);
+        mover_err(e, "cudaEventCreate");
+        return NULL;
+    }
+    return f;
+}
+
+void cuda_fence_free(cuda_ctx *c, cuda_fence *f) {
+    if (!f) return;
+    cudaSetDevice(c->device);
+    cudaEventDestroy(f->ev);
+    free(f);
+}
+
+void cuda_fence_record(cuda_ctx *c, cuda_fence *f) {
+    CUDA_LIVE(c);
+    cuda_check(c, cudaEventRecord(f->ev, c->stream), "cudaEventRecord");
+}
+
 /* A slot of `bytes` (rounded up to 256) in the staging ring: its host and
  * device addresses. The copy of one call may still be in flight when the next
  * stages, so each call takes the next part of the buffer, and wraps to the

@@ -57,6 +57,22 @@ moe_status cuda_download(cuda_ctx *c, void *dst, const void *src, size_t bytes);
 /* Waits for the stream; the context's first error, or MOE_OK. */
 moe_status cuda_sync(cuda_ctx *c);
 
+/* ------------------------------------------------- copies beside the stream --
+ * For the expert cache's I/O threads: pinned host memory, a stream per
+ * thread, and events that make its copies wait for the compute stream's
+ * use of a buffer. These never touch the context's error: they return theirs. */
+typedef struct cuda_mover cuda_mover;
+typedef struct cuda_fence cuda_fence;
+void *cuda_host_alloc(cuda_ctx *c, size_t bytes);    /* pinned, 4096-aligned; NULL with a message */
+void cuda_host_free(cuda_ctx *c, void *p);
+cuda_mover *cuda_mover_new(cuda_ctx *c);              /* NULL with a message */
+void cuda_mover_free(cuda_ctx *c, cuda_mover *mv);
+/* dst (dev) <- src (host) on mv's stream after f (NULL: none); returns once it landed */
+moe_status cuda_mover_upload(cuda_ctx *c, cuda_mover *mv, void *dst, const void *src, size_t bytes, cuda_fence *f);
+cuda_fence *cuda_fence_new(cuda_ctx *c);              /* NULL with a message */
+void cuda_fence_free(cuda_ctx *c, cuda_fence *f);
+void cuda_fence_record(cuda_ctx *c, cuda_fence *f);   /* on the context's stream */
+
 /* ------------------------------------------------------------- graphs --
  * be_graph_begin / be_graph_end / be_graph_free (backend.h): the stream's
  * work between them captured once into a CUDA graph and replayed. The key
