@@ -450,7 +450,59 @@ static void check_moe_sel(cuda_ctx *c, int E, int K, int norm, wfmt f, int odd, 
     free(hx), free(dx), free(logit), free(x), free(p), free(cnt), free(a), free(b);
 }
 
+/* cuda_moe_grouped over ne experts with counts[i] rows each (ragged: empty,
+ * within the decode kernels' reach, a partial tile, several tiles), expert
+ * `odd` (-1: none) in format f_odd: bit for bit cuda_matmul_swiglu and
+ * cuda_matmul expert by expert, which test_formats holds to the reference. */
+static void check_grouped(cuda_ctx *c, int ne, const int64_t *counts, wfmt f, int odd, wfmt f_odd, int64_t H, int64_t I) {
+    wtensor *hw = calloc((size_t)ne * 3, sizeof *hw), *dw = calloc((size_t)ne * 3, sizeof *dw);
+    const wtensor **pg = calloc((size_t)ne * 3, sizeof *pg), **pu = pg + ne, **pd = pu + ne;
+    int64_t *off = malloc(sizeof *off * (size_t)(ne + 1));
+    off[0] = 0;
+    for (int i = 0; i < ne; i++) off[i + 1] = off[i] + counts[i];
+    int64_t T = off[ne];
+    float *x = rand_floats((size_t)(T * H)), *dx = dev_floats(c, x, (size_t)(T * H));
+    float *dmid = dev_floats(c, NULL, (size_t)(T * I)), *dout = dev_floats(c, NULL, (size_t)(T * H));
+    float *dmid1 = dev_floats(c, NULL, (size_t)(T * I)), *dout1 = dev_floats(c, NULL, (size_t)(T * H));
+    for (int i = 0; i < ne; i++) {
+        wfmt fi = i == odd ? f_odd : f;
+        hw[3 * i] = host_weight(fi, WF_BF16, 64, I, H), hw[3 * i + 1] = host_weight(fi, WF_BF16, 64, I, H);
+        hw[3 * i + 2] = host_weight(fi, WF_BF16, 64, H, I);
+        for (int k = 0; k < 3; k++) dw[3 * i + k] = dev_weight(c, &hw[3 * i + k]);
+        pg[i] = &dw[3 * i], pu[i] = &dw[3 * i + 1], pd[i] = &dw[3 * i + 2];
+    }
+    cuda_moe_grouped(c, ne, pg, pu, pd, off, dx, dmid, dout);
+    for (int i = 0; i < ne; i++) { /* one by one */
+        if (!counts[i]) continue;
+        cuda_matmul_swiglu(c, pg[i], pu[i], dx + off[i] * H, counts[i], dmid1 + off[i] * I);
+        cuda_matmul(c, pd[i], dmid1 + off[i] * I, counts[i], NULL, dout1 + off[i] * H);
+    }
+    float *a = malloc((size_t)(T * (H > I ? H : I)) * 4), *b = malloc((size_t)(T * (H > I ? H : I)) * 4);
+    CHECK(cuda_download(c, a, dmid, (size_t)(T * I) * 4) == MOE_OK && cuda_download(c, b, dmid1, (size_t)(T * I) * 4) == MOE_OK,
+          "moe_grouped: %s", moe_errmsg());
+    CHECK(!memcmp(a, b, (size_t)(T * I) * 4), "moe_grouped %s, %d experts: SwiGLU products differ from one by one",
+          wfmt_name(f), ne);
+    CHECK(cuda_download(c, a, dout, (size_t)(T * H) * 4) == MOE_OK && cuda_download(c, b, dout1, (size_t)(T * H) * 4) == MOE_OK,
+          "moe_grouped: %s", moe_errmsg());
+    CHECK(!memcmp(a, b, (size_t)(T * H) * 4), "moe_grouped %s, %d experts: outputs differ from one by one", wfmt_name(f), ne);
+    double ss = 0;
+    for (int64_t i = 0; i < T * H; i++) ss += (double)a[i] * a[i];
+    CHECK(T == 0 || ss > 0, "moe_grouped: all zeros");
+    for (int i = 0; i < 3 * ne; i++) {
+        host_free(&hw[i]);
+        cuda_free(c, (void *)dw[i].data), cuda_free(c, (void *)dw[i].scales), cuda_free(c, (void *)dw[i].biases);
+    }
+    cuda_free(c, dx), cuda_free(c, dmid), cuda_free(c, dout), cuda_free(c, dmid1), cuda_free(c, dout1);
+    free(hw), free(dw), free(pg), free(off), free(x), free(a), free(b);
+}
+
 static void test_moe(cuda_ctx *c) {
+    const int64_t mixtral[8] = {130, 0, 9, 8, 1, 300, 64, 129}, many[20] = {17, 3, 40, 0, 0, 9, 12, 200, 5, 33,
+                                                                          1, 2, 96, 128, 127, 0, 10, 11, 70, 8};
+    check_grouped(c, 8, mixtral, WF_Q4, -1, WF_Q4, 256, 192);
+    check_grouped(c, 8, mixtral, WF_BF16, -1, WF_BF16, 128, 96);
+    check_grouped(c, 20, many, WF_Q8, 7, WF_Q4, 128, 64); /* one expert in another format: by itself */
+    check_grouped(c, 3, mixtral, WF_F32, -1, WF_F32, 64, 32); /* float32 has no tensor-core path */
     check_moe_sel(c, 8, 2, 1, WF_Q4, -1, WF_Q4, 0, 256, 96);   /* Mixtral-like */
     check_moe_sel(c, 60, 4, 0, WF_Q8, -1, WF_Q8, 1, 128, 64);  /* Qwen-MoE-like: a shared expert, weights as chosen */
     check_moe_sel(c, 64, 8, 0, WF_BF16, -1, WF_BF16, 0, 128, 32);

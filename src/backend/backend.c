@@ -135,6 +135,11 @@ void be_moe_decode(backend *be, int ne, const wtensor *const *gate, const wtenso
     be->ops->moe_decode(be, ne, gate, up, down, x, mid, ld_mid, out);
 }
 int backend_routes(const backend *be) { return be->ops->route && be->ops->moe_decode_sel; }
+int backend_groups(const backend *be) { return be->ops->moe_grouped != NULL; }
+void be_moe_grouped(backend *be, int ne, const wtensor *const *gate, const wtensor *const *up, const wtensor *const *down,
+                    const int64_t *off, const float *x, float *mid, float *out) {
+    be->ops->moe_grouped(be, ne, gate, up, down, off, x, mid, out);
+}
 void be_route(backend *be, float *logits, int64_t n, int E, int K, int norm, int32_t *sel, float *w, int64_t *counts) {
     be->ops->route(be, logits, n, E, K, norm, sel, w, counts);
 }

@@ -196,6 +196,15 @@ void be_moe_decode(backend *be, int ne, const wtensor *const *gate, const wtenso
  * expert (sgate, sup, sdown; NULL without) into shared_out. logits, sel, w,
  * counts, x, mid, out, shared_out: backend memory. */
 int backend_routes(const backend *be);
+/* 1 where be_moe_grouped exists (CUDA: one launch per projection for all of
+ * a batch's experts); elsewhere the caller runs the experts one by one. */
+int backend_groups(const backend *be);
+/* For i < ne: out rows off[i] .. off[i+1] = down_i(silu(gate_i x) * up_i x)
+ * over the same rows of x (the batch's choices sorted by expert, off host
+ * [ne + 1]); mid [off[ne] x gate rows] holds the SwiGLU products. The same
+ * results as be_matmul_swiglu and be_matmul expert by expert. */
+void be_moe_grouped(backend *be, int ne, const wtensor *const *gate, const wtensor *const *up, const wtensor *const *down,
+                    const int64_t *off, const float *x, float *mid, float *out);
 void be_route(backend *be, float *logits, int64_t n, int E, int K, int norm, int32_t *sel, float *w, int64_t *counts);
 void be_moe_decode_sel(backend *be, int E, const wtensor *gate, const wtensor *up, const wtensor *down, size_t stride,
                        const int32_t *sel, int K, const wtensor *sgate, const wtensor *sup, const wtensor *sdown,

@@ -54,6 +54,9 @@ typedef struct backend_ops {
                            size_t stride, const int32_t *sel, int K, const wtensor *sgate, const wtensor *sup,
                            const wtensor *sdown, const float *x, float *mid, int64_t ld_mid, float *out,
                            int64_t ld_out, float *shared_out);
+    /* be_moe_grouped: NULL where the caller runs the experts one by one (CPU) */
+    void (*moe_grouped)(backend *be, int ne, const wtensor *const *gate, const wtensor *const *up,
+                        const wtensor *const *down, const int64_t *off, const float *x, float *mid, float *out);
     void (*embed)(backend *be, const wtensor *w, const int32_t *tokens, int64_t n, float *out);
     void (*rmsnorm)(backend *be, const float *x, const float *weight, int64_t n, int64_t d, float eps, float *out);
     void (*rope)(backend *be, float *x, int64_t n, int n_heads, int hd, int rot, const int64_t *pos,

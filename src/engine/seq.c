@@ -197,6 +197,12 @@ moe_status moe_seq_new(moe_model *m, const moe_seq_params *p, moe_seq **out) {
         s->moe_mid_ld = c->moe_intermediate_size > c->shared_expert_intermediate_size ? c->moe_intermediate_size
                                                                                      : c->shared_expert_intermediate_size;
         BALLOC(s->moe_mid, (K + 1) * s->moe_mid_ld);
+        if (backend_groups(be) && nb > 1) {
+            BALLOC(s->xg, nb * K * H);
+            BALLOC(s->yg, nb * K * H);
+            BALLOC(s->gmid, nb * K * c->moe_intermediate_size);
+            ALLOC(s->grp_w, 3 * E);
+        }
         ALLOC(s->need, E);
         ALLOC(s->eidx, E);
         ALLOC(s->grp_off, E + 1);
@@ -235,11 +241,12 @@ void moe_seq_free(moe_seq *s) {
     }
     void *dev[] = {s->rec, s->qg, s->gate, s->lin_in, s->lin_ba, s->lin_mix, s->lin_conv, s->lin_z, s->lin_out,
                    s->lin_g, s->lin_beta, s->lin_scratch, s->x, s->h, s->q, s->att, s->k, s->v, s->ga, s->moe_acc,
-                   s->xe, s->ye, s->router, s->ew, s->yk, s->moe_mid, s->att_scratch, s->lg, s->pos_be, s->tok_be, s->usew_be, s->use_be, s->sel_be, s->selw_be};
+                   s->xe, s->ye, s->router, s->ew, s->yk, s->moe_mid, s->att_scratch, s->lg, s->pos_be, s->tok_be, s->usew_be, s->use_be, s->sel_be, s->selw_be,
+                   s->xg, s->yg, s->gmid};
     for (size_t i = 0; i < sizeof dev / sizeof *dev; i++) be_free(be, dev[i]);
     if (s->router_h != s->router) free(s->router_h);
     void *host[] = {s->snaps, s->history, s->sel, s->selw, s->usew, s->use, s->need, s->eidx, s->grp_off, s->grp_cur,
-                    s->grp_tk, s->skipped, s->dropped, s->positions, s->logits, s->batch_logits, s->batch_tokens};
+                    s->grp_tk, s->skipped, s->dropped, (void *)s->grp_w, s->positions, s->logits, s->batch_logits, s->batch_tokens};
     for (size_t i = 0; i < sizeof host / sizeof *host; i++) free(host[i]);
     free(s);
 }

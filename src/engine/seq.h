@@ -55,6 +55,9 @@ struct moe_seq {
     float *k, *v;             /* [nb x n_kv*hd] */
     float *ga;                /* [nb x max intermediate] silu(gate) * up */
     float *moe_acc, *xe, *ye; /* [nb x H] expert sum, gathered inputs, expert outputs */
+    float *xg, *yg, *gmid;    /* backend_groups: [nb*top_k x H] every choice's input, output sorted by
+                                 expert; [nb*top_k x moe_inter] their SwiGLU products; else NULL */
+    const wtensor **grp_w;    /* (host) [3 x E] backend_groups: the batch's experts' gate, up, down weights */
     float *router;            /* [nb x E] router logits */
     float *router_h;          /* (host) [nb x E] the router logits -> probabilities (router itself on a host backend) */
     int *sel;                 /* (host) [nb x top_k] chosen experts */

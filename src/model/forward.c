@@ -162,6 +162,20 @@ static moe_status run_experts(moe_seq *s, int l, int64_t n, const float *h, int 
         be_moe_decode(m->be, (int)ne, g, u, d, h, s->moe_mid, s->moe_mid_ld, out);
         return MOE_OK;
     }
+    if (!m->xc && s->xg) {
+        /* every choice's row gathered in expert order, all experts in one launch per projection */
+        backend *be = m->be;
+        const wtensor **g = s->grp_w, **u = g + n_need, **d = u + n_need;
+        for (int i = 0; i < n_need; i++) {
+            const expert *e = &m->layers[l].experts[s->need[i]];
+            g[i] = &e->gate, u[i] = &e->up, d[i] = &e->down;
+        }
+        int64_t H = m->cfg.pub.hidden_size, total = s->grp_off[n_need];
+        be_gather_rows(be, s->xg, h, H, s->grp_tk, K, total);
+        be_moe_grouped(be, n_need, g, u, d, s->grp_off, s->xg, s->gmid, s->yg);
+        be_scatter_rows(be, s->yk, s->yg, H, s->grp_tk, total);
+        return MOE_OK;
+    }
     if (!m->xc) {
         for (int i = 0; i < n_need; i++) run_expert(s, &m->layers[l].experts[s->need[i]], i, h);
         return MOE_OK;

@@ -69,6 +69,11 @@ static int64_t gpu_free_memory(backend *be) {
     return (int64_t)fr;
 }
 
+static void gpu_moe_grouped(backend *be, int ne, const wtensor *const *gate, const wtensor *const *up,
+                            const wtensor *const *down, const int64_t *off, const float *x, float *mid, float *out) {
+    cuda_moe_grouped(CTX(be), ne, gate, up, down, off, x, mid, out);
+}
+
 /* A device copy of n host bytes, or NULL with the message set. */
 static void *place_bytes(backend *be, const void *src, size_t n) {
     void *d = gpu_alloc(be, n);
@@ -226,6 +231,7 @@ static const backend_ops cuda_backend_ops = {
     .moe_decode = gpu_moe_decode,
     .route = gpu_route,
     .moe_decode_sel = gpu_moe_decode_sel,
+    .moe_grouped = gpu_moe_grouped,
     .embed = gpu_embed,
     .rmsnorm = gpu_rmsnorm,
     .rope = gpu_rope,

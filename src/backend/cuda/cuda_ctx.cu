@@ -62,6 +62,8 @@ moe_status cuda_ctx_new(int device, cuda_ctx **out) {
     }
     const char *gr = getenv("MOE_CUDA_GRAPHS");
     c->no_graphs = gr && !strcmp(gr, "0");
+    const char *gp = getenv("MOE_CUDA_GROUPED");
+    c->no_grouped = gp && !strcmp(gp, "0");
     c->n_sm = p.multiProcessorCount;
     c->cc = p.major * 10 + p.minor;
     snprintf(c->name, sizeof c->name, "%s, sm_%d, %.1f GiB", p.name, c->cc, (double)p.totalGlobalMem / (1 << 30));

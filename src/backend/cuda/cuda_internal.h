@@ -25,6 +25,7 @@ struct cuda_ctx {
     int float_decode;             /* Q4/Q8 decode on float32 inputs, not int8-rounded ones (cuda_set_float_decode) */
     /* graphs (cuda_graph_begin) */
     int no_graphs;                /* MOE_CUDA_GRAPHS=0 when the context opened: every step issued plainly */
+    int no_grouped;               /* MOE_CUDA_GROUPED=0: cuda_moe_grouped runs the experts one by one */
     struct cuda_graph *capturing; /* the graph the stream is being captured into, NULL */
     int capture_failed;           /* something issued during the capture cannot be recorded */
     uint64_t scratch_gen;         /* bumped whenever the scratch area moves */

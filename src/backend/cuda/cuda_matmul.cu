@@ -691,11 +691,11 @@ __device__ __forceinline__ void mma_h(float *d, const uint32_t *a, const uint32_
  * 8 warps: 4 along rows (32 each) x 2 along tokens (64 each). Thread tid
  * dequantizes 32 values of shared row tid/2 and converts 32 activations of
  * token tid/2 per step; the next step's loads are in flight during the MMAs. */
-template <int F, bool SWI> __global__ void __launch_bounds__(256) tc_kernel(const mm_seg s, int64_t n) {
+template <int F, bool SWI> __device__ __forceinline__ void tc_tile(const mm_seg &s, int64_t n, int64_t bx, int64_t by) {
     typedef fmt_traits<F> T;
     __shared__ __align__(16) uint16_t As[TC_BM * TC_LDS], Bs[TC_BN * TC_LDS];
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wm = warp & 3, wn = warp >> 2;
-    const int64_t m0 = (int64_t)blockIdx.x * (SWI ? TC_BM / 2 : TC_BM), t0 = (int64_t)blockIdx.y * TC_BN;
+    const int64_t m0 = bx * (SWI ? TC_BM / 2 : TC_BM), t0 = by * TC_BN;
 
     /* this thread's loads: shared row ar (a weight row of tensor ten), token bt, half h of the step's columns */
     const int ar = tid >> 1, h = tid & 1;
@@ -808,6 +808,23 @@ template <int F, bool SWI> __global__ void __launch_bounds__(256) tc_kernel(cons
         }
 }
 
+template <int F, bool SWI> __global__ void __launch_bounds__(256) tc_kernel(const mm_seg s, int64_t n) {
+    tc_tile<F, SWI>(s, n, blockIdx.x, blockIdx.y);
+}
+
+/* One weight of many (the experts of a MoE layer, each over its own rows of
+ * tokens) per blockIdx.z: the same tiles as tc_kernel, one launch for all.
+ * Blocks beyond a segment's rows or tokens (the grid fits the largest) leave. */
+typedef struct tc_gseg {
+    mm_seg s;
+    int64_t n;
+} tc_gseg;
+template <int F, bool SWI> __global__ void __launch_bounds__(256) tc_group_kernel(const tc_gseg *g) {
+    const tc_gseg &q = g[blockIdx.z];
+    if ((int64_t)blockIdx.y * TC_BN >= q.n || (int64_t)blockIdx.x * (SWI ? TC_BM / 2 : TC_BM) >= q.s.rows) return;
+    tc_tile<F, SWI>(q.s, q.n, blockIdx.x, blockIdx.y);
+}
+
 /* ------------------------------------------------------------- launch -- */
 
 typedef void (*mv_fn)(cudaStream_t st, unsigned blocks, size_t smem, int n_sm, const mv_args *a);
@@ -866,6 +883,9 @@ template <int F> static cudaError_t xq_launch(cudaStream_t st, dim3 grid, bool p
 template <int F, bool SWI> static void tc_launch(cudaStream_t st, dim3 grid, const mm_seg *s, int64_t n) {
     tc_kernel<F, SWI><<<grid, 256, 0, st>>>(*s, n);
 }
+template <int F, bool SWI> static void tc_group_launch(cudaStream_t st, dim3 grid, const tc_gseg *g) {
+    tc_group_kernel<F, SWI><<<grid, 256, 0, st>>>(g);
+}
 
 #define MV_ROW(F, SWI) {mv_launch<F, 1, SWI>, mv_launch<F, 2, SWI>, mv_launch<F, 4, SWI>, mv_launch<F, 8, SWI>}
 #define MV_FMT(F) {MV_ROW(F, false), MV_ROW(F, true)}
@@ -883,6 +903,12 @@ static const xq_fn xq_tab[2] = {xq_launch<WF_Q4>, xq_launch<WF_Q8>};
 static const tc_fn tc_tab[WF_COUNT][2] = {{NULL, NULL}, TC_FMT(WF_F16), TC_FMT(WF_BF16),
                                           TC_FMT(WF_Q2), TC_FMT(WF_Q3), TC_FMT(WF_Q4),
                                           TC_FMT(WF_Q5), TC_FMT(WF_Q6), TC_FMT(WF_Q8)};
+
+typedef void (*tcg_fn)(cudaStream_t st, dim3 grid, const tc_gseg *g);
+#define TCG_FMT(F) {tc_group_launch<F, false>, tc_group_launch<F, true>}
+static const tcg_fn tcg_tab[WF_COUNT][2] = {{NULL, NULL}, TCG_FMT(WF_F16), TCG_FMT(WF_BF16),
+                                            TCG_FMT(WF_Q2), TCG_FMT(WF_Q3), TCG_FMT(WF_Q4),
+                                            TCG_FMT(WF_Q5), TCG_FMT(WF_Q6), TCG_FMT(WF_Q8)};
 
 /* Load width of a format's chunk: what data and row_bytes must be multiples of. */
 #define FMT_ALL(what) {fmt_traits<WF_F32>::what, fmt_traits<WF_F16>::what, fmt_traits<WF_BF16>::what, \
@@ -1153,6 +1179,60 @@ extern "C" void cuda_matmul_swiglu(cuda_ctx *c, const wtensor *gate, const wtens
     CUDA_LIVE(c);
     silu_mul_kernel<<<cuda_blocks(n * gate->rows, 256), 256, 0, c->stream>>>(out, u, n * gate->rows);
     cuda_launched(c, "matmul_swiglu");
+}
+
+/* w0[i] (with w1[i]: SwiGLU of the pair) over rows off[i] .. off[i+1] of x
+ * into the same rows of y, for the ne weights. Those that tc_kernel would run
+ * alone (more than MV_MAX_N rows, wide loads, one format) go as one
+ * tc_group_kernel launch, the same tiles and arithmetic; the rest one by one
+ * as cuda_matmul(_swiglu) runs them. So the results are those of the calls one
+ * by one, whatever is grouped. */
+static void group_run(cuda_ctx *c, int ne, const wtensor *const *w0, const wtensor *const *w1, const int64_t *off,
+                      const float *x, float *y, const char *what) {
+    const bool swi = w1 != NULL;
+    const int64_t cols = w0[0]->cols, rows = w0[0]->rows;
+    tc_gseg *g = (tc_gseg *)malloc(sizeof *g * (size_t)(ne > 0 ? ne : 1));
+    if (!g) {
+        cuda_check(c, cudaErrorMemoryAllocation, what);
+        return;
+    }
+    int k = 0, f = -1;
+    int64_t max_n = 0;
+    for (int i = 0; i < ne && !c->err; i++) {
+        const int64_t n = off[i + 1] - off[i];
+        const float *xi = x + off[i] * cols;
+        float *yi = y + off[i] * rows;
+        if (n <= 0) continue;
+        const wtensor *a = w0[i], *b = swi ? w1[i] : NULL;
+        bool ok = !c->no_grouped && n > MV_MAX_N && a->cols == cols && a->rows == rows && cols % 32 == 0 &&
+                  tcg_tab[a->fmt][swi] && (f < 0 || a->fmt == f) && fast_ok(a, xi, cols) &&
+                  (!swi || (same_layout(a, b) && fast_ok(b, xi, cols)));
+        if (!ok) {
+            if (swi) cuda_matmul_swiglu(c, a, b, xi, n, yi);
+            else mm_any(c, a, NULL, xi, n, NULL, yi, what, 0);
+            continue;
+        }
+        f = a->fmt;
+        g[k].s = seg_of(a, b, xi, cols, yi, rows, NULL);
+        g[k++].n = n;
+        max_n = n > max_n ? n : max_n;
+    }
+    const tc_gseg *d = k && !c->err ? (const tc_gseg *)cuda_stage(c, g, sizeof *g * (size_t)k) : NULL;
+    if (d) {
+        dim3 grid(cuda_blocks(rows, swi ? TC_BM / 2 : TC_BM), cuda_blocks(max_n, TC_BN), (unsigned)k);
+        tcg_tab[f][swi](c->stream, grid, d);
+        cuda_launched(c, what);
+    }
+    free(g);
+}
+
+extern "C" void cuda_moe_grouped(cuda_ctx *c, int ne, const wtensor *const *gate, const wtensor *const *up,
+                                 const wtensor *const *down, const int64_t *off, const float *x, float *mid,
+                                 float *out) {
+    CUDA_LIVE(c);
+    if (ne <= 0) return;
+    group_run(c, ne, gate, up, off, x, mid, "moe_grouped");
+    group_run(c, ne, down, NULL, off, mid, out, "moe_grouped");
 }
 
 extern "C" void cuda_moe_decode(cuda_ctx *c, int ne, const wtensor *const *gate, const wtensor *const *up,

@@ -100,6 +100,9 @@ void cuda_matmul(cuda_ctx *c, const wtensor *w, const float *x, int64_t n, const
 void cuda_matmul_swiglu(cuda_ctx *c, const wtensor *gate, const wtensor *up, const float *x, int64_t n, float *out);
 /* gate/up/down: host arrays of ne host wtensor pointers; out: host array of ne
  * (dev) pointers. */
+/* be_moe_grouped: the experts' SwiGLU and down projections over their rows of x, two launches */
+void cuda_moe_grouped(cuda_ctx *c, int ne, const wtensor *const *gate, const wtensor *const *up,
+                      const wtensor *const *down, const int64_t *off, const float *x, float *mid, float *out);
 void cuda_moe_decode(cuda_ctx *c, int ne, const wtensor *const *gate, const wtensor *const *up,
                      const wtensor *const *down, const float *x, float *mid, int64_t ld_mid, float *const *out);
 /* be_route and be_moe_decode_sel's contracts (backend.h): all (dev) but the wtensors. */
