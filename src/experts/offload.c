@@ -271,6 +271,9 @@ moe_status offload_setup(moe_model *m, const moe_load_params *p) {
         return moe_err(MOE_EINVAL, "offloading: bad parameters (capacity %d, expert_mem %lld, pin %d, miss %d, evict %d, store %d)",
                        p->capacity, (long long)p->expert_mem, p->pin, (int)p->miss, (int)p->evict, (int)p->store);
     int dev = !backend_host_memory(m->be);
+    if (!dev && p->host_experts == 1)
+        return moe_err(MOE_EINVAL, "--host-experts on: the host tier is for a GPU's expert cache (device %s)",
+                       backend_kind(m->be));
     m->off.available_bytes = dev ? backend_free_memory(m->be) : mem_available();
     int want = p->offload == 1 || p->capacity >= 0 || p->expert_mem > 0 || p->profile || p->miss == MOE_MISS_SKIP;
     if (!want) {

@@ -37,6 +37,11 @@ run(wrong generate -m ${MODEL} --tokens 1,2 -n 1 --capacity 8 --profile ${OUT}/o
 expect(wrong 1 "^moe: .*other.json: ")
 run(bad_pin generate -m ${MODEL} --tokens 1,2 -n 1 --capacity 8 --pin x ${cache})
 expect(bad_pin 1 "--pin: expected an integer")
+# the host tier is a GPU's: asked for on the CPU it is refused; a bad value too
+run(host_cpu generate -m ${MODEL} --tokens 1,2 -n 1 --capacity 8 --host-experts on --device cpu ${cache})
+expect(host_cpu 1 "--host-experts on: the host tier is for a GPU's expert cache")
+run(host_bad generate -m ${MODEL} --tokens 1,2 -n 1 --host-experts maybe ${cache})
+expect(host_bad 1 "--host-experts: expected auto, on or off")
 
 # --store: the model's own files through generate and bench (no pack made in
 # their cache directory); auto takes the pack while the disk has room, the
