@@ -29,7 +29,7 @@ fi
 echo "== the CUDA backend: compiled for sm_80 and sm_90 (its tests skip without a GPU)"
 bash tools/deps.sh --cuda
 cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DMOE_CUDA_REQUIRED=ON -DCMAKE_C_FLAGS=-Werror >/dev/null
-cmake --build build-cuda -j"$jobs" --target moe_cli test_cuda_golden test_cuda_mm test_cuda_ops bench_cuda_mm cuda_membw
+cmake --build build-cuda -j"$jobs" --target moe_cli test_cuda_golden test_cuda_offload test_cuda_mm test_cuda_ops bench_cuda_mm cuda_membw
 ctest --test-dir build-cuda -L cuda --output-on-failure -j"$jobs"
 
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer build and tests"
