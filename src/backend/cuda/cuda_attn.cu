@@ -13,19 +13,21 @@
  *   softmax per warp. The warps merge in shared memory; with several splits
  *   each writes (max, sum, unnormalised output) to scratch and a second
  *   kernel merges the splits.
- * - prompts: a block per tile of 32 queries x head; key tiles of 32 are
+ * - prompts on float32 (the fallback: other head dims, fewer queries,
+ *   MOE_CUDA_ATT_TC=0): a block per tile of 32 queries x head; key tiles of 32 are
  *   dequantized into shared memory, each warp scores its 8 queries against
  *   the tile (a lane a key), and keeps an online softmax and the output
  *   accumulators (a lane per 32nd element) in registers.
  * - prompts on tensor cores (head dims 64 and 128, 16 queries or more; the
  *   default, MOE_CUDA_ATT_TC=0 in the environment turns it off per call):
- *   flash-attention 2 with mma.sync m16n8k16 on float16 operands. A block
- *   takes 64 rows of (query, head of one KV head's group) and walks key tiles
+ *   flash-attention 2 with mma.sync m16n8k16 on float16 operands. A block of
+ *   8 warps takes 128 rows of (query, head of one KV head's group) and walks key tiles
  *   of 64, dequantized and rounded to float16 in shared memory once for the
  *   whole group; each warp keeps its 16 rows' scores, online softmax (float32,
  *   base 2) and output accumulators (float32) in registers. Q is scaled by
  *   scale * log2(e) before it is rounded, so a score is the exponent itself.
- *   Its results differ from the CPU's by float16 rounding (~1e-3 relative).
+ *   Its results differ from the CPU's by float16 rounding (~4e-4 relative
+ *   RMS in test_cuda_ops).
  * Keys are read from slot p % cap for every position p a query sees, as the
  * CPU reads them: a ring buffer under a sliding window. */
 #include <cuda_fp16.h>
@@ -530,7 +532,12 @@ __global__ static void __launch_bounds__(ATT_WARPS * 32) k_att_prompt(att_args a
 
 /* ------------------------------------------- prompt attention, tensor cores -- */
 
-#define TC_BM 64    /* rows (query, head of the group) a block: 16 a warp */
+/* Warps a block: 8 (a tile's load serves 128 rows) ran 116 TFLOP/s on an H100
+ * where 4 ran 87; at ~211 registers a thread either way one block of 8 or two
+ * of 4 fit an SM, and capping the registers for three blocks of 4 (a little
+ * spilling) ran 102. Unrolling the tile load changed nothing. */
+#define TC_WARPS 8
+#define TC_BM (16 * TC_WARPS) /* rows (query, head of the group) a block: 16 a warp */
 #define TC_BN 64    /* keys a tile */
 #define TC_MIN_N 16 /* queries from which the tensor-core kernel serves */
 
@@ -587,7 +594,7 @@ __device__ __forceinline__ uint4 kv_half8(const void *base, const float *sc, con
  * fragments: a lane holds rows lane/4 and lane/4 + 8 of its warp's 16, and
  * columns 2 (lane % 4) + {0, 1} of every 8. */
 template <int BITS, int HD>
-__global__ static void __launch_bounds__(ATT_WARPS * 32) k_att_prompt_tc(att_args a) {
+__global__ static void __launch_bounds__(TC_WARPS * 32) k_att_prompt_tc(att_args a) {
     constexpr int LD = HD + 8, KS = HD / 16, NT = TC_BN / 8, OT = HD / 8;
     extern __shared__ __align__(16) unsigned char tc_sm[];
     uint16_t *Ks = (uint16_t *)tc_sm, *Vs = Ks + TC_BN * LD;
@@ -630,9 +637,9 @@ __global__ static void __launch_bounds__(ATT_WARPS * 32) k_att_prompt_tc(att_arg
 
     for (int64_t kt = kstart; kt <= kend; kt += TC_BN) {
         __syncthreads(); /* the previous tile is consumed */
-        if (threadIdx.x < TC_BN) slots[threadIdx.x] = (kt + threadIdx.x) % a.cap;
+        for (int r = threadIdx.x; r < TC_BN; r += blockDim.x) slots[r] = (kt + r) % a.cap;
         __syncthreads();
-        for (int c = threadIdx.x; c < TC_BN * HD / 8; c += blockDim.x) {
+        for (int c = threadIdx.x; c < TC_BN * HD / 8; c += TC_WARPS * 32) {
             int r = c / (HD / 8), j = c % (HD / 8) * 8, e0 = kvh * HD + j;
             bool in = kt + r <= kend; /* zeros past the last key: P = 0 times V must be 0, not NaN */
             uint4 kx = in ? kv_half8<BITS>(a.k, a.ks, a.kb, a, slots[r], e0) : make_uint4(0, 0, 0, 0);
@@ -717,11 +724,12 @@ __global__ static void __launch_bounds__(ATT_WARPS * 32) k_att_prompt_tc(att_arg
 
 /* Launches with the smem opt-in beyond 48 KiB, which the prompt kernel needs from hd 128 on. */
 template <typename K>
-static bool att_launch(cuda_ctx *c, K kern, dim3 grid, size_t smem, const att_args &a, const char *what) {
+static bool att_launch(cuda_ctx *c, K kern, dim3 grid, size_t smem, const att_args &a, const char *what,
+                       int threads = ATT_WARPS * 32) {
     if (smem > 48 * 1024 &&
         !cuda_check(c, cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), what))
         return false;
-    kern<<<grid, ATT_WARPS * 32, smem, c->stream>>>(a);
+    kern<<<grid, threads, smem, c->stream>>>(a);
     return cuda_launched(c, what);
 }
 
@@ -732,8 +740,8 @@ static bool att_prompt_tc(cuda_ctx *c, const att_args &a, int n_kv) {
     if (a.n < TC_MIN_N || (a.hd != 64 && a.hd != 128) || (BITS != 32 && a.group % 8)) return false;
     dim3 grid(cuda_blocks(a.n * a.G, TC_BM), (unsigned)n_kv);
     size_t smem = sizeof(uint16_t) * 2 * TC_BN * (size_t)(a.hd + 8) + sizeof(int64_t) * TC_BN;
-    if (a.hd == 64) att_launch(c, k_att_prompt_tc<BITS, 64>, grid, smem, a, "attention (prompt, tensor cores)");
-    else att_launch(c, k_att_prompt_tc<BITS, 128>, grid, smem, a, "attention (prompt, tensor cores)");
+    if (a.hd == 64) att_launch(c, k_att_prompt_tc<BITS, 64>, grid, smem, a, "attention (prompt, tensor cores)", TC_WARPS * 32);
+    else att_launch(c, k_att_prompt_tc<BITS, 128>, grid, smem, a, "attention (prompt, tensor cores)", TC_WARPS * 32);
     return true;
 }
 
