@@ -629,15 +629,15 @@ static void timings(void) {
         printf("timing: attention decode, %lld context, 32-bit cache: %.1f us\n", (long long)ctx, dc * 1e6);
     }
     /* prompts: the float32 kernel (MOE_CUDA_ATT_TC=0) against the tensor-core one */
-    const int64_t prompts[][2] = {{512, 4096}, {4096, 4096}};
-    for (int pi = 0; pi < 2; pi++)
+    const int64_t prompts[][2] = {{37, 4096}, {512, 4096}, {4096, 4096}};
+    for (int pi = 0; pi < 3; pi++)
         for (int b = 0; b < 3; b++)
             for (int tc = 0; tc < 2; tc++) {
                 int64_t n = prompts[pi][0], ctx = prompts[pi][1];
                 if (tc) unsetenv("MOE_CUDA_ATT_TC");
                 else setenv("MOE_CUDA_ATT_TC", "0", 1);
                 if (!tc && widths[b] != 32) continue; /* the float32 kernel: one width is its figure */
-                double dt = time_attention(widths[b], ctx, n, n > 1000 ? 3 : 5);
+                double dt = time_attention(widths[b], ctx, n, n > 1000 ? 3 : n < 100 ? 50 : 5);
                 /* QK and PV (2 flops a multiply-add each) over the causal keys: query i sees ctx - n + i + 1 */
                 double flops = 4.0 * 32 * 128 * (double)n * (double)(ctx - n + (n + 1) / 2.0);
                 printf("timing: attention prompt, %lld queries at %lld..%lld, 32/8 heads, hd 128, %2d-bit, %s: %.2f ms "
