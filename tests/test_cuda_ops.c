@@ -5,7 +5,9 @@
  * per check (float32 results that differ only in summation order and in the
  * rounding of expf/sinf are held to a few 1e-6 of their magnitude; the KV
  * quantization to exact equality). Prints a few timings at real shapes
- * (attention decode at 4096 context, a prompt, the delta rule), never asserted.
+ * (attention decode at 4096 context, prompts on both prompt kernels, the delta
+ * rule), never asserted. The tensor-core prompt attention is held to float16's
+ * rounding (ATT_TC_RMS), the float32 kernels beside it (MOE_CUDA_ATT_TC=0) to 1e-5.
  * Exits 77 (skipped) where there is no CUDA device. */
 #include <math.h>
 #include <stdlib.h>
@@ -374,11 +376,51 @@ typedef struct att_case {
     int n_heads, n_kv, hd, window;
 } att_case;
 
+/* sqrt(sum (a - b)^2 / sum b^2): the tensor-core kernel's measure, whose
+ * float16 rounding is spread over every element */
+static double err_rms(const float *a, const float *b, size_t n) {
+    double d2 = 0, b2 = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - b[i];
+        d2 += d * d, b2 += (double)b[i] * b[i];
+    }
+    return d2 == d2 ? sqrt(d2 / (b2 > 0 ? b2 : 1)) : INFINITY;
+}
+
+/* The tensor-core prompt kernel (cuda_attn.cu) rounds Q (scaled), K, V and
+ * the probabilities to float16: 11 significant bits, a relative error of at
+ * most 2^-11 = 4.9e-4 each. The output is held to 4 such units in relative
+ * RMS and to 8 in the largest error relative to the largest output. */
+#define ATT_TC_RMS 2e-3
+#define ATT_TC_MAX 4e-3
+
+/* The worst tensor-core errors seen per class: bits (32, 8, 4) x hd (64, 128) x windowed */
+static double g_tc_rms[3][2][2], g_tc_max[3][2][2];
+
+/* Cuda attention of the device inputs, with the tensor-core prompt kernel
+ * allowed (tc) or not (MOE_CUDA_ATT_TC=0, the float32 kernels). */
+static float *att_gpu(const float *dq, int64_t n, const int64_t *dpos, kv_pair *p, att_case ac, float scale, int tc) {
+    int64_t qd = (int64_t)ac.n_heads * ac.hd;
+    float *dout = dev(NULL, sizeof(float) * (size_t)(n * qd));
+    if (tc) unsetenv("MOE_CUDA_ATT_TC");
+    else setenv("MOE_CUDA_ATT_TC", "0", 1);
+    cuda_attention(g_c, dq, n, dpos, &p->d, ac.n_heads, ac.window, scale, dout);
+    unsetenv("MOE_CUDA_ATT_TC");
+    float *got = host_of(dout, sizeof(float) * (size_t)(n * qd));
+    cuda_free(g_c, dout);
+    return got;
+}
+
 /* n queries at pos0.. over a cache filled (on the CPU, uploaded) with
  * positions 0..pos0+n-1; cap as the engine sizes it: window + 36 (a batch
  * of 37) under a window, else every position and `spare` slots more (a
  * context not filled yet: the decode grid is sized for the cap, the splits
- * in use for the positions). */
+ * in use for the positions). A ring smaller than the positions holds only
+ * the last cap of them; the queries read slot p % cap for every key p, as
+ * the CPU does. The float32 kernels are held to 1e-5; where the tensor-core
+ * kernel applies (16 queries or more, hd 64 or 128) it runs too, held to
+ * ATT_TC_RMS / ATT_TC_MAX, and must show float16 rounding (else the float32
+ * kernel ran in its place). */
 static void test_attention(att_case ac, int bits, int64_t n, int64_t pos0, int64_t spare) {
     int64_t total = pos0 + n, cap = ac.window > 0 ? ac.window + 36 : total + spare;
     int64_t w = (int64_t)ac.n_kv * ac.hd, qd = (int64_t)ac.n_heads * ac.hd;
@@ -392,16 +434,39 @@ static void test_attention(att_case ac, int bits, int64_t n, int64_t pos0, int64
     float *scratch = malloc(sizeof(float) * (size_t)(backend_threads(g_be) * (cap + ac.hd)));
     float scale = 1.0f / sqrtf((float)ac.hd);
     be_attention(g_be, q, n, pos + pos0, &p.h, ac.n_heads, ac.window, scale, scratch, want);
-    float *dq = dev(q, sizeof(float) * (size_t)(n * qd)), *dout = dev(NULL, sizeof(float) * (size_t)(n * qd));
+    float *dq = dev(q, sizeof(float) * (size_t)(n * qd));
     int64_t *dpos = dev(pos + pos0, sizeof(int64_t) * (size_t)n);
-    cuda_attention(g_c, dq, n, dpos, &p.d, ac.n_heads, ac.window, scale, dout);
-    float *got = host_of(dout, sizeof(float) * (size_t)(n * qd));
+    float *got = att_gpu(dq, n, dpos, &p, ac, scale, 0);
     double e = err_rel(got, want, (size_t)(n * qd));
     CHECK(e <= 1e-5, "attention heads %d/%d hd %d window %d cap %lld bits %d n %lld pos0 %lld: error %g", ac.n_heads,
           ac.n_kv, ac.hd, ac.window, (long long)cap, bits, (long long)n, (long long)pos0, e);
+    free(got);
+    if (n >= 16 && (ac.hd == 64 || ac.hd == 128)) {
+        got = att_gpu(dq, n, dpos, &p, ac, scale, 1);
+        double r = err_rms(got, want, (size_t)(n * qd)), m = err_rel(got, want, (size_t)(n * qd));
+        CHECK(r <= ATT_TC_RMS && m <= ATT_TC_MAX && r > 1e-6,
+              "attention (tensor cores) heads %d/%d hd %d window %d cap %lld bits %d n %lld pos0 %lld: "
+              "rms error %g, max error %g",
+              ac.n_heads, ac.n_kv, ac.hd, ac.window, (long long)cap, bits, (long long)n, (long long)pos0, r, m);
+        int bi = bits == 32 ? 0 : bits == 8 ? 1 : 2, hi = ac.hd == 128, wi = ac.window > 0;
+        g_tc_rms[bi][hi][wi] = r > g_tc_rms[bi][hi][wi] ? r : g_tc_rms[bi][hi][wi];
+        g_tc_max[bi][hi][wi] = m > g_tc_max[bi][hi][wi] ? m : g_tc_max[bi][hi][wi];
+        free(got);
+    }
     kv_release(&p);
-    cuda_free(g_c, dq), cuda_free(g_c, dout), cuda_free(g_c, dpos);
-    free(k), free(v), free(q), free(pos), free(want), free(scratch), free(got);
+    cuda_free(g_c, dq), cuda_free(g_c, dpos);
+    free(k), free(v), free(q), free(pos), free(want), free(scratch);
+}
+
+static void report_tc_errors(void) {
+    const int widths[] = {32, 8, 4};
+    for (int b = 0; b < 3; b++)
+        for (int h = 0; h < 2; h++)
+            for (int wi = 0; wi < 2; wi++)
+                if (g_tc_rms[b][h][wi] > 0)
+                    printf("attention (tensor cores) vs CPU, %2d-bit cache, hd %3d, %s: worst rms error %.2e, worst "
+                           "max error %.2e\n",
+                           widths[b], h ? 128 : 64, wi ? "window" : "causal", g_tc_rms[b][h][wi], g_tc_max[b][h][wi]);
 }
 
 /* ------------------------------------------------------------- graphs -- */
@@ -563,10 +628,24 @@ static void timings(void) {
         double dc = time_attention(32, ctx, 1, 200);
         printf("timing: attention decode, %lld context, 32-bit cache: %.1f us\n", (long long)ctx, dc * 1e6);
     }
-    double dt = time_attention(32, 4096, 512, 5);
-    double flops = 4.0 * 32 * 128 * 512 * (4096 - 256); /* QK and PV over the causal keys, about */
-    printf("timing: attention prompt, 512 queries at 3584..4095, 32/8 heads, hd 128, 32-bit: %.2f ms (%.1f TFLOP/s)\n",
-           dt * 1e3, flops / dt / 1e12);
+    /* prompts: the float32 kernel (MOE_CUDA_ATT_TC=0) against the tensor-core one */
+    const int64_t prompts[][2] = {{37, 4096}, {512, 4096}, {4096, 4096}};
+    for (int pi = 0; pi < 3; pi++)
+        for (int b = 0; b < 3; b++)
+            for (int tc = 0; tc < 2; tc++) {
+                int64_t n = prompts[pi][0], ctx = prompts[pi][1];
+                if (tc) unsetenv("MOE_CUDA_ATT_TC");
+                else setenv("MOE_CUDA_ATT_TC", "0", 1);
+                if (!tc && widths[b] != 32) continue; /* the float32 kernel: one width is its figure */
+                double dt = time_attention(widths[b], ctx, n, n > 1000 ? 3 : n < 100 ? 50 : 5);
+                /* QK and PV (2 flops a multiply-add each) over the causal keys: query i sees ctx - n + i + 1 */
+                double flops = 4.0 * 32 * 128 * (double)n * (double)(ctx - n + (n + 1) / 2.0);
+                printf("timing: attention prompt, %lld queries at %lld..%lld, 32/8 heads, hd 128, %2d-bit, %s: %.2f ms "
+                       "(%.1f TFLOP/s)\n",
+                       (long long)n, (long long)(ctx - n), (long long)(ctx - 1), widths[b],
+                       tc ? "tensor cores" : "float32 kernel", dt * 1e3, flops / dt / 1e12);
+            }
+    unsetenv("MOE_CUDA_ATT_TC");
     const int nk = 16, nv = 32, dk = 128, dv = 128;
     for (int64_t n = 1; n <= 512; n *= 512) {
         int64_t ld = 2 * nk * dk + nv * dv;
@@ -585,7 +664,11 @@ static void timings(void) {
     }
 }
 
-int main(void) {
+/* argv[1] "--quick": a few small prompt attentions only (the float32 and the
+ * tensor-core kernels), for a run under compute-sanitizer; "--time": the
+ * timings only. */
+int main(int argc, char **argv) {
+    int quick = argc > 1 && strcmp(argv[1], "--quick") == 0, time_only = argc > 1 && strcmp(argv[1], "--time") == 0;
     if (cuda_device_count() == 0) {
         printf("no CUDA device: skipped\n");
         return 77;
@@ -595,6 +678,24 @@ int main(void) {
         return 1;
     }
     printf("device: %s\n", cuda_ctx_name(g_c));
+    if (quick) {
+        const int qb[] = {32, 8, 4};
+        for (int b = 0; b < 3; b++) {
+            test_attention((att_case){8, 2, 64, 0}, qb[b], 33, 5, 0);
+            test_attention((att_case){12, 4, 128, 20}, qb[b], 70, 40, 0);
+        }
+        report_tc_errors();
+        CHECK(cuda_sync(g_c) == MOE_OK, "CUDA failed: %s", moe_errmsg());
+        cuda_ctx_free(g_c);
+        backend_free(g_be);
+        TEST_DONE();
+    }
+    if (time_only) {
+        timings();
+        cuda_ctx_free(g_c);
+        backend_free(g_be);
+        TEST_DONE();
+    }
 
     const int64_t sizes[] = {1, 7, 1000, 4099, 100003};
     for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) test_arith(sizes[i]);
@@ -638,6 +739,28 @@ int main(void) {
                 test_attention(cases[ci], bits[b], runs[r][0], runs[r][1], 0);
                 if (runs[r][0] <= 4) test_attention(cases[ci], bits[b], runs[r][0], runs[r][1], 4000);
             }
+    /* prompts for the tensor-core kernel: ragged tiles (33, 100, 1000 queries;
+     * GQA 3 splits a query's heads over two warps), windows shorter than the
+     * prompt over rings shorter than the positions, a cached prefix (pos0 > 0) */
+    const att_case tc_cases[] = {
+        {8, 2, 64, 0},     /* GQA 4, hd 64 */
+        {8, 2, 128, 0},    /* GQA 4, hd 128 */
+        {4, 4, 128, 0},    /* GQA 1 */
+        {4, 4, 64, 300},   /* GQA 1, window 300 in a ring of 336 */
+        {12, 4, 128, 100}, /* GQA 3, window 100 in a ring of 136 */
+        {8, 2, 64, 1},     /* a window of one key: each query sees itself */
+    };
+    const int64_t tc_runs[][2] = {{33, 0}, {100, 0}, {33, 500}, {100, 700}, {512, 0}};
+    for (size_t ci = 0; ci < sizeof tc_cases / sizeof *tc_cases; ci++)
+        for (int b = 0; b < 3; b++)
+            for (size_t r = 0; r < sizeof tc_runs / sizeof *tc_runs; r++)
+                test_attention(tc_cases[ci], bits[b], tc_runs[r][0], tc_runs[r][1], 0);
+    for (int b = 0; b < 3; b++) {
+        test_attention((att_case){4, 4, 64, 0}, bits[b], 1000, 24, 0);
+        test_attention((att_case){8, 2, 128, 0}, bits[b], 1000, 0, 0);
+        test_attention((att_case){12, 4, 128, 100}, bits[b], 1000, 3000, 0);
+    }
+    report_tc_errors();
     test_graph();
 
     CHECK(cuda_sync(g_c) == MOE_OK, "CUDA failed: %s", moe_errmsg());

@@ -13,14 +13,28 @@
  *   softmax per warp. The warps merge in shared memory; with several splits
  *   each writes (max, sum, unnormalised output) to scratch and a second
  *   kernel merges the splits.
- * - prompts: a block per tile of 32 queries x head; key tiles of 32 are
+ * - prompts on float32 (the fallback: other head dims, fewer queries,
+ *   MOE_CUDA_ATT_TC=0): a block per tile of 32 queries x head; key tiles of 32 are
  *   dequantized into shared memory, each warp scores its 8 queries against
  *   the tile (a lane a key), and keeps an online softmax and the output
  *   accumulators (a lane per 32nd element) in registers.
+ * - prompts on tensor cores (head dims 64 and 128, 16 queries or more; the
+ *   default, MOE_CUDA_ATT_TC=0 in the environment turns it off per call):
+ *   flash-attention 2 with mma.sync m16n8k16 on float16 operands. A block of
+ *   8 warps takes 128 rows of (query, head of one KV head's group) and walks key tiles
+ *   of 64, dequantized and rounded to float16 in shared memory once for the
+ *   whole group; each warp keeps its 16 rows' scores, online softmax (float32,
+ *   base 2) and output accumulators (float32) in registers. Q is scaled by
+ *   scale * log2(e) before it is rounded, so a score is the exponent itself.
+ *   Its results differ from the CPU's by float16 rounding (~4e-4 relative
+ *   RMS in test_cuda_ops).
  * Keys are read from slot p % cap for every position p a query sees, as the
  * CPU reads them: a ring buffer under a sliding window. */
+#include <cuda_fp16.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "cuda_internal.h"
 
@@ -516,20 +530,233 @@ __global__ static void __launch_bounds__(ATT_WARPS * 32) k_att_prompt(att_args a
     }
 }
 
+/* ------------------------------------------- prompt attention, tensor cores -- */
+
+/* Warps a block: 8 (a tile's load serves 128 rows) ran 116 TFLOP/s on an H100
+ * where 4 ran 87; at ~211 registers a thread either way one block of 8 or two
+ * of 4 fit an SM, and capping the registers for three blocks of 4 (a little
+ * spilling) ran 102. Unrolling the tile load changed nothing. */
+#define TC_WARPS 8
+#define TC_BM (16 * TC_WARPS) /* rows (query, head of the group) a block: 16 a warp */
+#define TC_BN 64    /* keys a tile */
+#define TC_MIN_N 16 /* queries from which the tensor-core kernel serves */
+
+__device__ __forceinline__ uint32_t att_pack_h(float lo, float hi) { /* clamped: no float16 infinity */
+    __half2 h = __floats2half2_rn(fminf(fmaxf(lo, -65504.0f), 65504.0f), fminf(fmaxf(hi, -65504.0f), 65504.0f));
+    return *(uint32_t *)&h;
+}
+
+__device__ __forceinline__ void att_ldmatrix_x4(uint32_t *r, const uint16_t *p, bool trans) {
+    unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    if (trans)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+}
+
+__device__ __forceinline__ void att_mma(float *d, const uint32_t *a, const uint32_t *b) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+/* Elements e0 .. e0+7 of slot sl as float16 (e0 a multiple of 8; the group
+ * too, so they share one scale and bias), dequantized as kv_elem does. */
+template <int BITS>
+__device__ __forceinline__ uint4 kv_half8(const void *base, const float *sc, const float *bi, const att_args &a,
+                                          int64_t sl, int e0) {
+    float x[8];
+    if constexpr (BITS == 32) {
+        const float4 *p = (const float4 *)((const float *)base + sl * a.row + e0);
+        float4 f0 = p[0], f1 = p[1];
+        x[0] = f0.x, x[1] = f0.y, x[2] = f0.z, x[3] = f0.w, x[4] = f1.x, x[5] = f1.y, x[6] = f1.z, x[7] = f1.w;
+    } else {
+        const unsigned char *r = (const unsigned char *)base + sl * a.rb;
+        int64_t gi = sl * a.gpr + e0 / a.group;
+        float s = sc[gi], b = bi[gi];
+        unsigned long long w = BITS == 8 ? *(const unsigned long long *)(r + e0) : *(const unsigned *)(r + e0 / 2);
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            x[i] = __fadd_rn(__fmul_rn(s, (float)(unsigned)((w >> (i * BITS)) & ((1u << BITS) - 1))), b);
+    }
+    return make_uint4(att_pack_h(x[0], x[1]), att_pack_h(x[2], x[3]), att_pack_h(x[4], x[5]), att_pack_h(x[6], x[7]));
+}
+
+/* Grid (ceil(n G / TC_BM), n_kv); row R of the n x G (query t = R / G, head
+ * kvh G + R % G), the heavy tiles (late queries) launched first. Shared: K and
+ * V tiles [TC_BN x (HD + 8)] float16 (the pad spreads ldmatrix's rows over
+ * the banks), the tile's slots [TC_BN]. Thread layout of mma.sync's
+ * fragments: a lane holds rows lane/4 and lane/4 + 8 of its warp's 16, and
+ * columns 2 (lane % 4) + {0, 1} of every 8. */
+template <int BITS, int HD>
+__global__ static void __launch_bounds__(TC_WARPS * 32) k_att_prompt_tc(att_args a) {
+    constexpr int LD = HD + 8, KS = HD / 16, NT = TC_BN / 8, OT = HD / 8;
+    extern __shared__ __align__(16) unsigned char tc_sm[];
+    uint16_t *Ks = (uint16_t *)tc_sm, *Vs = Ks + TC_BN * LD;
+    int64_t *slots = (int64_t *)(Vs + TC_BN * LD);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, G = a.G, kvh = blockIdx.y;
+    const int64_t nr = a.n * G, r0 = (int64_t)(gridDim.x - 1 - blockIdx.x) * TC_BM, pos0 = a.pos[0];
+    const int64_t rlast = r0 + TC_BM < nr ? r0 + TC_BM - 1 : nr - 1;
+    const int64_t kstart = att_lo(pos0 + r0 / G, a.window), kend = pos0 + rlast / G; /* keys the block sees */
+    /* the warp's rows: live, all valid (full), its first and last query positions */
+    const int64_t rw = r0 + 16 * warp, rwl = rw + 15 < nr ? rw + 15 : nr - 1;
+    const bool wlive = rw < nr, wall = rw + 15 < nr;
+    const int64_t wq0 = pos0 + rw / G, wq1 = pos0 + rwl / G;
+    /* the thread's two rows */
+    int64_t qp[2];
+    const float *qr[2];
+    float *orow[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        int64_t r = rw + lane / 4 + 8 * i, t = r / G;
+        bool ok = r < nr;
+        int64_t th = t * a.n_heads + (int64_t)kvh * G + r % G;
+        qp[i] = ok ? pos0 + t : -1; /* -1: no query, sees no key */
+        qr[i] = ok ? a.q + th * HD : nullptr;
+        orow[i] = ok ? a.out + th * HD : nullptr;
+    }
+    uint32_t qf[KS][4];
+    const float qs = a.scale * 1.44269504088896341f;
+#pragma unroll
+    for (int kk = 0; kk < KS; kk++) {
+        int c = kk * 16 + 2 * (lane & 3);
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+                qf[kk][2 * h + i] = qr[i] ? att_pack_h(qr[i][c + 8 * h] * qs, qr[i][c + 8 * h + 1] * qs) : 0u;
+    }
+    float o[OT][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0};
+#pragma unroll
+    for (int j = 0; j < OT; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0;
+
+    for (int64_t kt = kstart; kt <= kend; kt += TC_BN) {
+        __syncthreads(); /* the previous tile is consumed */
+        for (int r = threadIdx.x; r < TC_BN; r += blockDim.x) slots[r] = (kt + r) % a.cap;
+        __syncthreads();
+        for (int c = threadIdx.x; c < TC_BN * HD / 8; c += TC_WARPS * 32) {
+            int r = c / (HD / 8), j = c % (HD / 8) * 8, e0 = kvh * HD + j;
+            bool in = kt + r <= kend; /* zeros past the last key: P = 0 times V must be 0, not NaN */
+            uint4 kx = in ? kv_half8<BITS>(a.k, a.ks, a.kb, a, slots[r], e0) : make_uint4(0, 0, 0, 0);
+            uint4 vx = in ? kv_half8<BITS>(a.v, a.vs, a.vb, a, slots[r], e0) : make_uint4(0, 0, 0, 0);
+            *(uint4 *)(Ks + r * LD + j) = kx;
+            *(uint4 *)(Vs + r * LD + j) = vx;
+        }
+        __syncthreads();
+        if (!wlive || kt > wq1 || kt + TC_BN - 1 < att_lo(wq0, a.window)) continue; /* no key of the tile for the warp */
+        float s[NT][4];
+#pragma unroll
+        for (int j = 0; j < NT; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0;
+#pragma unroll
+        for (int kk = 0; kk < KS; kk++)
+#pragma unroll
+            for (int p = 0; p < NT / 2; p++) {
+                uint32_t b[4];
+                att_ldmatrix_x4(b, Ks + (p * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + kk * 16 + ((lane >> 3) & 1) * 8,
+                                false);
+                att_mma(s[2 * p], qf[kk], b);
+                att_mma(s[2 * p + 1], qf[kk], b + 2);
+            }
+        /* masks: causal and the window by absolute positions, unless every key of the tile is seen by every row */
+        if (!(wall && kt + TC_BN - 1 <= wq0 && kt >= att_lo(wq1, a.window)))
+#pragma unroll
+            for (int j = 0; j < NT; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int64_t kp = kt + j * 8 + 2 * (lane & 3) + (e & 1), p = qp[e >> 1];
+                    if (!(kp <= p && kp >= att_lo(p, a.window))) s[j][e] = -INFINITY;
+                }
+        /* online softmax, base 2: rows i (elements 2i, 2i+1 of each fragment), reduced over the lane quad */
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            float mx = -INFINITY;
+#pragma unroll
+            for (int j = 0; j < NT; j++) mx = fmaxf(mx, fmaxf(s[j][2 * i], s[j][2 * i + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            float mn = fmaxf(m[i], mx), base = mn == -INFINITY ? 0.0f : mn, al = exp2f(m[i] - base), sum = 0;
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+                s[j][2 * i] = exp2f(s[j][2 * i] - base);
+                s[j][2 * i + 1] = exp2f(s[j][2 * i + 1] - base);
+                sum += s[j][2 * i] + s[j][2 * i + 1];
+            }
+            l[i] = l[i] * al + sum; /* the thread's columns only: the quad sums at the end */
+            m[i] = mn;
+#pragma unroll
+            for (int j = 0; j < OT; j++) o[j][2 * i] *= al, o[j][2 * i + 1] *= al;
+        }
+        /* O += P V: the score fragments of keys 16kk .. 16kk+15 are the A fragment */
+#pragma unroll
+        for (int kk = 0; kk < TC_BN / 16; kk++) {
+            uint32_t pa[4] = {att_pack_h(s[2 * kk][0], s[2 * kk][1]), att_pack_h(s[2 * kk][2], s[2 * kk][3]),
+                              att_pack_h(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                              att_pack_h(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int p = 0; p < OT / 2; p++) {
+                uint32_t b[4];
+                att_ldmatrix_x4(b, Vs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + p * 16 + (lane >> 4) * 8,
+                                true);
+                att_mma(o[2 * p], pa, b);
+                att_mma(o[2 * p + 1], pa, b + 2);
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        float L = l[i];
+        L += __shfl_xor_sync(0xffffffffu, L, 1);
+        L += __shfl_xor_sync(0xffffffffu, L, 2);
+        if (!orow[i]) continue; /* a valid row saw its own key: L > 0 */
+#pragma unroll
+        for (int j = 0; j < OT; j++) {
+            int col = j * 8 + 2 * (lane & 3);
+            orow[i][col] = o[j][2 * i] / L;
+            orow[i][col + 1] = o[j][2 * i + 1] / L;
+        }
+    }
+}
+
 /* Launches with the smem opt-in beyond 48 KiB, which the prompt kernel needs from hd 128 on. */
 template <typename K>
-static bool att_launch(cuda_ctx *c, K kern, dim3 grid, size_t smem, const att_args &a, const char *what) {
+static bool att_launch(cuda_ctx *c, K kern, dim3 grid, size_t smem, const att_args &a, const char *what,
+                       int threads = ATT_WARPS * 32) {
     if (smem > 48 * 1024 &&
         !cuda_check(c, cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), what))
         return false;
-    kern<<<grid, ATT_WARPS * 32, smem, c->stream>>>(a);
+    kern<<<grid, threads, smem, c->stream>>>(a);
     return cuda_launched(c, what);
+}
+
+/* The tensor-core prompt kernel, where it applies (head dim 64 or 128, groups
+ * of a multiple of 8 values, TC_MIN_N queries or more). Returns whether it ran. */
+template <int BITS>
+static bool att_prompt_tc(cuda_ctx *c, const att_args &a, int n_kv) {
+    if (a.n < TC_MIN_N || (a.hd != 64 && a.hd != 128) || (BITS != 32 && a.group % 8)) return false;
+    dim3 grid(cuda_blocks(a.n * a.G, TC_BM), (unsigned)n_kv);
+    size_t smem = sizeof(uint16_t) * 2 * TC_BN * (size_t)(a.hd + 8) + sizeof(int64_t) * TC_BN;
+    if (a.hd == 64) att_launch(c, k_att_prompt_tc<BITS, 64>, grid, smem, a, "attention (prompt, tensor cores)", TC_WARPS * 32);
+    else att_launch(c, k_att_prompt_tc<BITS, 128>, grid, smem, a, "attention (prompt, tensor cores)", TC_WARPS * 32);
+    return true;
+}
+
+/* MOE_CUDA_ATT_TC=0 in the environment: prompts on the float32 kernel (read
+ * per call, so that a test can compare both kernels in one context). */
+static bool att_tc_allowed(void) {
+    const char *e = getenv("MOE_CUDA_ATT_TC");
+    return !(e && e[0] == '0');
 }
 
 template <int BITS, int EPL>
 static void att_run(cuda_ctx *c, att_args a, int n_kv) {
     int hd = a.hd;
     if (a.n > ATT_DECODE_MAX) {
+        if (att_tc_allowed() && att_prompt_tc<BITS>(c, a, n_kv)) return;
         size_t smem = sizeof(float) * (size_t)(PQ * hd + PK * (hd + 1) + PK * hd) + sizeof(int64_t) * PK;
         dim3 grid(cuda_blocks(a.n, PQ), (unsigned)a.n_heads);
         att_launch(c, k_att_prompt<BITS, EPL>, grid, smem, a, "attention (prompt)");
