@@ -541,29 +541,7 @@ __global__ static void __launch_bounds__(ATT_WARPS * 32) k_att_prompt(att_args a
 #define TC_BN 64    /* keys a tile */
 #define TC_MIN_N 16 /* queries from which the tensor-core kernel serves */
 
-__device__ __forceinline__ uint32_t att_pack_h(float lo, float hi) { /* clamped: no float16 infinity */
-    __half2 h = __floats2half2_rn(fminf(fmaxf(lo, -65504.0f), 65504.0f), fminf(fmaxf(hi, -65504.0f), 65504.0f));
-    return *(uint32_t *)&h;
-}
 
-__device__ __forceinline__ void att_ldmatrix_x4(uint32_t *r, const uint16_t *p, bool trans) {
-    unsigned a = (unsigned)__cvta_generic_to_shared(p);
-    if (trans)
-        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                     : "r"(a));
-    else
-        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                     : "r"(a));
-}
-
-__device__ __forceinline__ void att_mma(float *d, const uint32_t *a, const uint32_t *b) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
 
 /* Elements e0 .. e0+7 of slot sl as float16 (e0 a multiple of 8; the group
  * too, so they share one scale and bias), dequantized as kv_elem does. */
@@ -584,7 +562,7 @@ __device__ __forceinline__ uint4 kv_half8(const void *base, const float *sc, con
         for (int i = 0; i < 8; i++)
             x[i] = __fadd_rn(__fmul_rn(s, (float)(unsigned)((w >> (i * BITS)) & ((1u << BITS) - 1))), b);
     }
-    return make_uint4(att_pack_h(x[0], x[1]), att_pack_h(x[2], x[3]), att_pack_h(x[4], x[5]), att_pack_h(x[6], x[7]));
+    return make_uint4(pack_h(x[0], x[1]), pack_h(x[2], x[3]), pack_h(x[4], x[5]), pack_h(x[6], x[7]));
 }
 
 /* Grid (ceil(n G / TC_BM), n_kv); row R of the n x G (query t = R / G, head
@@ -629,7 +607,7 @@ __global__ static void __launch_bounds__(TC_WARPS * 32) k_att_prompt_tc(att_args
         for (int h = 0; h < 2; h++)
 #pragma unroll
             for (int i = 0; i < 2; i++)
-                qf[kk][2 * h + i] = qr[i] ? att_pack_h(qr[i][c + 8 * h] * qs, qr[i][c + 8 * h + 1] * qs) : 0u;
+                qf[kk][2 * h + i] = qr[i] ? pack_h(qr[i][c + 8 * h] * qs, qr[i][c + 8 * h + 1] * qs) : 0u;
     }
     float o[OT][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0};
 #pragma unroll
@@ -657,10 +635,10 @@ __global__ static void __launch_bounds__(TC_WARPS * 32) k_att_prompt_tc(att_args
 #pragma unroll
             for (int p = 0; p < NT / 2; p++) {
                 uint32_t b[4];
-                att_ldmatrix_x4(b, Ks + (p * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + kk * 16 + ((lane >> 3) & 1) * 8,
+                ldmatrix_x4(b, Ks + (p * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + kk * 16 + ((lane >> 3) & 1) * 8,
                                 false);
-                att_mma(s[2 * p], qf[kk], b);
-                att_mma(s[2 * p + 1], qf[kk], b + 2);
+                mma_h(s[2 * p], qf[kk], b);
+                mma_h(s[2 * p + 1], qf[kk], b + 2);
             }
         /* masks: causal and the window by absolute positions, unless every key of the tile is seen by every row */
         if (!(wall && kt + TC_BN - 1 <= wq0 && kt >= att_lo(wq1, a.window)))
@@ -694,16 +672,16 @@ __global__ static void __launch_bounds__(TC_WARPS * 32) k_att_prompt_tc(att_args
         /* O += P V: the score fragments of keys 16kk .. 16kk+15 are the A fragment */
 #pragma unroll
         for (int kk = 0; kk < TC_BN / 16; kk++) {
-            uint32_t pa[4] = {att_pack_h(s[2 * kk][0], s[2 * kk][1]), att_pack_h(s[2 * kk][2], s[2 * kk][3]),
-                              att_pack_h(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                              att_pack_h(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+            uint32_t pa[4] = {pack_h(s[2 * kk][0], s[2 * kk][1]), pack_h(s[2 * kk][2], s[2 * kk][3]),
+                              pack_h(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                              pack_h(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
             for (int p = 0; p < OT / 2; p++) {
                 uint32_t b[4];
-                att_ldmatrix_x4(b, Vs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + p * 16 + (lane >> 4) * 8,
+                ldmatrix_x4(b, Vs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + p * 16 + (lane >> 4) * 8,
                                 true);
-                att_mma(o[2 * p], pa, b);
-                att_mma(o[2 * p + 1], pa, b + 2);
+                mma_h(o[2 * p], pa, b);
+                mma_h(o[2 * p + 1], pa, b + 2);
             }
         }
     }

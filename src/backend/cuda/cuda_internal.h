@@ -70,4 +70,39 @@ void *cuda_scratch(cuda_ctx *c, size_t bytes);
 
 static inline unsigned cuda_blocks(int64_t n, int per) { return (unsigned)((n + per - 1) / per); }
 
+#ifdef __CUDACC__
+#include <cuda_fp16.h>
+/* ---- tensor cores (mma.sync m16n8k16, float16 operands, float32 sums): the
+ * prompt matmuls (cuda_matmul.cu) and prompt attention (cuda_attn.cu) */
+
+/* Two floats as a pair of float16, saturated at +-65504 (float16's largest):
+ * a value beyond it keeps its sign and a large value instead of becoming
+ * infinite. */
+__device__ __forceinline__ uint32_t pack_h(float lo, float hi) {
+    __half2 h = __floats2half2_rn(fminf(fmaxf(lo, -65504.0f), 65504.0f), fminf(fmaxf(hi, -65504.0f), 65504.0f));
+    return *(uint32_t *)&h;
+}
+
+/* Four 8x8 float16 matrices from shared memory (trans: each transposed). */
+__device__ __forceinline__ void ldmatrix_x4(uint32_t *r, const uint16_t *p, bool trans = false) {
+    unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    if (trans)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+}
+
+/* d += a (16x16, row) x b (16x8, col) */
+__device__ __forceinline__ void mma_h(float *d, const uint32_t *a, const uint32_t *b) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif
+
 #endif

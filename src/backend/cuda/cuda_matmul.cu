@@ -663,27 +663,8 @@ template <bool SWI> __global__ void mv_generic(const mm_seg s, int fmt, int64_t 
 
 /* ------------------------------------------------ matrix x matrix (tc) -- */
 
-/* Two floats as a pair of float16, saturated at +-65504 (float16's largest):
- * an activation beyond it keeps its sign and a large value instead of
- * becoming infinite. */
-__device__ __forceinline__ uint32_t pack_h(float lo, float hi) {
-    __half2 h = __floats2half2_rn(fminf(fmaxf(lo, -65504.0f), 65504.0f), fminf(fmaxf(hi, -65504.0f), 65504.0f));
-    return *(uint32_t *)&h;
-}
 
-__device__ __forceinline__ void ldmatrix_x4(uint32_t *r, const uint16_t *p) {
-    unsigned a = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-}
 
-__device__ __forceinline__ void mma_h(float *d, const uint32_t *a, const uint32_t *b) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
 
 /* Y[t][r] = sum_k W[r][k] X[t][k] for a tile of TC_BM shared rows (SwiGLU: 64
  * weight rows of gate and up each, interleaved by 16 so that a warp's two
