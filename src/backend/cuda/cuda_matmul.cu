@@ -1226,7 +1226,7 @@ extern "C" void cuda_moe_decode(cuda_ctx *c, int ne, const wtensor *const *gate,
         snprintf(c->msg, sizeof c->msg, "CUDA: moe_decode of %d experts (at most %d)", ne, MOE_DEC_MAX);
         return;
     }
-    mm_seg segs[MOE_DEC_MAX + 1]; /* + 1: cuda_stage copies whole 256-byte blocks */
+    mm_seg segs[MOE_DEC_MAX + 1] = {}; /* + 1: cuda_stage copies whole 256-byte blocks (zeroed: what it copies past ne is defined) */
     /* gate/up of every expert in one launch when they share a format and read fast, else one by one */
     bool one = true;
     for (int i = 0; i < ne; i++) {
