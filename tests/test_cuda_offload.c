@@ -32,14 +32,18 @@ typedef struct setup {
     const char *name;
     int capacity, host, lru, skip;
     moe_store_kind store;
+    int profile; /* pin one expert a layer from the placed model's profile of the sequence */
 } setup;
 
 static const setup setups[] = {
-    {"capacity 1, pack, host tier", 1, 1, 0, 0, MOE_STORE_PACK},
-    {"capacity 1, model files, no host tier", 1, 0, 0, 0, MOE_STORE_MODEL},
-    {"capacity 0, pack, no host tier", 0, 0, 0, 0, MOE_STORE_PACK},
-    {"capacity 2, model files, host tier, LRU", 2, 1, 1, 0, MOE_STORE_MODEL},
+    {"capacity 1, pack, host tier", 1, 1, 0, 0, MOE_STORE_PACK, 0},
+    {"capacity 1, model files, no host tier", 1, 0, 0, 0, MOE_STORE_MODEL, 0},
+    {"capacity 0, pack, no host tier", 0, 0, 0, 0, MOE_STORE_PACK, 0},
+    {"capacity 2, model files, host tier, LRU", 2, 1, 1, 0, MOE_STORE_MODEL, 0},
+    {"capacity 2, a profile's expert pinned, host tier", 2, 1, 0, 0, MOE_STORE_MODEL, 1},
+    {"capacity 3, a profile's expert pinned, no host tier", 3, 0, 0, 0, MOE_STORE_PACK, 1},
 };
+static char g_profile[64]; /* the placed model's profile of the fixture's first sequence */
 
 static moe_model *load(const char *dir, const setup *u, const char *cache) {
     moe_load_params lp;
@@ -54,6 +58,8 @@ static moe_model *load(const char *dir, const setup *u, const char *cache) {
         lp.store = u->store;
         lp.cache_dir = cache;
         lp.io_threads = 3;
+        lp.profile = u->profile ? g_profile : NULL;
+        lp.pin = u->profile ? 1 : -1;
     }
     moe_model *m = NULL;
     moe_status st = moe_model_load(dir, &lp, &m);
@@ -82,7 +88,11 @@ static void fixture(const char *dir, double rtol) {
     }
     int V = moe_model_config(placed)->vocab_size;
     size_t count = n * (size_t)V;
-    float *whole = run(placed, tok, n, 0, V, NULL), *dec = run(placed, tok, n, 1, V, NULL);
+    moe_model_reset_expert_counts(placed);
+    float *whole = run(placed, tok, n, 0, V, NULL);
+    snprintf(g_profile, sizeof g_profile, "/tmp/moe-cuda-offload-%d.json", (int)getpid());
+    CHECK(moe_profile_write(placed, g_profile, (int64_t)n, "test") == MOE_OK, "profile: %s", moe_errmsg());
+    float *dec = run(placed, tok, n, 1, V, NULL);
     float *again = run(placed, tok, n, 0, V, NULL);
     moe_model_free(placed);
     CHECK(whole && dec, "%s: the placed model's logits", dir);
@@ -105,6 +115,7 @@ static void fixture(const char *dir, double rtol) {
                   u->name, (long long)in.host_bytes, (long long)in.store_bytes);
             CHECK(pass == 0 || u->capacity == 0 || in.preloaded > 0, "%s (%s): warm start preloaded %lld experts", dir, u->name,
                   (long long)in.preloaded);
+            CHECK(!u->profile || in.pinned == 1, "%s (%s): %d pinned a layer", dir, u->name, in.pinned);
             moe_model_reset_expert_stats(m);
             float *w = run(m, tok, n, 0, V, NULL), *d = run(m, tok, n, 1, V, NULL);
             double ew = w ? rel_rms(w, whole, count) : INFINITY, e = d ? rel_rms(d, dec, count) : INFINITY;
@@ -131,7 +142,7 @@ static void fixture(const char *dir, double rtol) {
     /* skip: experts not resident are dropped; the logits stay finite */
     char cache[] = "/tmp/moe-cuda-offload-XXXXXX";
     CHECK(mkdtemp(cache) != NULL, "mkdtemp");
-    setup sk = {"capacity 1, skip", 1, 0, 0, 1, MOE_STORE_MODEL};
+    setup sk = {"capacity 1, skip", 1, 0, 0, 1, MOE_STORE_MODEL, 0};
     moe_model *m = load(path, &sk, cache);
     if (m) {
         float *d = run(m, tok, n, 1, V, NULL);
@@ -149,6 +160,7 @@ static void fixture(const char *dir, double rtol) {
     CHECK(system(cmd) == 0, "%s", cmd);
     printf("%s: %zu cache setups against the placed model: whole sequences within %.3g, token by token %.3g\n", dir,
            sizeof setups / sizeof *setups, worst_whole, worst_dec);
+    unlink(g_profile);
     free(whole);
     free(dec);
     free(tok);

@@ -378,9 +378,10 @@ static moe_status setup(moe_model *m, const moe_load_params *p, const xp_profile
     m->off.n_experts = c->n_experts;
     m->off.cache_bytes = (int64_t)xc_bytes(xc);
 
+    /* the host tier first: with it the store's reads go there, and pins and warm starts are uploads */
+    if (m->off.on_device && (st = host_tier(m, p, xc))) return st;
     double t0 = now_s();
     if (pr && cap > 0 && (st = pin_profile(m, p, pr))) return st;
-    if (m->off.on_device && (st = host_tier(m, p, xc))) return st;
     if (m->warm && (st = load_state(m, p))) return st;
     m->off.preload_seconds = now_s() - t0;
     xc_reset_stats(xc);
