@@ -6,7 +6,9 @@
  * of the device's peak (memory clock x bus width x 2, or --peak GB/s); also
  * the fused SwiGLU and Mixtral's top-2 expert decode. Weights rotate through
  * copies of >= 512 MiB so that L2 (50 MiB on an H100) holds none of them.
- * Prompt: cuda_matmul and cuda_matmul_swiglu of 512 tokens, as TFLOP/s.
+ * Prompt: cuda_matmul and cuda_matmul_swiglu of 512 and 4096 tokens, as TFLOP/s
+ * (the tensor-core kernel, tc_kernel; its time includes the pass that rounds x
+ * to float16).
  *
  * usage: bench_cuda_mm [--peak GBps] [--iters N]
  * Timed with cudaEvents on the context's stream. */
@@ -142,11 +144,15 @@ int main(int argc, char **argv) {
     for (int fi = 0; fi < 3; fi++) decode_line("swiglu 2x 14336x4096", op_swiglu, fmts[fi], sw, 2);
     for (int fi = 0; fi < 3; fi++) decode_line("moe_decode Mixtral top-2", op_moe, fmts[fi], moe, 6);
 
-    printf("\nprompt (n = 512): 2 rows cols n / time\n");
-    for (int fi = 0; fi < 3; fi++) {
-        prompt_line("matmul 14336x4096", op_matmul, fmts[fi], &shapes[2], 1, 512);
-        prompt_line("matmul 4096x14336", op_matmul, fmts[fi], &shapes[3], 1, 512);
-        prompt_line("swiglu 2x 14336x4096", op_swiglu, fmts[fi], sw, 2, 512);
+    static const int64_t ns[2] = {512, 4096};
+    for (int ni = 0; ni < 2; ni++) {
+        printf("\nprompt (n = %lld): 2 rows cols n / time\n", (long long)ns[ni]);
+        for (int fi = 0; fi < 3; fi++) {
+            prompt_line("matmul 4096x4096", op_matmul, fmts[fi], &shapes[0], 1, ns[ni]);
+            prompt_line("matmul 14336x4096", op_matmul, fmts[fi], &shapes[2], 1, ns[ni]);
+            prompt_line("matmul 4096x14336", op_matmul, fmts[fi], &shapes[3], 1, ns[ni]);
+            prompt_line("swiglu 2x 14336x4096", op_swiglu, fmts[fi], sw, 2, ns[ni]);
+        }
     }
     prompt_line("matmul 14336x4096 (SIMT)", op_matmul, WF_F32, &shapes[2], 1, 512);
     cuda_ctx_free(g_c);

@@ -190,7 +190,7 @@ static int compare(const char *what, const wtensor *w, int64_t n, const float *g
     return bad;
 }
 
-static const int64_t g_ns[] = {1, 2, 3, 7, 8, 9, 33, 130};
+static const int64_t g_ns[] = {1, 2, 3, 7, 8, 9, 33, 130, 257};
 
 /* cuda_matmul (with and without bias) of one weight at every n; the int8
  * path against both its references. x starts with a block of zeros (d = 0). */
@@ -324,6 +324,24 @@ static void test_shapes(cuda_ctx *c) {
     wtensor g = host_weight(WF_Q4, WF_F16, 64, 70, 256), u = host_weight(WF_Q8, WF_F16, 32, 70, 256);
     check_swiglu(c, &g, &u);
     host_free(&a), host_free(&b), host_free(&e), host_free(&g), host_free(&u);
+}
+
+/* The tensor-core path's edges: widths of one, two and three halves of its
+ * 64-column step (the activation copies' zero fill, the weights' zero half),
+ * rows beyond one 128-row tile (and one 64-row SwiGLU tile), in the formats
+ * that dequantize in half2 (Q4, Q8) and BF16, at every n of g_ns. */
+static void test_tc_edges(cuda_ctx *c) {
+    static const wfmt fmts[] = {WF_Q4, WF_Q8, WF_BF16};
+    static const int64_t cols[] = {32, 64, 96}, rows[] = {130, 200, 257};
+    for (int fi = 0; fi < 3; fi++)
+        for (int ci = 0; ci < 3; ci++) {
+            int group = wfmt_is_quant(fmts[fi]) ? 32 : 0;
+            wtensor h = host_weight(fmts[fi], WF_BF16, group, rows[ci], cols[ci]);
+            wtensor u = host_weight(fmts[fi], WF_BF16, group, rows[ci], cols[ci]);
+            check_matmul(c, &h);
+            check_swiglu(c, &h, &u);
+            host_free(&h), host_free(&u);
+        }
 }
 
 /* ne experts of hidden size H, intermediate I (the last of width Is, a shared
@@ -575,6 +593,7 @@ int main(void) {
     printf("%s\n", cuda_ctx_name(c));
     test_formats(c);
     test_shapes(c);
+    test_tc_edges(c);
     test_moe(c);
     CHECK(g_i8_separated > 0, "the int8 bound never told the int8 result from the float32 one");
     test_float_decode(c);

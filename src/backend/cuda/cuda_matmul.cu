@@ -95,6 +95,7 @@ typedef struct mm_seg {
     uint8_t *xq;
     int64_t xq_ld;
     int xq_own;
+    const uint16_t *xh; /* tc path: x in float16 by tc_xh_kernel, [n x cols] (dev, scratch) */
 } mm_seg;
 
 /* An mv_kernel launch: one segment by value (tab NULL) or nseg of them staged
@@ -663,22 +664,79 @@ template <bool SWI> __global__ void mv_generic(const mm_seg s, int fmt, int64_t 
 
 /* ------------------------------------------------ matrix x matrix (tc) -- */
 
+/* x [n x ldx] float32 -> xh [n x cols] float16 (pack_h: saturated), once per
+ * matmul, so that tc_tile streams its activation tiles by cp.async instead of
+ * converting them again for every block of rows. A thread per 4 values
+ * (cols % 4 == 0, x rows 16-byte aligned). */
+__global__ void tc_xh_kernel(const float *x, int64_t ldx, int64_t cols, int64_t n, uint2 *xh) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, per = cols / 4;
+    if (i >= n * per) return;
+    const int64_t t = i / per, k = (i - t * per) * 4;
+    float4 v = *(const float4 *)(x + t * ldx + k);
+    xh[i] = make_uint2(pack_h(v.x, v.y), pack_h(v.z, v.w));
+}
 
+/* 16 bytes global -> shared, asynchronously; zeros instead where !fill (src is not read). */
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool fill) {
+    unsigned a = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(src), "r"(fill ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 
+/* Eight Q4 values (one word, value i in bits 4i) as four float16 pairs in
+ * order, s q + b: a nibble ORed into the mantissa of 1024.0 is 1024 + q
+ * exactly; minus 1024, then one half2 fma (a single rounding of s q + b, as
+ * pack_h(s q + b) rounds it, where s and b are float16 exactly). */
+__device__ __forceinline__ void q4_h8(uint32_t w, __half2 s, __half2 b, uint32_t *o) {
+    const uint32_t m = 0x000f000fu, e = 0x64006400u;
+    const uint32_t a = (w & m) | e, c = ((w >> 4) & m) | e, d = ((w >> 8) & m) | e, f = ((w >> 12) & m) | e;
+    /* a = (q0, q4), c = (q1, q5), d = (q2, q6), f = (q3, q7) */
+    const uint32_t p[4] = {__byte_perm(a, c, 0x5410), __byte_perm(d, f, 0x5410), __byte_perm(a, c, 0x7632),
+                           __byte_perm(d, f, 0x7632)};
+    const __half2 k = __halves2half2(__ushort_as_half(0x6400), __ushort_as_half(0x6400));
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        __half2 h = __hfma2(__hsub2(*(const __half2 *)&p[i], k), s, b);
+        o[i] = *(uint32_t *)&h;
+    }
+}
+/* Four Q8 values (one word, value i in byte i) as two float16 pairs, likewise. */
+__device__ __forceinline__ void q8_h4(uint32_t w, __half2 s, __half2 b, uint32_t *o) {
+    const uint32_t p[2] = {__byte_perm(w, 0x64646464u, 0x4140), __byte_perm(w, 0x64646464u, 0x4342)};
+    const __half2 k = __halves2half2(__ushort_as_half(0x6400), __ushort_as_half(0x6400));
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        __half2 h = __hfma2(__hsub2(*(const __half2 *)&p[i], k), s, b);
+        o[i] = *(uint32_t *)&h;
+    }
+}
+
+/* v is a float16 exactly when it came from a bf16 in float16's normal range (or is zero). */
+__device__ __forceinline__ bool h_exact(float v) { return v == 0.0f || (fabsf(v) >= 0x1p-14f && fabsf(v) <= 65504.0f); }
+
+/* Shared memory of a tc block: two stages of the weight and activation tiles. */
+#define TC_SMEM (2 * (TC_BM + TC_BN) * TC_LDS * 2)
 
 /* Y[t][r] = sum_k W[r][k] X[t][k] for a tile of TC_BM shared rows (SwiGLU: 64
  * weight rows of gate and up each, interleaved by 16 so that a warp's two
  * m16 tiles are the gate and up rows of the same outputs) x TC_BN tokens.
- * 8 warps: 4 along rows (32 each) x 2 along tokens (64 each). Thread tid
- * dequantizes 32 values of shared row tid/2 and converts 32 activations of
- * token tid/2 per step; the next step's loads are in flight during the MMAs. */
+ * 8 warps: 4 along rows (32 each) x 2 along tokens (64 each). The tiles are
+ * double-buffered, one __syncthreads a step: while the warps multiply stage
+ * kt % 2, the next step's activations (s.xh, float16 from tc_xh_kernel) stream
+ * into the other stage by cp.async, and its weights load into registers, to be
+ * dequantized into it after the MMAs (thread tid: 32 values of shared row
+ * tid/2). Q4 and Q8 dequantize in half2 (q4_h8, q8_h4) where their scale and
+ * bias are float16 exactly (F16 and, nearly always, BF16 scales), the rest in
+ * float32, then pack_h, as before. */
 template <int F, bool SWI> __device__ __forceinline__ void tc_tile(const mm_seg &s, int64_t n, int64_t bx, int64_t by) {
     typedef fmt_traits<F> T;
-    __shared__ __align__(16) uint16_t As[TC_BM * TC_LDS], Bs[TC_BN * TC_LDS];
+    extern __shared__ __align__(16) uint16_t tc_smem[];
+    uint16_t *const As = tc_smem, *const Bs = tc_smem + 2 * TC_BM * TC_LDS; /* [2][TC_BM or TC_BN][TC_LDS] */
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wm = warp & 3, wn = warp >> 2;
     const int64_t m0 = bx * (SWI ? TC_BM / 2 : TC_BM), t0 = by * TC_BN;
 
-    /* this thread's loads: shared row ar (a weight row of tensor ten), token bt, half h of the step's columns */
+    /* this thread's weight loads: shared row ar (a weight row of tensor ten), half h of the step's columns */
     const int ar = tid >> 1, h = tid & 1;
     const int ten = SWI ? (ar >> 4) & 1 : 0;
     int64_t r = SWI ? m0 + (ar >> 5) * 16 + (ar & 15) : m0 + ar;
@@ -686,54 +744,70 @@ template <int F, bool SWI> __device__ __forceinline__ void tc_tile(const mm_seg 
     const uint8_t *wrow = s.w[ten] + r * s.row_bytes[ten];
     const uint8_t *srow = T::QUANT ? s.s[ten] + r * s.sb_row_bytes[ten] : NULL;
     const uint8_t *brow = T::QUANT ? s.b[ten] + r * s.sb_row_bytes[ten] : NULL;
-    int64_t bt = t0 + ar;
-    bt = bt < n ? bt : n - 1;
-    const float *xrow = s.x + bt * s.ldx;
+    /* its activation copies: 16 bytes (8 columns, c8) of tokens tid/8 + 32 i, i < 4; zeros for
+     * tokens past n (bit i of tok_ok clear), whose outputs are not stored */
+    const int c8 = tid & 7;
+    const uint16_t *xsrc = s.xh + (t0 + (tid >> 3)) * s.cols + c8 * 8;
+    int tok_ok = 0;
+#pragma unroll
+    for (int i = 0; i < 4; i++) tok_ok |= (t0 + (tid >> 3) + 32 * i < n) << i;
 
-    /* the next step's loads, in flight during this step's MMAs: raw weight words, scale and bias, activations */
     constexpr int NCH = T::VC < 32 ? 32 / T::VC : 1;
     uint32_t wraw[NCH][T::WORDS];
     sb_raw sraw = {0, 0}, braw = {0, 0};
-    float4 breg[8];
     bool zero = false;
-    auto load = [&](int64_t kt) {
+    auto load = [&](int64_t kt, int st) { /* step kt: activations to stage st, weights to registers */
+        uint16_t *bd = Bs + st * TC_BN * TC_LDS + (tid >> 3) * TC_LDS + c8 * 8;
+        const bool fill = kt * TC_BK + c8 * 8 < s.cols; /* cols % 64 == 32: the last step's second half is zeros */
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const bool ok = fill && (tok_ok >> i & 1);
+            cp_async16(bd + 32 * i * TC_LDS, ok ? xsrc + 32 * i * s.cols + kt * TC_BK : s.xh, ok);
+        }
+        cp_async_commit();
         const int64_t k0 = kt * TC_BK + h * 32;
-        zero = k0 >= s.cols; /* cols % 64 == 32: the last step's second half is zeros */
+        zero = k0 >= s.cols;
         if (zero) return;
         if (T::QUANT) sraw = sb_load(srow, s.sfmt, k0 >> s.gshift), braw = sb_load(brow, s.sfmt, k0 >> s.gshift);
 #pragma unroll
         for (int c = 0; c < NCH; c++) chunk_load<F>(wrow, k0 / T::VC + c, wraw[c]);
-#pragma unroll
-        for (int i = 0; i < 8; i++) breg[i] = __ldg((const float4 *)(xrow + k0) + i);
     };
-    /* ... then dequantized, rounded to float16 and stored to the tiles */
-    auto store = [&]() {
-        uint32_t areg[16], xb[16]; /* 32 float16 of weights, of activations */
+    auto store = [&](int st) { /* the loaded weights, dequantized, to stage st */
+        uint32_t areg[16]; /* 32 float16 */
         const float sc = T::QUANT ? sb_value(sraw, s.sfmt) : 1.0f, bi = T::QUANT ? sb_value(braw, s.sfmt) : 0.0f;
+        /* half2 where s and b are float16 exactly (F16, or BF16 in float16's normal range): else, F32
+         * scales rounded to float16 would move a weight near zero by up to 2^-11 |b| */
+        const bool h2 = (F == WF_Q4 || F == WF_Q8) &&
+                        (s.sfmt == WF_F16 || (s.sfmt == WF_BF16 && h_exact(sc) && h_exact(bi)));
+        if (h2) {
+            const __half2 s2 = __float2half2_rn(sc), b2 = __float2half2_rn(bi);
 #pragma unroll
-        for (int c = 0; c < NCH; c++)
+            for (int c = 0; c < NCH; c++)
 #pragma unroll
-            for (int j = 0; j < T::VC / 4 && j < 8; j++) {
-                float q[4];
-                chunk_get4<F>(wraw[c], j, q);
-                if (T::QUANT)
+                for (int i = 0; i < T::WORDS; i++) {
+                    if constexpr (F == WF_Q4) q4_h8(wraw[c][i], s2, b2, areg + 4 * i);
+                    else if constexpr (F == WF_Q8) q8_h4(wraw[c][i], s2, b2, areg + 8 * c + 2 * i);
+                }
+        } else {
 #pragma unroll
-                    for (int i = 0; i < 4; i++) q[i] = sc * q[i] + bi;
-                const int e = c * T::VC + 4 * j; /* element of the thread's 32 */
-                areg[e / 2] = zero ? 0u : pack_h(q[0], q[1]);
-                areg[e / 2 + 1] = zero ? 0u : pack_h(q[2], q[3]);
-            }
+            for (int c = 0; c < NCH; c++)
 #pragma unroll
-        for (int i = 0; i < 8; i++) {
-            xb[2 * i] = zero ? 0u : pack_h(breg[i].x, breg[i].y);
-            xb[2 * i + 1] = zero ? 0u : pack_h(breg[i].z, breg[i].w);
+                for (int j = 0; j < T::VC / 4 && j < 8; j++) {
+                    float q[4];
+                    chunk_get4<F>(wraw[c], j, q);
+                    if (T::QUANT)
+#pragma unroll
+                        for (int i = 0; i < 4; i++) q[i] = sc * q[i] + bi;
+                    const int e = c * T::VC + 4 * j; /* element of the thread's 32 */
+                    areg[e / 2] = pack_h(q[0], q[1]);
+                    areg[e / 2 + 1] = pack_h(q[2], q[3]);
+                }
         }
-        uint4 *ad = (uint4 *)(As + ar * TC_LDS + h * 32), *bd = (uint4 *)(Bs + ar * TC_LDS + h * 32);
+        uint4 *ad = (uint4 *)(As + st * TC_BM * TC_LDS + ar * TC_LDS + h * 32);
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            ad[i] = make_uint4(areg[4 * i], areg[4 * i + 1], areg[4 * i + 2], areg[4 * i + 3]);
-            bd[i] = make_uint4(xb[4 * i], xb[4 * i + 1], xb[4 * i + 2], xb[4 * i + 3]);
-        }
+        for (int i = 0; i < 4; i++)
+            ad[i] = zero ? make_uint4(0, 0, 0, 0)
+                         : make_uint4(areg[4 * i], areg[4 * i + 1], areg[4 * i + 2], areg[4 * i + 3]);
     };
 
     float acc[2][8][4];
@@ -745,27 +819,32 @@ template <int F, bool SWI> __device__ __forceinline__ void tc_tile(const mm_seg 
             for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
 
     const int64_t steps = (s.cols + TC_BK - 1) / TC_BK;
-    load(0);
+    load(0, 0);
+    store(0);
+    cp_async_wait_all();
+    __syncthreads();
     for (int64_t kt = 0; kt < steps; kt++) {
-        __syncthreads(); /* the previous step's MMAs are done with the tiles */
-        store();
-        __syncthreads();
-        if (kt + 1 < steps) load(kt + 1);
+        const int st = (int)(kt & 1);
+        if (kt + 1 < steps) load(kt + 1, st ^ 1); /* the other stage was last read before the previous sync */
+        const uint16_t *A = As + st * TC_BM * TC_LDS, *B = Bs + st * TC_BN * TC_LDS;
 #pragma unroll
         for (int kk = 0; kk < TC_BK / 16; kk++) {
             uint32_t af[2][4], bf[4][4];
 #pragma unroll
             for (int mi = 0; mi < 2; mi++)
-                ldmatrix_x4(af[mi], As + (wm * 32 + mi * 16 + (lane & 15)) * TC_LDS + kk * 16 + (lane >> 4) * 8);
+                ldmatrix_x4(af[mi], A + (wm * 32 + mi * 16 + (lane & 15)) * TC_LDS + kk * 16 + (lane >> 4) * 8);
 #pragma unroll
             for (int p = 0; p < 4; p++)
-                ldmatrix_x4(bf[p], Bs + (wn * 64 + p * 16 + (lane & 7) + ((lane >> 4) << 3)) * TC_LDS + kk * 16 +
+                ldmatrix_x4(bf[p], B + (wn * 64 + p * 16 + (lane & 7) + ((lane >> 4) << 3)) * TC_LDS + kk * 16 +
                                        ((lane >> 3) & 1) * 8);
 #pragma unroll
             for (int mi = 0; mi < 2; mi++)
 #pragma unroll
                 for (int ni = 0; ni < 8; ni++) mma_h(acc[mi][ni], af[mi], &bf[ni / 2][(ni % 2) * 2]);
         }
+        if (kt + 1 < steps) store(st ^ 1);
+        cp_async_wait_all();
+        __syncthreads();
     }
 
     /* accumulator element e of tile (mi, ni): row lane/4 (+8 for e >= 2), token 2 (lane%4) + e%2 */
@@ -789,7 +868,10 @@ template <int F, bool SWI> __device__ __forceinline__ void tc_tile(const mm_seg 
         }
 }
 
-template <int F, bool SWI> __global__ void __launch_bounds__(256) tc_kernel(const mm_seg s, int64_t n) {
+/* Blocks of 256 threads an SM should hold: two (128 registers, 2 x TC_SMEM) where the tile fits
+ * them without spilling, the formats that dequantize in few instructions. */
+#define TC_MIN_BLOCKS(F) ((F) == WF_Q4 || (F) == WF_Q8 || (F) == WF_F16 || (F) == WF_BF16 ? 2 : 1)
+template <int F, bool SWI> __global__ void __launch_bounds__(256, TC_MIN_BLOCKS(F)) tc_kernel(const mm_seg s, int64_t n) {
     tc_tile<F, SWI>(s, n, blockIdx.x, blockIdx.y);
 }
 
@@ -800,12 +882,11 @@ typedef struct tc_gseg {
     mm_seg s;
     int64_t n;
 } tc_gseg;
-template <int F, bool SWI> __global__ void __launch_bounds__(256) tc_group_kernel(const tc_gseg *g) {
+template <int F, bool SWI> __global__ void __launch_bounds__(256, TC_MIN_BLOCKS(F)) tc_group_kernel(const tc_gseg *g) {
     const tc_gseg &q = g[blockIdx.z];
     if ((int64_t)blockIdx.y * TC_BN >= q.n || (int64_t)blockIdx.x * (SWI ? TC_BM / 2 : TC_BM) >= q.s.rows) return;
     tc_tile<F, SWI>(q.s, q.n, blockIdx.x, blockIdx.y);
 }
-
 /* ------------------------------------------------------------- launch -- */
 
 typedef void (*mv_fn)(cudaStream_t st, unsigned blocks, size_t smem, int n_sm, const mv_args *a);
@@ -861,11 +942,27 @@ template <int F> static cudaError_t xq_launch(cudaStream_t st, dim3 grid, bool p
     cfg.attrs = &at, cfg.numAttrs = pdl ? 1 : 0;
     return cudaLaunchKernelEx(&cfg, xq_kernel<F>, *a);
 }
+/* tc launches; the first of each instantiation raises its shared-memory limit to TC_SMEM. */
 template <int F, bool SWI> static void tc_launch(cudaStream_t st, dim3 grid, const mm_seg *s, int64_t n) {
-    tc_kernel<F, SWI><<<grid, 256, 0, st>>>(*s, n);
+    static int ready;
+    if (!ready) cudaFuncSetAttribute(tc_kernel<F, SWI>, cudaFuncAttributeMaxDynamicSharedMemorySize, TC_SMEM), ready = 1;
+    tc_kernel<F, SWI><<<grid, 256, TC_SMEM, st>>>(*s, n);
 }
 template <int F, bool SWI> static void tc_group_launch(cudaStream_t st, dim3 grid, const tc_gseg *g) {
-    tc_group_kernel<F, SWI><<<grid, 256, 0, st>>>(g);
+    static int ready;
+    if (!ready)
+        cudaFuncSetAttribute(tc_group_kernel<F, SWI>, cudaFuncAttributeMaxDynamicSharedMemorySize, TC_SMEM), ready = 1;
+    tc_group_kernel<F, SWI><<<grid, 256, TC_SMEM, st>>>(g);
+}
+
+/* x's n rows of cols values (stride cols) in float16 at keep bytes (rounded up
+ * to 256) into the scratch, for the tc kernels; NULL after an error. */
+static const uint16_t *xh_place(cuda_ctx *c, const float *x, int64_t n, int64_t cols, size_t keep) {
+    keep = (keep + 255) & ~(size_t)255;
+    uint8_t *p = (uint8_t *)cuda_scratch(c, keep + (size_t)n * (size_t)cols * 2);
+    if (!p) return NULL;
+    tc_xh_kernel<<<cuda_blocks(n * (cols / 4), 256), 256, 0, c->stream>>>(x, cols, cols, n, (uint2 *)(p + keep));
+    return cuda_launched(c, "matmul x to float16") ? (const uint16_t *)(p + keep) : NULL;
 }
 
 #define MV_ROW(F, SWI) {mv_launch<F, 1, SWI>, mv_launch<F, 2, SWI>, mv_launch<F, 4, SWI>, mv_launch<F, 8, SWI>}
@@ -1115,6 +1212,7 @@ static void mm_any(cuda_ctx *c, const wtensor *w0, const wtensor *w1, const floa
             }
             return;
         }
+        if (!(s.xh = xh_place(c, x, n, cols, keep))) return;
         tc_tab[f][swi](c->stream, grid, &s, n);
         cuda_launched(c, what);
         return;
@@ -1153,7 +1251,9 @@ extern "C" void cuda_matmul_swiglu(cuda_ctx *c, const wtensor *gate, const wtens
      * scratch later would free u) */
     size_t ub = (size_t)n * up->rows * sizeof(float), xb = xq_bytes(up->fmt, n < MV_MAX_N ? n : MV_MAX_N, up->cols);
     size_t xg = xq_bytes(gate->fmt, n < MV_MAX_N ? n : MV_MAX_N, gate->cols);
-    float *u = (float *)cuda_scratch(c, ((ub + 255) & ~(size_t)255) + (xb > xg ? xb : xg));
+    size_t xh = n > MV_MAX_N ? (size_t)n * (size_t)gate->cols * 2 : 0; /* the tc path's x in float16 */
+    xb = xb > xg ? xb : xg;
+    float *u = (float *)cuda_scratch(c, ((ub + 255) & ~(size_t)255) + (xb > xh ? xb : xh));
     if (!u) return;
     mm_any(c, gate, NULL, x, n, NULL, out, "matmul_swiglu", ub);
     mm_any(c, up, NULL, x, n, NULL, u, "matmul_swiglu", ub);
@@ -1198,7 +1298,11 @@ static void group_run(cuda_ctx *c, int ne, const wtensor *const *w0, const wtens
         g[k++].n = n;
         max_n = n > max_n ? n : max_n;
     }
-    const tc_gseg *d = k && !c->err ? (const tc_gseg *)cuda_stage(c, g, sizeof *g * (size_t)k) : NULL;
+    /* x in float16 for rows off[0] .. off[ne] (after the matmuls above, which may use the scratch too) */
+    const float *x0 = x + off[0] * cols;
+    const uint16_t *xh = k && !c->err ? xh_place(c, x0, off[ne] - off[0], cols, 0) : NULL;
+    for (int i = 0; i < k && xh; i++) g[i].s.xh = xh + (g[i].s.x - x0);
+    const tc_gseg *d = xh ? (const tc_gseg *)cuda_stage(c, g, sizeof *g * (size_t)k) : NULL;
     if (d) {
         dim3 grid(cuda_blocks(rows, swi ? TC_BM / 2 : TC_BM), cuda_blocks(max_n, TC_BN), (unsigned)k);
         tcg_tab[f][swi](c->stream, grid, d);
