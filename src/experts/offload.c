@@ -330,10 +330,10 @@ static int want_host_tier(const moe_model *m, const moe_load_params *p) {
     return avail > 0 && need + need / 10 + ((int64_t)2 << 30) <= avail;
 }
 
-/* Fills the host tier when the cache was made for one; a failure is an error
- * when it was asked for, else a note (the cache reads the store instead). */
+/* Fills the host tier of a cache made for one (want_host_tier, decided once
+ * in setup: the cache has no bounce buffers then); a failure is an error when
+ * it was asked for, else a note (the cache reads the store instead). */
 static moe_status host_tier(moe_model *m, const moe_load_params *p, struct xcache *xc) {
-    if (!want_host_tier(m, p)) return MOE_OK;
     progress_adapter pa = {p, "experts into host memory"};
     moe_status st = xc_fill_host(xc, p->progress ? progress : NULL, &pa);
     if (st && p->host_experts == 1) return st;
@@ -379,7 +379,7 @@ static moe_status setup(moe_model *m, const moe_load_params *p, const xp_profile
     m->off.cache_bytes = (int64_t)xc_bytes(xc);
 
     /* the host tier first: with it the store's reads go there, and pins and warm starts are uploads */
-    if (m->off.on_device && (st = host_tier(m, p, xc))) return st;
+    if (host && (st = host_tier(m, p, xc))) return st;
     double t0 = now_s();
     if (pr && cap > 0 && (st = pin_profile(m, p, pr))) return st;
     if (m->warm && (st = load_state(m, p))) return st;

@@ -98,6 +98,7 @@ struct xcache {
     be_fence **free_fence;    /* [n_stage] device: theirs */
     unsigned char *stage_mem; /* their mapping */
     size_t stage_mem_bytes;
+    size_t slot_max;          /* the largest slot of any layer: a staging or bounce buffer's size */
     /* device (xc_params.be): */
     backend *be;
     io_thread *iot;           /* [io_threads] */
@@ -648,11 +649,8 @@ static void *fill_main(void *arg) {
 static moe_status host_failed(xcache *c, moe_status st) {
     char msg[256];
     snprintf(msg, sizeof msg, "%s", moe_errmsg());
-    size_t largest = 0;
-    for (int l = 0; l < c->n_layers; l++)
-        if (c->L[l].n_slots && xs_slot_bytes(c->x, l) > largest) largest = (size_t)xs_slot_bytes(c->x, l);
     for (int i = 0; i < c->p.io_threads; i++)
-        if (!c->bounce[i] && !(c->bounce[i] = be_host_alloc(c->be, largest)))
+        if (!c->bounce[i] && !(c->bounce[i] = be_host_alloc(c->be, c->slot_max)))
             return moe_err(MOE_ENOMEM, "expert cache: %s; and no bounce buffer: %s", msg, moe_errmsg());
     return moe_err(st, "%s", msg);
 }
@@ -746,10 +744,10 @@ moe_status xc_new(const moe_model *m, xstore *x, const xc_params *p, xcache **ou
             if (c->be && s < L->n_slots && !(L->slots[s].fence = be_fence_new(c->be))) goto dev_fail;
         }
         c->qcap += (L->n_slots + c->n_stage) * XS_MAX_SPANS; /* every slot loading, each read a job */
-        if (sb > c->stage_mem_bytes) c->stage_mem_bytes = (size_t)sb; /* for now: the largest slot */
+        if (sb > c->slot_max) c->slot_max = (size_t)sb;
     }
     if (c->n_stage) {
-        size_t one = c->stage_mem_bytes;
+        size_t one = c->slot_max;
         c->stage_mem_bytes = one * (size_t)c->n_stage;
         void *mem = c->be ? be_alloc(c->be, c->stage_mem_bytes)
                           : mmap(NULL, c->stage_mem_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -767,21 +765,17 @@ moe_status xc_new(const moe_model *m, xstore *x, const xc_params *p, xcache **ou
             if (c->be && !(c->free_fence[c->n_free] = be_fence_new(c->be))) goto dev_fail;
             c->free_buf[c->n_free++] = c->stage_mem + (size_t)i * one;
         }
-    } else {
-        c->stage_mem_bytes = 0;
     }
     if (!(c->q = malloc(sizeof *c->q * (size_t)(c->qcap ? c->qcap : 1)))) goto oom;
     if (!(c->io = calloc((size_t)p->io_threads, sizeof *c->io)) || !(c->iot = calloc((size_t)p->io_threads, sizeof *c->iot)))
         goto oom;
     if (c->be) {
-        size_t largest = 0;
-        for (int l = 0; l < c->n_layers; l++)
-            if (c->L[l].n_slots && xs_slot_bytes(x, l) > largest) largest = (size_t)xs_slot_bytes(x, l);
         if (!(c->mv = calloc((size_t)p->io_threads, sizeof *c->mv)) || !(c->bounce = calloc((size_t)p->io_threads, sizeof *c->bounce)) ||
             !(c->host_off = calloc((size_t)c->n_layers, sizeof *c->host_off)))
             goto oom;
         for (int i = 0; i < p->io_threads; i++)
-            if (!(c->mv[i] = be_mover_new(c->be)) || (!p->host_tier && !(c->bounce[i] = be_host_alloc(c->be, largest)))) goto dev_fail;
+            if (!(c->mv[i] = be_mover_new(c->be)) || (!p->host_tier && !(c->bounce[i] = be_host_alloc(c->be, c->slot_max))))
+                goto dev_fail;
         if ((st = be_sync(c->be))) goto fail; /* the slots' zeroing is done before any upload lands */
     }
     for (int i = 0; i < p->io_threads; i++) {
